@@ -1,0 +1,185 @@
+"""The config schema (dataclasses in Hydra's ConfigStore) and the value checks run before training.
+
+The schema fixes keys and types, so a typo or a wrong type fails while Hydra composes; the values
+themselves live in the YAML files under ``conf/``. :func:`validate` then checks ranges.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError
+
+
+class Rule(StrEnum):
+    off = "off"
+    linear = "linear"
+    uniform = "uniform"
+    linear_epochs = "linear_epochs"
+
+
+class Mode(StrEnum):
+    batch = "batch"
+    row = "row"
+
+
+class Scaling(StrEnum):
+    test_time = "test_time"
+    inverted = "inverted"
+    none = "none"
+
+
+class Block(StrEnum):
+    basic = "basic"
+    bottleneck = "bottleneck"
+
+
+class Shortcut(StrEnum):
+    pad = "pad"
+    projection = "projection"
+
+
+class Schedule(StrEnum):
+    multistep = "multistep"
+    cosine = "cosine"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    blocks_per_stage: list[int] = MISSING
+    widths: list[int] = MISSING
+    stem_width: int = MISSING
+    block: Block = MISSING
+    shortcut: Shortcut = MISSING
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    num_classes: int = MISSING
+    train_size: int = MISSING
+    val_size: int = MISSING
+    test_size: int = MISSING
+    split_seed: int = MISSING
+    augment: bool = MISSING
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    lr: float = MISSING
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+    dampening: float = MISSING
+    weight_decay: float = MISSING
+    schedule: Schedule = MISSING
+    milestones: list[float] = MISSING
+    gamma: float = MISSING
+
+
+@dataclass
+class StochasticDepthConfig:
+    rule: Rule = MISSING
+    final_survival: float = MISSING
+    mode: Mode = MISSING
+    scaling: Scaling = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    device: str = MISSING
+    eval_every: int = MISSING
+    deterministic: bool = MISSING
+    progress: bool = MISSING
+    num_threads: int | None = None
+
+
+@dataclass
+class Config:
+    seed: int = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    stochastic_depth: StochasticDepthConfig = field(default_factory=StochasticDepthConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore as ``config_schema`` (named first in ``conf/config.yaml``)."""
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+class ConfigError(ValueError):
+    """A config value outside its allowed range; the message names the key."""
+
+
+def _positive_ints(v: Any) -> bool:
+    return len(v) > 0 and all(n >= 1 for n in v)
+
+
+def _milestones(v: Any) -> bool:
+    return all(0 < m <= 1 for m in v) and list(v) == sorted(v)
+
+
+# key -> (check, what is allowed)
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "model.blocks_per_stage": (_positive_ints, "a non-empty list of integers >= 1"),
+    "model.widths": (_positive_ints, "a non-empty list of integers >= 1"),
+    "model.stem_width": (lambda v: v >= 1, "an integer >= 1"),
+    "dataset.num_classes": (lambda v: v >= 2, "an integer >= 2"),
+    "dataset.train_size": (lambda v: v >= 1, "an integer >= 1"),
+    "dataset.val_size": (lambda v: v >= 1, "an integer >= 1"),
+    "dataset.test_size": (lambda v: v >= 1, "an integer >= 1"),
+    "optimizer.lr": (lambda v: v > 0, "a number > 0"),
+    "optimizer.momentum": (lambda v: 0 <= v < 1, "0 <= momentum < 1"),
+    "optimizer.dampening": (lambda v: 0 <= v < 1, "0 <= dampening < 1"),
+    "optimizer.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "optimizer.milestones": (_milestones, "increasing fractions of the epochs in (0, 1]"),
+    "optimizer.gamma": (lambda v: 0 < v <= 1, "0 < gamma <= 1"),
+    "stochastic_depth.final_survival": (lambda v: 0 < v <= 1, "0 < final_survival <= 1"),
+    "trainer.epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "trainer.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "trainer.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "trainer.eval_every": (lambda v: v >= 1, "an integer >= 1"),
+    "trainer.device": (
+        lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) is not None,
+        "auto, cpu, cuda, cuda:N or mps",
+    ),
+    "trainer.num_threads": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming the first key that the schema lacks (added with ``+key=``)
+    or whose value is outside its allowed range."""
+    try:
+        OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
+    except ConfigKeyError as exc:
+        raise ConfigError(f"{exc.full_key} is not a config key; see conf/ for the keys") from None
+    for key, (ok, allowed) in _CHECKS.items():
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}={value} is not allowed: {allowed}")
+    if len(cfg.model.widths) != len(cfg.model.blocks_per_stage):
+        raise ConfigError(
+            f"model.widths has {len(cfg.model.widths)} entries but model.blocks_per_stage has "
+            f"{len(cfg.model.blocks_per_stage)}: give one width per stage"
+        )
+    if str(cfg.trainer.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.device={cfg.trainer.device} but CUDA is not available here: use auto or cpu"
+        )
+    if cfg.optimizer.nesterov and (cfg.optimizer.momentum == 0 or cfg.optimizer.dampening != 0):
+        raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0")

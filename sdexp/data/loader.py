@@ -1,0 +1,82 @@
+"""A loader that keeps a whole split on the training device and makes each batch with tensor ops.
+
+No worker processes and no per-sample Python: a batch is an index into device memory, augmented
+(random translation with zero padding, horizontal flip) and normalised in a few batched kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.nn import functional as F
+
+PAD = 4  # maximum translation in pixels (the paper's CIFAR augmentation)
+
+
+def translate_and_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ±PAD pixels (zero fill) and flip it horizontally with p = 0.5.
+
+    Same as zero-padding by PAD, taking a random crop of the original size and a random flip; done for
+    the whole batch as one gather.
+    """
+    n, c, h, w = images.shape
+    dev = images.device
+    shifts = torch.randint(0, 2 * PAD + 1, (2, n, 1), device=dev, generator=generator)
+    flips = torch.rand(n, 1, device=dev, generator=generator) < 0.5
+    rows = shifts[0] + torch.arange(h, device=dev)
+    cols = shifts[1] + torch.arange(w, device=dev)
+    cols = torch.where(flips, cols.flip(1), cols)
+    padded = F.pad(images, (PAD, PAD, PAD, PAD))
+    batch = torch.arange(n, device=dev).view(n, 1, 1, 1)
+    channel = torch.arange(c, device=dev).view(1, c, 1, 1)
+    return padded[batch, channel, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
+class DeviceLoader:
+    """Iterates over (normalised float images, labels) batches of a split stored on ``device``.
+
+    ``train=True`` shuffles every epoch, drops the last incomplete batch and augments if ``augment``;
+    otherwise batches come in order, complete and untouched.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device,
+        train: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.batch_size = batch_size
+        self.train = train
+        self.augment = augment
+        std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        if self.train and n >= self.batch_size:
+            return n // self.batch_size
+        return -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.train:
+            order = torch.randperm(n, device=self.images.device, generator=self.generator)
+        else:
+            order = torch.arange(n, device=self.images.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            x = self.images[idx]
+            if self.augment:
+                x = translate_and_flip(x, self.generator)
+            yield torch.addcmul(self.shift, x.float(), self.scale), self.labels[idx]

@@ -1,0 +1,151 @@
+"""ResNets for 32×32 inputs whose residual blocks are :class:`StochasticDepthBlock` s.
+
+One builder covers both families of ``conf/model/``:
+
+- the CIFAR ResNets of He et al. (2016) §4.2 (6n+2 layers, widths 16/32/64, basic blocks) with the
+  parameter-free shortcut of the stochastic-depth paper's code: strided subsampling plus zero channels,
+  so a dropped transition block is a true identity;
+- ResNet-18…152 (basic or bottleneck blocks, widths 64→512) with 1×1-conv+BN projection shortcuts at
+  transitions, a 3×3 stem and no max-pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn import functional as F
+
+from sdexp.stochastic_depth import StochasticDepthBlock, sample_gates
+
+BLOCKS = ("basic", "bottleneck")
+SHORTCUTS = ("pad", "projection")
+
+
+def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
+    conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
+    return [conv, nn.BatchNorm2d(c_out)]
+
+
+def basic_residual(c_in: int, width: int, stride: int) -> nn.Sequential:
+    """conv3×3 → BN → ReLU → conv3×3 → BN (output channels: ``width``)."""
+    return nn.Sequential(*_conv_bn(c_in, width, 3, stride), nn.ReLU(inplace=True), *_conv_bn(width, width, 3))
+
+
+def bottleneck_residual(c_in: int, width: int, stride: int) -> nn.Sequential:
+    """conv1×1 → BN → ReLU → conv3×3 → BN → ReLU → conv1×1 → BN (output channels: 4·``width``)."""
+    return nn.Sequential(
+        *_conv_bn(c_in, width, 1),
+        nn.ReLU(inplace=True),
+        *_conv_bn(width, width, 3, stride),
+        nn.ReLU(inplace=True),
+        *_conv_bn(width, 4 * width, 1),
+    )
+
+
+class PadShortcut(nn.Module):
+    """Parameter-free shortcut: keep every ``stride``-th pixel and append zero channels."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.extra_channels = c_out - c_in
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels)) if self.extra_channels else x
+
+
+def _shortcut(kind: str, c_in: int, c_out: int, stride: int) -> nn.Module:
+    if c_in == c_out and stride == 1:
+        return nn.Identity()
+    if kind == "pad":
+        return PadShortcut(c_in, c_out, stride)
+    return nn.Sequential(*_conv_bn(c_in, c_out, 1, stride))
+
+
+class ResNet(nn.Module):
+    """3×3 stem → stages of stochastic-depth residual blocks → global average pool → linear.
+
+    In training, :meth:`forward` draws the gates of all blocks for the mini-batch at once and adds
+    to :attr:`executed_blocks` / :attr:`total_blocks`, which the trainer reads and resets per epoch.
+    """
+
+    def __init__(
+        self,
+        blocks_per_stage: Sequence[int],
+        widths: Sequence[int],
+        stem_width: int,
+        block: str = "basic",
+        shortcut: str = "pad",
+        num_classes: int = 10,
+        sd_mode: str = "batch",
+        sd_scaling: str = "test_time",
+        gate_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if block not in BLOCKS:
+            raise ValueError(f"unknown block {block!r}; allowed: {', '.join(BLOCKS)}")
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"unknown shortcut {shortcut!r}; allowed: {', '.join(SHORTCUTS)}")
+        residual_fn, expansion = (basic_residual, 1) if block == "basic" else (bottleneck_residual, 4)
+        self.stem = nn.Sequential(*_conv_bn(3, stem_width, 3), nn.ReLU(inplace=True))
+        stages, c_in = [], stem_width
+        for stage, (n, width) in enumerate(zip(blocks_per_stage, widths, strict=True)):
+            layers = []
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                c_out = width * expansion
+                layers.append(
+                    StochasticDepthBlock(
+                        residual_fn(c_in, width, stride),
+                        _shortcut(shortcut, c_in, c_out, stride),
+                        sd_mode,
+                        sd_scaling,
+                    )
+                )
+                c_in = c_out
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(c_in, num_classes)
+        self.sd_blocks = [m for m in self.stages.modules() if isinstance(m, StochasticDepthBlock)]
+        self.gate_generator = torch.Generator().manual_seed(gate_seed)
+        self.executed_blocks = 0
+        self.total_blocks = 0
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.executed_blocks += sample_gates(self.sd_blocks, self.gate_generator)
+            self.total_blocks += len(self.sd_blocks)
+        x = self.stages(self.stem(x))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def build_model(cfg: DictConfig, sd_cfg: DictConfig, num_classes: int, seed: int) -> ResNet:
+    """The ResNet of the ``model`` config, with the ``stochastic_depth`` config's mode and scaling.
+
+    Survival probabilities start at 1; the trainer sets them from the rule at the start of each epoch.
+    """
+    return ResNet(
+        blocks_per_stage=list(cfg.blocks_per_stage),
+        widths=list(cfg.widths),
+        stem_width=cfg.stem_width,
+        block=cfg.block,
+        shortcut=cfg.shortcut,
+        num_classes=num_classes,
+        sd_mode=sd_cfg.mode,
+        sd_scaling=sd_cfg.scaling,
+        gate_seed=seed,
+    )

@@ -1,0 +1,33 @@
+"""The optimizer and its per-epoch learning-rate schedule (``optimizer`` config group)."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR
+
+
+def build_optimizer(
+    model: nn.Module, cfg: DictConfig, epochs: int
+) -> tuple[torch.optim.Optimizer, LRScheduler]:
+    """SGD from ``cfg`` and its schedule, stepped once per epoch.
+
+    ``multistep`` multiplies the rate by ``gamma`` at each milestone, given as a fraction of the epochs
+    (the paper: 0.5 and 0.75 of 500 epochs are epochs 250 and 375; never before the first epoch);
+    ``cosine`` decays it to 0.
+    """
+    if cfg.name != "sgd":
+        raise ValueError(f"optimizer.name={cfg.name!r} is not known; allowed: sgd")
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        dampening=cfg.dampening,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.nesterov,
+    )
+    if cfg.schedule == "cosine":
+        return optimizer, CosineAnnealingLR(optimizer, T_max=epochs)
+    milestones = [max(1, round(m * epochs)) for m in cfg.milestones]
+    return optimizer, MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)

@@ -1,0 +1,105 @@
+"""Every config option composes and validates; bad values fail naming their key."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigAttributeError, ValidationError
+
+from sdexp.config import ConfigError, validate
+from tests.conftest import CONF_DIR, compose_config
+
+GROUPS = ["model", "dataset", "optimizer", "stochastic_depth", "trainer", "experiment"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def test_every_group_has_options() -> None:
+    assert {g for g, _ in OPTIONS} == set(GROUPS)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_validates(group: str, option: str) -> None:
+    cfg = compose_config([f"{group}={option}"])
+    validate(cfg)
+    if group == "model":
+        assert cfg.model.name == option
+    if group == "stochastic_depth":
+        assert cfg.stochastic_depth.rule == option
+
+
+def test_defaults_are_the_paper() -> None:
+    cfg = compose_config()
+    assert cfg.stochastic_depth.rule == "linear"
+    assert cfg.stochastic_depth.final_survival == 0.5
+    assert cfg.stochastic_depth.mode == "batch"
+    assert cfg.stochastic_depth.scaling == "test_time"
+    opt = cfg.optimizer
+    assert (opt.lr, opt.momentum, opt.nesterov, opt.dampening) == (0.1, 0.9, True, 0.0)
+    assert opt.weight_decay == 1e-4
+    assert list(opt.milestones) == [0.5, 0.75] and opt.gamma == 0.1
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (500, 128)
+
+
+def test_quickstart_preset() -> None:
+    cfg = compose_config(["experiment=quickstart"])
+    assert cfg.model.name == "resnet20"
+    assert cfg.dataset.name == "synthetic"
+    assert cfg.stochastic_depth.rule == "linear"
+
+
+def test_off_is_a_string_rule_not_a_yaml_boolean() -> None:
+    cfg = compose_config(["stochastic_depth=off"])
+    assert cfg.stochastic_depth.rule == "off"
+    assert cfg.stochastic_depth.final_survival == 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("stochastic_depth.final_survival=1.5", "stochastic_depth.final_survival"),
+        ("stochastic_depth.final_survival=0", "stochastic_depth.final_survival"),
+        ("trainer.epochs=0", "trainer.epochs"),
+        ("trainer.batch_size=-1", "trainer.batch_size"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("optimizer.milestones=[0.75,0.5]", "optimizer.milestones"),
+        ("trainer.device=gpu", "trainer.device"),
+        ("model.widths=[16,32]", "model.widths"),
+        ("seed=-3", "seed"),
+    ],
+)
+def test_out_of_range_values_name_their_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose_config([override]))
+
+
+def test_added_unknown_key_fails_validation() -> None:
+    cfg = compose_config(["+trainer.epoch=3"])  # "+" bypasses the schema while composing
+    with pytest.raises(ConfigError, match=r"trainer\.epoch is not a config key"):
+        validate(cfg)
+
+
+def test_nesterov_needs_momentum() -> None:
+    with pytest.raises(ConfigError, match=r"optimizer\.nesterov"):
+        validate(compose_config(["optimizer.momentum=0"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "error"),
+    [
+        ("trainer.epoch=3", ConfigAttributeError),
+        ("trainer.epochs=three", ValidationError),
+        ("stochastic_depth.mode=layer", ValidationError),
+        ("stochastic_depth.rule=exponential", ValidationError),
+    ],
+)
+def test_typos_and_wrong_types_fail_on_compose(override: str, error: type) -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config([override])
+    cause = info.value.__cause__
+    assert isinstance(cause, error)
+    assert override.lstrip("+").split("=")[0] in str(cause)
+
+
+def test_unknown_option_fails_on_compose() -> None:
+    with pytest.raises(ConfigCompositionException, match="resnet111"):
+        compose_config(["model=resnet111"])

@@ -1,0 +1,151 @@
+"""run.py end to end: the run-folder contract, multiruns, determinism, failures and bad overrides."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdexp import runs, train
+from tests.conftest import ROOT, TINY, compose_config
+
+RESULT_KEYS = {
+    "status",
+    "epochs_completed",
+    "test_error",
+    "best_val_error",
+    "best_epoch",
+    "test_error_at_best_val",
+    "train_time_s",
+    "num_params",
+    "model",
+    "dataset",
+    "stochastic_depth",
+    "seed",
+    "torch_version",
+    "device_name",
+    "git_revision",
+}
+
+
+def run_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def test_train_writes_the_run_folder_contract(tmp_path: Path) -> None:
+    result = train.run(compose_config(TINY), tmp_path)
+    on_disk = runs.read_result(tmp_path)
+    assert on_disk == result
+    assert set(on_disk) >= RESULT_KEYS
+    assert on_disk["status"] == "completed" and on_disk["epochs_completed"] == 2
+    assert on_disk["stochastic_depth"] == "linear" and on_disk["model"] == "resnet20"
+    rows = runs.read_metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) == set(runs.METRIC_COLUMNS)
+    for row in rows:
+        for key in ("train_error", "val_error", "test_error"):
+            assert 0 <= row[key] <= 100
+        assert 0 < row["executed_block_fraction"] < 1
+    best = min(rows, key=lambda r: r["val_error"])
+    assert on_disk["best_epoch"] == best["epoch"]
+    assert on_disk["test_error_at_best_val"] == best["test_error"]
+    assert on_disk["test_error"] == rows[-1]["test_error"]
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
+
+
+def test_constant_depth_runs_every_block(tmp_path: Path) -> None:
+    train.run(compose_config([*TINY, "stochastic_depth=off", "trainer.epochs=1"]), tmp_path)
+    assert runs.read_metrics(tmp_path)[0]["executed_block_fraction"] == 1.0
+
+
+def test_eval_every_skips_epochs_but_always_evaluates_the_last(tmp_path: Path) -> None:
+    cfg = compose_config([*TINY, "trainer.epochs=3", "trainer.eval_every=2"])
+    train.run(cfg, tmp_path)
+    val = [r["val_error"] for r in runs.read_metrics(tmp_path)]
+    assert math.isnan(val[0]) and not math.isnan(val[1]) and not math.isnan(val[2])
+
+
+def test_same_seed_is_deterministic_on_cpu(tmp_path: Path) -> None:
+    timing = {"epoch_time_s", "images_per_s"}
+    metrics = []
+    for name in ("a", "b", "c"):
+        seed = "seed=1" if name != "c" else "seed=2"
+        cfg = compose_config([*TINY, "trainer.deterministic=true", seed])
+        train.run(cfg, tmp_path / name)
+        rows = runs.read_metrics(tmp_path / name)
+        metrics.append([{k: v for k, v in r.items() if k not in timing} for r in rows])
+    assert metrics[0] == metrics[1]
+    assert metrics[0] != metrics[2]
+
+
+def test_linear_epochs_runs_and_decays(tmp_path: Path) -> None:
+    cfg = compose_config([*TINY, "stochastic_depth=linear_epochs", "trainer.epochs=3"])
+    train.run(cfg, tmp_path)
+    fractions = [r["executed_block_fraction"] for r in runs.read_metrics(tmp_path)]
+    assert fractions[0] == 1.0 and fractions[2] < 0.8
+
+
+def test_failure_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(*args: object, **kwargs: object) -> None:
+        raise FloatingPointError("boom")
+
+    monkeypatch.setattr(train, "train_one_epoch", explode)
+    with pytest.raises(FloatingPointError):
+        train.run(compose_config(TINY), tmp_path)
+    result = runs.read_result(tmp_path)
+    assert result["status"] == "failed"
+    assert result["error_type"] == "FloatingPointError" and result["error"] == "boom"
+
+
+def test_run_py_single_run(tmp_path: Path) -> None:
+    proc = run_py(*TINY, "hydra.run.dir=out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        assert (out / ".hydra" / name).is_file()
+    assert json.loads((out / runs.RESULT).read_text())["status"] == "completed"
+    assert len(runs.read_metrics(out)) == 2
+    log = (out / runs.LOG).read_text()
+    assert "epoch 2/2" in log and "done: test error" in log
+
+
+def test_run_py_multirun_writes_one_folder_per_job(tmp_path: Path) -> None:
+    proc = run_py("-m", *TINY, "trainer.epochs=1", "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = sorted(tmp_path.glob("sweep/*/result.json"))
+    assert len(results) == 2
+    assert sorted(json.loads(p.read_text())["seed"] for p in results) == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model=resnet111", "resnet111"),
+        ("stochastic_depth.final_survival=1.5", "stochastic_depth.final_survival=1.5"),
+        ("trainer.epoch=3", "trainer.epoch"),
+        ("trainer.device=cuda:7", "trainer.device"),
+    ],
+)
+def test_run_py_rejects_bad_overrides(tmp_path: Path, override: str, message: str) -> None:
+    if (
+        override.startswith("trainer.device")
+        and subprocess.run([sys.executable, "-c", "import torch; exit(torch.cuda.is_available())"]).returncode
+    ):
+        pytest.skip("this machine has CUDA, so trainer.device=cuda:7 may be valid")
+    proc = run_py(*TINY, override, "hydra.run.dir=out", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not (tmp_path / "out" / runs.RESULT).exists()
