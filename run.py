@@ -1,4 +1,7 @@
-"""Train one stochastic-depth ResNet per Hydra job: ``python run.py [-m] [group=option] [key=value]``."""
+"""Train one stochastic-depth ResNet per Hydra job: ``python run.py [-m] [group=option] [key=value]``.
+
+Rerunning a command resumes its run from the run folder's checkpoint, or skips it if it has finished.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from sdexp.config import ConfigError, register_configs, validate
+from sdexp.runs import RunFolderError
 from sdexp.train import run
 
 register_configs()
@@ -17,12 +21,13 @@ register_configs()
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
     try:
         validate(cfg)
-    except ConfigError as exc:
+        run(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg)
+    except (ConfigError, RunFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ themselves live in the YAML files under ``conf/``. :func:`validate` then checks 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,9 +116,20 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
+def run_name(override_dirname: str) -> str:
+    """A run folder's name from Hydra's ``override_dirname``: ``default`` when there are no overrides,
+    ``/`` replaced so that a path value stays one folder, long names shortened with a hash."""
+    name = override_dirname.replace("/", "_") or "default"
+    if len(name) > 200:
+        name = f"{name[:180]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+    return name
+
+
 def register_configs() -> None:
-    """Put the schema in Hydra's ConfigStore as ``config_schema`` (named first in ``conf/config.yaml``)."""
+    """Put the schema in Hydra's ConfigStore as ``config_schema`` (named first in ``conf/config.yaml``)
+    and register the ``run_name`` resolver used by the output folders."""
     ConfigStore.instance().store(name="config_schema", node=Config)
+    OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
 class ConfigError(ValueError):

@@ -1,8 +1,9 @@
 """The run folder: the one place that knows its file names and formats.
 
-A run folder holds Hydra's ``.hydra/`` (config.yaml, overrides.yaml, hydra.yaml), ``metrics.csv`` (one
-row per epoch), ``result.json`` (status and summary) and ``train.log``. Every file is written
-atomically (temp file + rename), so a reader never sees half a file.
+A run folder holds ``.hydra/`` (config.yaml, overrides.yaml, hydra.yaml), ``metrics.csv`` (one row per
+epoch), ``result.json`` (status and summary), ``checkpoint.pt`` (the state after the last finished
+epoch) and ``train.log``. Every file is written atomically (temp file + rename), so a reader never sees
+half a file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 METRICS = "metrics.csv"
 RESULT = "result.json"
 LOG = "train.log"
-CONFIG = Path(".hydra") / "config.yaml"
+CHECKPOINT = "checkpoint.pt"
+HYDRA_DIR = ".hydra"
+CONFIG = Path(HYDRA_DIR) / "config.yaml"
 
 METRIC_COLUMNS = (
     "epoch",
@@ -34,22 +37,47 @@ METRIC_COLUMNS = (
     "images_per_s",
     "executed_block_fraction",
 )
-STATUSES = ("running", "completed", "failed")
+STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
+FINISHED = ("completed", "diverged")  # rerunning gives the same outcome, so a rerun skips these
+# Keys that may change between a run and its resumption: they do not change the results.
+RESUMABLE_CHANGES = ("trainer.progress", "trainer.device", "trainer.num_threads")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be used as asked; the message names it and says what to do."""
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(temp_path)`` for a temp file beside ``path``, then rename it over ``path``.
+
+    A reader (or a crash) sees the old file or the new one, never half of one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for the whole group
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`), synced to disk."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(path, write)
 
 
 def write_metrics(run_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -66,6 +94,44 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> None:
     if result.get("status") not in STATUSES:
         raise ValueError(f"result status {result.get('status')!r} not in {STATUSES}")
     atomic_write_text(run_dir / RESULT, json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+def write_config_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> None:
+    """Write ``.hydra/config.yaml`` (resolved) and, under Hydra, ``hydra.yaml`` and ``overrides.yaml``.
+
+    run.py turns Hydra's own copy off (``hydra.output_subdir: null``) so that these are written only
+    after the folder has been checked: a rejected command never overwrites a run's config.
+    """
+    files = {"config.yaml": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
+    if hydra_cfg is not None:
+        files["hydra.yaml"] = {"hydra": OmegaConf.to_container(hydra_cfg, resolve=False)}
+        files["overrides.yaml"] = OmegaConf.to_container(hydra_cfg.overrides.task)
+    for name, content in files.items():
+        atomic_write_text(run_dir / HYDRA_DIR / name, OmegaConf.to_yaml(OmegaConf.create(content)))
+
+
+def config_changes(run_dir: Path, cfg: DictConfig) -> list[str]:
+    """``key: saved -> new`` for every key whose value differs from the run's saved config, leaving out
+    :data:`RESUMABLE_CHANGES`; empty when nothing is saved yet."""
+    if not (Path(run_dir) / CONFIG).exists():
+        return []
+    saved = _flatten(OmegaConf.to_container(read_config(run_dir)))
+    new = _flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    return [
+        f"{key}: {saved.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(saved.keys() | new.keys())
+        if saved.get(key) != new.get(key) and key not in RESUMABLE_CHANGES
+    ]
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, sub in tree.items():
+        flat.update(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 def read_result(run_dir: Path) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""The training engine: build everything from the config, train, evaluate, write the run folder."""
+"""The training engine: build everything from the config, train, evaluate, write the run folder.
+
+A run resumes from its folder: rerunning the same command continues from the last epoch's checkpoint,
+and a finished run is not trained again.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,11 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from sdexp import runs
+from sdexp.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from sdexp.data import DeviceLoader, build_data, build_loaders
 from sdexp.models import ResNet, build_model
 from sdexp.optim import build_optimizer
+from sdexp.signals import StopSignals
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
 
 log = logging.getLogger(__name__)
@@ -72,26 +78,47 @@ def train_one_epoch(
     model: ResNet,
     loader: DeviceLoader,
     optimizer: torch.optim.Optimizer,
+    stop: StopSignals,
     progress: bool,
     desc: str,
-) -> dict[str, float]:
-    """One pass over the training split; losses are summed on the device and read once at the end."""
+) -> dict[str, float] | None:
+    """One pass over the training split, or None if a stop signal came first.
+
+    Losses and errors are summed on the device and read once at the end (no per-step sync), as is the
+    first step whose loss was not finite (``first_bad_step``, -1 if none).
+    """
     model.train()
     model.executed_blocks = model.total_blocks = 0
     device = loader.images.device
     loss_sum = torch.zeros((), device=device)
     wrong = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
     seen = 0
     start = time.perf_counter()
-    for x, y in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress or None):
+    bar = tqdm(
+        total=len(loader) * loader.batch_size,
+        desc=desc,
+        unit="img",
+        unit_scale=True,
+        leave=False,
+        disable=not progress or None,  # None: only on a terminal
+    )
+    for step, (x, y) in enumerate(loader, start=1):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.detach() * len(y)
+        loss = loss.detach()
+        loss_sum += loss * len(y)
         wrong += (logits.argmax(1) != y).sum()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
         seen += len(y)
+        bar.update(len(y))
+        if stop.received is not None:
+            bar.close()
+            return None
+    bar.close()
     train_loss, train_wrong = loss_sum.item(), wrong.item()  # waits for the device
     elapsed = time.perf_counter() - start
     return {
@@ -100,6 +127,7 @@ def train_one_epoch(
         "epoch_time_s": elapsed,
         "images_per_s": seen / elapsed,
         "executed_block_fraction": model.executed_blocks / max(model.total_blocks, 1),
+        "first_bad_step": int(first_bad.item()),
     }
 
 
@@ -113,8 +141,29 @@ def evaluate(model: ResNet, loader: DeviceLoader) -> float:
     return 100.0 * wrong.item() / len(loader.labels)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train the configured model, writing ``metrics.csv`` and ``result.json`` into ``run_dir``."""
+def _new_result(cfg: DictConfig, model: ResNet, device: torch.device) -> dict[str, Any]:
+    return {
+        "status": "running",
+        "epochs_completed": 0,
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "stochastic_depth": str(cfg.stochastic_depth.rule),
+        "final_survival": cfg.stochastic_depth.final_survival,
+        "seed": cfg.seed,
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "torch_version": str(torch.__version__),
+        "device_name": device_name(device),
+        "git_revision": git_revision(),
+        "train_time_s": 0.0,
+    }
+
+
+def train(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train the configured model (from ``checkpoint`` if given), writing the run folder as it goes.
+
+    Ends with ``status`` completed, diverged (a non-finite loss; training stops) or interrupted (a
+    stop signal; the signal is then passed on to its previous handler, which ends the process).
+    """
     tcfg, sd = cfg.trainer, cfg.stochastic_depth
     if tcfg.num_threads is not None:
         torch.set_num_threads(tcfg.num_threads)
@@ -124,94 +173,125 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     loaders = build_loaders(data, cfg.dataset, tcfg.batch_size, tcfg.eval_batch_size, device, seed=cfg.seed)
     model = build_model(cfg.model, sd, len(data.classes), seed=cfg.seed).to(device)
     optimizer, scheduler = build_optimizer(model, cfg.optimizer, tcfg.epochs)
-    result: dict[str, Any] = {
-        "status": "running",
-        "epochs_completed": 0,
-        "model": cfg.model.name,
-        "dataset": cfg.dataset.name,
-        "stochastic_depth": str(sd.rule),
-        "final_survival": sd.final_survival,
-        "seed": cfg.seed,
-        "num_params": sum(p.numel() for p in model.parameters()),
-        "torch_version": torch.__version__,
-        "device_name": device_name(device),
-        "git_revision": git_revision(),
-        "train_time_s": 0.0,
-    }
+    generators = {"gates": model.gate_generator, "loader": loaders["train"].generator}
+    if checkpoint is None:
+        rows: list[dict[str, Any]] = []
+        result = _new_result(cfg, model, device)
+    else:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        restore_rng(checkpoint["rng"], generators)
+        rows, result = checkpoint["rows"], checkpoint["result"]
+        result["device_name"] = device_name(device)
+        log.info("resuming after epoch %d from %s", result["epochs_completed"], runs.CHECKPOINT)
+    result["status"] = "running"
     runs.write_result(run_dir, result)
     log.info(
         "%s (%d params, %d residual blocks) on %s: %d train / %d val / %d test images, %s",
-        cfg.model.name,
-        result["num_params"],
-        len(model.sd_blocks),
-        cfg.dataset.name,
-        len(data.train),
-        len(data.val),
-        len(data.test),
-        result["device_name"],
-    )
-    rows: list[dict[str, Any]] = []
-    best_val = math.inf
-    for epoch in range(1, tcfg.epochs + 1):
-        probs = survival_probs(sd.rule, len(model.sd_blocks), sd.final_survival, epoch - 1, tcfg.epochs)
-        set_survival_probs(model.sd_blocks, probs)
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(
-            model, loaders["train"], optimizer, tcfg.progress, f"epoch {epoch}/{tcfg.epochs}"
-        )
-        scheduler.step()
-        if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
-            val_error, test_error = (
-                evaluate(model, loaders["val"]),
-                evaluate(model, loaders["test"]),
+        cfg.model.name, result["num_params"], len(model.sd_blocks), cfg.dataset.name,
+        len(data.train), len(data.val), len(data.test), result["device_name"],
+    )  # fmt: skip
+    with StopSignals() as stop:
+        for epoch in range(result["epochs_completed"] + 1, tcfg.epochs + 1):
+            probs = survival_probs(sd.rule, len(model.sd_blocks), sd.final_survival, epoch - 1, tcfg.epochs)
+            set_survival_probs(model.sd_blocks, probs)
+            lr = optimizer.param_groups[0]["lr"]
+            desc = f"epoch {epoch}/{tcfg.epochs}"
+            if rows:
+                desc += f" (last: loss {rows[-1]['train_loss']:.3f}, val {rows[-1]['val_error']:.2f}%)"
+            stats = train_one_epoch(model, loaders["train"], optimizer, stop, tcfg.progress, desc)
+            if stats is None:
+                result.update(status="interrupted", interrupted_in_epoch=epoch)
+                runs.write_result(run_dir, result)
+                log.warning(
+                    "interrupted in epoch %d; the checkpoint after epoch %d is kept: run the same "
+                    "command again to resume", epoch, epoch - 1,
+                )  # fmt: skip
+                break
+            first_bad_step = stats.pop("first_bad_step")
+            if first_bad_step >= 0:
+                result.update(status="diverged", diverged_at={"epoch": epoch, "step": first_bad_step})
+                runs.write_result(run_dir, result)
+                log.warning("diverged: non-finite loss at epoch %d, step %d", epoch, first_bad_step)
+                return result
+            scheduler.step()
+            if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
+                val_error = evaluate(model, loaders["val"])
+                test_error = evaluate(model, loaders["test"])
+            else:
+                val_error = test_error = math.nan
+            row = {"epoch": epoch, "lr": lr, **stats, "val_error": val_error, "test_error": test_error}
+            rows.append(row)
+            result["epochs_completed"] = epoch
+            result["train_time_s"] += stats["epoch_time_s"]
+            if val_error < result.get("best_val_error", math.inf):
+                result.update(best_val_error=val_error, best_epoch=epoch, test_error_at_best_val=test_error)
+            if not math.isnan(test_error):
+                result["test_error"] = test_error
+            runs.write_metrics(run_dir, rows)
+            runs.write_result(run_dir, result)
+            save_checkpoint(
+                run_dir / runs.CHECKPOINT,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": capture_rng(generators),
+                    "rows": rows,
+                    "result": result,
+                },
             )
-        else:
-            val_error = test_error = math.nan
-        rows.append({"epoch": epoch, "lr": lr, **stats, "val_error": val_error, "test_error": test_error})
-        runs.write_metrics(run_dir, rows)
-        result["epochs_completed"] = epoch
-        result["train_time_s"] += stats["epoch_time_s"]
-        if val_error < best_val:
-            best_val = val_error
-            result.update(best_val_error=val_error, best_epoch=epoch, test_error_at_best_val=test_error)
-        if not math.isnan(test_error):
-            result["test_error"] = test_error
-        runs.write_result(run_dir, result)
-        log.info(
-            "epoch %d/%d  lr %.4g  loss %.4f  train %.2f%%  val %.2f%%  test %.2f%%  "
-            "blocks run %.1f%%  %.0f img/s  %.1f s",
-            epoch,
-            tcfg.epochs,
-            lr,
-            stats["train_loss"],
-            stats["train_error"],
-            val_error,
-            test_error,
-            100 * stats["executed_block_fraction"],
-            stats["images_per_s"],
-            stats["epoch_time_s"],
-        )
+            log.info(
+                "epoch %d/%d  lr %.4g  loss %.4f  train %.2f%%  val %.2f%%  test %.2f%%  "
+                "blocks run %.1f%%  %.0f img/s  %.1f s",
+                epoch, tcfg.epochs, lr, stats["train_loss"], stats["train_error"], val_error,
+                test_error, 100 * stats["executed_block_fraction"], stats["images_per_s"],
+                stats["epoch_time_s"],
+            )  # fmt: skip
+    if stop.received is not None:
+        stop.forward()
     result["status"] = "completed"
     runs.write_result(run_dir, result)
     log.info(
         "done: test error %.2f%% at best val epoch %d (%.2f%% at the last), %.0f s of training",
-        result["test_error_at_best_val"],
-        result["best_epoch"],
-        result["test_error"],
+        result["test_error_at_best_val"], result["best_epoch"], result["test_error"],
         result["train_time_s"],
-    )
+    )  # fmt: skip
     return result
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """:func:`train`, recording any exception as ``status: failed`` in ``result.json`` before re-raising."""
+def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> dict[str, Any]:
+    """Train into ``run_dir``, or resume the run there, or say it is finished.
+
+    The folder is checked before anything is written: a finished run is returned as it is; a run
+    with another config, or an unreadable checkpoint, raises :class:`~sdexp.runs.RunFolderError`.
+    Any exception during training is recorded as ``status: failed`` (with the error) and re-raised;
+    Ctrl-C as ``status: interrupted``.
+    """
+    run_dir = Path(run_dir)
+    changes = runs.config_changes(run_dir, cfg)
+    if changes:
+        raise runs.RunFolderError(
+            f"{run_dir} holds a run with another config ({'; '.join(changes)}): choose another "
+            "folder with hydra.run.dir=... or remove this one"
+        )
+    result_path, checkpoint_path = run_dir / runs.RESULT, run_dir / runs.CHECKPOINT
+    previous = runs.read_result(run_dir) if result_path.exists() else None
+    if previous is not None and previous["status"] in runs.FINISHED:
+        log.info("%s already holds a %s run: nothing to do", run_dir, previous["status"])
+        return previous
+    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
     log.info("run folder: %s", run_dir)
+    runs.write_config_files(run_dir, cfg, hydra_cfg)
     try:
-        return train(cfg, run_dir)
-    except Exception as exc:
-        log.error("training failed:\n%s", traceback.format_exc())
-        path = run_dir / runs.RESULT
-        result = runs.read_result(run_dir) if path.exists() else {}
-        result.update(status="failed", error_type=type(exc).__name__, error=str(exc))
+        return train(cfg, run_dir, checkpoint)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):  # a forwarded stop signal: already recorded
+            raise
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        log.error("training %s:\n%s", status, traceback.format_exc())
+        result = runs.read_result(run_dir) if result_path.exists() else {}
+        result.update(status=status, error_type=type(exc).__name__, error=str(exc))
         runs.write_result(run_dir, result)
         raise

@@ -1,0 +1,57 @@
+"""Checkpoints: the whole training state, RNG streams included, written atomically and read safely."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdexp.runs import RunFolderError, atomic_write
+
+
+class CheckpointError(RunFolderError):
+    """A checkpoint that cannot be read; the message names the file."""
+
+
+def capture_rng(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """The state of every random stream training draws from: Python, NumPy, torch (CPU and CUDA), and
+    the named generators (gates, data order and augmentation)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        **{key: g.get_state() for key, g in generators.items()},
+    }
+
+
+def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    """Put back the random streams saved by :func:`capture_rng`."""
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for key, g in generators.items():
+        g.set_state(state[key])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` atomically: a crash mid-write leaves the previous checkpoint intact."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load with ``weights_only=True``; a truncated or corrupt file raises :class:`CheckpointError`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "nothing was changed: move it away to restart this run from scratch"
+        ) from exc

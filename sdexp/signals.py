@@ -1,0 +1,43 @@
+"""Turn SIGUSR2 (sent by SLURM/submitit before a time limit or preemption) and SIGTERM into a request
+to stop training after the current step."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType, TracebackType
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+
+class StopSignals:
+    """Context manager: while active, a stop signal only sets :attr:`received`; on exit the previous
+    handlers are back. :meth:`forward` then delivers the signal to them (submitit's handler requeues
+    the job; the default handler ends the process)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        log.warning("received %s: stopping after the current step", signal.Signals(signum).name)
+        self.received = signum
+
+    def __exit__(self, _type: type | None, _value: BaseException | None, _tb: TracebackType | None) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+    def forward(self) -> None:
+        """Re-raise the received signal for the previous handler; exit with 128 + signal if it returns."""
+        if self.received is not None:
+            signal.raise_signal(self.received)
+            raise SystemExit(128 + self.received)

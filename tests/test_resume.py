@@ -1,0 +1,218 @@
+"""Nothing lost: exact resume after SIGKILL, SIGUSR2/SIGTERM, finished runs, failures and bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sdexp import runs, train
+from sdexp.runs import RunFolderError
+from tests.conftest import ROOT, TINY, compose_config
+
+TIMING = ("epoch_time_s", "images_per_s")
+# Long enough (about 0.5 s an epoch here) to be stopped in the middle, deterministic on the CPU.
+SLOW = [*TINY, "dataset.train_size=1024", "trainer.epochs=6", "trainer.deterministic=true"]
+
+
+def start(run_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *SLOW, *extra, f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(run_dir: Path, *extra: str) -> tuple[int, str]:
+    proc = start(run_dir, *extra)
+    out, _ = proc.communicate(timeout=300)
+    return proc.returncode, out
+
+
+def wait_for_epochs(run_dir: Path, proc: subprocess.Popen, n: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        path = run_dir / runs.METRICS
+        if path.exists() and len(runs.read_metrics(run_dir)) >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the run did not reach epoch {n} while running")
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """The metrics of an uninterrupted run."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    code, out = finish(run_dir)
+    assert code == 0, out
+    return runs.read_metrics(run_dir)
+
+
+def test_sigkill_then_rerun_resumes_exactly(tmp_path: Path, reference: list[dict]) -> None:
+    proc = start(tmp_path)
+    wait_for_epochs(tmp_path, proc, 2)
+    proc.kill()
+    proc.wait()
+    killed_after = len(runs.read_metrics(tmp_path))
+    assert runs.read_result(tmp_path)["status"] == "running"  # SIGKILL leaves no chance to record
+    assert killed_after < 6
+    code, out = finish(tmp_path)
+    assert code == 0, out
+    assert "resuming after epoch" in out
+    assert without_timing(runs.read_metrics(tmp_path)) == without_timing(reference)
+    assert runs.read_result(tmp_path)["status"] == "completed"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM])
+def test_stop_signal_checkpoints_and_rerun_resumes(
+    tmp_path: Path, reference: list[dict], sig: signal.Signals
+) -> None:
+    proc = start(tmp_path)
+    wait_for_epochs(tmp_path, proc, 1)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert f"received {sig.name}" in out
+    result = runs.read_result(tmp_path)
+    assert result["status"] == "interrupted"
+    done = result["epochs_completed"]
+    assert 1 <= done < 6 and result["interrupted_in_epoch"] == done + 1
+    before = runs.read_metrics(tmp_path)
+    code, out = finish(tmp_path)
+    assert code == 0, out
+    assert f"resuming after epoch {done}" in out
+    after = runs.read_metrics(tmp_path)
+    assert after[:done] == before[:done]  # kept, not retrained
+    assert without_timing(after) == without_timing(reference)
+
+
+def test_finished_run_is_not_retrained(tmp_path: Path) -> None:
+    cfg = compose_config(TINY)
+    train.run(cfg, tmp_path)
+    snapshot = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    result = train.run(cfg, tmp_path)
+    assert result["status"] == "completed"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == snapshot
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_corrupt_checkpoint_is_named_and_nothing_changes(tmp_path: Path) -> None:
+    cfg = compose_config(TINY)
+    train.run(cfg, tmp_path)
+    result = runs.read_result(tmp_path)
+    result["status"] = "interrupted"
+    runs.write_result(tmp_path, result)
+    checkpoint = tmp_path / runs.CHECKPOINT
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # truncated
+    before = _files(tmp_path)
+    with pytest.raises(RunFolderError, match=str(checkpoint)):
+        train.run(cfg, tmp_path)
+    assert _files(tmp_path) == before
+
+
+def test_other_config_in_a_run_folder_is_refused(tmp_path: Path) -> None:
+    train.run(compose_config(TINY), tmp_path)
+    before = _files(tmp_path)
+    with pytest.raises(RunFolderError, match=r"trainer\.epochs: 2 -> 3"):
+        train.run(compose_config([*TINY, "trainer.epochs=3"]), tmp_path)
+    assert _files(tmp_path) == before
+    # Keys that do not change results may differ.
+    assert train.run(compose_config([*TINY, "trainer.progress=true"]), tmp_path)["status"] == "completed"
+
+
+def test_divergence_stops_with_epoch_and_step(tmp_path: Path) -> None:
+    cfg = compose_config([*TINY, "optimizer.lr=1e30", "stochastic_depth=off"])
+    result = train.run(cfg, tmp_path)
+    assert result["status"] == "diverged"
+    assert result["diverged_at"]["epoch"] == 1
+    assert 1 <= result["diverged_at"]["step"] <= 8  # 256 images / batch 32
+    assert runs.read_result(tmp_path) == result
+    assert not (tmp_path / runs.CHECKPOINT).exists()  # no checkpoint of non-finite weights
+
+
+def test_exception_is_recorded_with_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def explode(*args: object, **kwargs: object) -> float:
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(train, "evaluate", explode)
+    with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError):
+        train.run(compose_config(TINY), tmp_path)
+    result = runs.read_result(tmp_path)
+    assert result["status"] == "failed"
+    assert (result["error_type"], result["error"]) == ("RuntimeError", "out of memory, say")
+    assert "Traceback" in caplog.text and "explode" in caplog.text
+
+
+def test_ctrl_c_is_recorded_as_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(*args: object, **kwargs: object) -> float:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "evaluate", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(compose_config(TINY), tmp_path)
+    assert runs.read_result(tmp_path)["status"] == "interrupted"
+
+
+def run_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *TINY, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_bad_value_leaves_an_existing_run_untouched(tmp_path: Path) -> None:
+    assert run_py("hydra.run.dir=run", cwd=tmp_path).returncode == 0
+    before = _files(tmp_path / "run")
+    proc = run_py("optimizer.lr=-1", "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: optimizer.lr=-1.0 is not allowed: a number > 0"
+    assert _files(tmp_path / "run") == before
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    proc = run_py("hydra.run.dir=file/run", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write the output folder" in lines[0]
+    assert "hydra.run.dir" in lines[0]
+
+
+def test_default_run_folder_is_named_from_the_overrides(tmp_path: Path) -> None:
+    proc = run_py("seed=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = (tmp_path / "outputs").iterdir()
+    assert "seed=3" in folder.name and "model=resnet20" in folder.name
+    assert "trainer.progress" not in folder.name  # keys that do not change results are left out
+    again = run_py("seed=3", cwd=tmp_path)
+    assert again.returncode == 0
+    assert "already holds a completed run" in again.stdout + again.stderr
+
+
+def test_files_are_readable_by_the_group(tmp_path: Path) -> None:
+    train.run(compose_config(TINY), tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (runs.RESULT, runs.METRICS, runs.CHECKPOINT):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+    assert json.loads((tmp_path / runs.RESULT).read_text())["status"] == "completed"
