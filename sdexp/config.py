@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
@@ -45,6 +47,12 @@ class Block(StrEnum):
 class Shortcut(StrEnum):
     pad = "pad"
     projection = "projection"
+
+
+class Precision(StrEnum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
 
 
 class Schedule(StrEnum):
@@ -103,6 +111,8 @@ class TrainerConfig:
     eval_every: int = MISSING
     deterministic: bool = MISSING
     progress: bool = MISSING
+    precision: Precision = MISSING
+    channels_last: bool | None = None
     num_threads: int | None = None
 
 
@@ -130,6 +140,17 @@ def register_configs() -> None:
     and register the ``run_name`` resolver used by the output folders."""
     ConfigStore.instance().store(name="config_schema", node=Config)
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``run.py`` would get for these command-line overrides (without the ``hydra`` node),
+    for scripts, notebooks and tests."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 class ConfigError(ValueError):

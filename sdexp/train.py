@@ -53,6 +53,15 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+def speed_settings(tcfg: DictConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """The autocast dtype (None: fp32) and whether to use channels-last memory; ``auto``/``null``
+    turn both on for CUDA only."""
+    on_cuda = device.type == "cuda"
+    bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and on_cuda)
+    channels_last = on_cuda if tcfg.channels_last is None else tcfg.channels_last
+    return (torch.bfloat16 if bf16 else None), channels_last
+
+
 def git_revision() -> str | None:
     """The project's git commit (with ``-dirty`` if it has local changes), or None outside git."""
     try:
@@ -81,6 +90,7 @@ def train_one_epoch(
     stop: StopSignals,
     progress: bool,
     desc: str,
+    amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float] | None:
     """One pass over the training split, or None if a stop signal came first.
 
@@ -104,8 +114,9 @@ def train_one_epoch(
         disable=not progress or None,  # None: only on a terminal
     )
     for step, (x, y) in enumerate(loader, start=1):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -132,12 +143,14 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model: ResNet, loader: DeviceLoader) -> float:
+def evaluate(model: ResNet, loader: DeviceLoader, amp_dtype: torch.dtype | None = None) -> float:
     """Top-1 error in percent."""
     model.eval()
-    wrong = torch.zeros((), device=loader.images.device, dtype=torch.long)
+    device = loader.images.device
+    wrong = torch.zeros((), device=device, dtype=torch.long)
     for x, y in loader:
-        wrong += (model(x).argmax(1) != y).sum()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            wrong += (model(x).argmax(1) != y).sum()
     return 100.0 * wrong.item() / len(loader.labels)
 
 
@@ -169,9 +182,14 @@ def train(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None = No
         torch.set_num_threads(tcfg.num_threads)
     device = resolve_device(tcfg.device)
     seed_everything(cfg.seed, tcfg.deterministic)
+    amp_dtype, channels_last = speed_settings(tcfg, device)
     data = build_data(cfg.dataset)
-    loaders = build_loaders(data, cfg.dataset, tcfg.batch_size, tcfg.eval_batch_size, device, seed=cfg.seed)
+    loaders = build_loaders(
+        data, cfg.dataset, tcfg.batch_size, tcfg.eval_batch_size, device, cfg.seed, channels_last
+    )
     model = build_model(cfg.model, sd, len(data.classes), seed=cfg.seed).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = build_optimizer(model, cfg.optimizer, tcfg.epochs)
     generators = {"gates": model.gate_generator, "loader": loaders["train"].generator}
     if checkpoint is None:
@@ -200,7 +218,7 @@ def train(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None = No
             desc = f"epoch {epoch}/{tcfg.epochs}"
             if rows:
                 desc += f" (last: loss {rows[-1]['train_loss']:.3f}, val {rows[-1]['val_error']:.2f}%)"
-            stats = train_one_epoch(model, loaders["train"], optimizer, stop, tcfg.progress, desc)
+            stats = train_one_epoch(model, loaders["train"], optimizer, stop, tcfg.progress, desc, amp_dtype)
             if stats is None:
                 result.update(status="interrupted", interrupted_in_epoch=epoch)
                 runs.write_result(run_dir, result)
@@ -217,8 +235,8 @@ def train(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None = No
                 return result
             scheduler.step()
             if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
-                val_error = evaluate(model, loaders["val"])
-                test_error = evaluate(model, loaders["test"])
+                val_error = evaluate(model, loaders["val"], amp_dtype)
+                test_error = evaluate(model, loaders["test"], amp_dtype)
             else:
                 val_error = test_error = math.nan
             row = {"epoch": epoch, "lr": lr, **stats, "val_error": val_error, "test_error": test_error}

@@ -6,8 +6,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from sdexp.config import ConfigError, validate
-from tests.conftest import CONF_DIR, compose_config
+from sdexp.config import CONF_DIR, ConfigError, compose_config, validate
 
 GROUPS = ["model", "dataset", "optimizer", "stochastic_depth", "trainer", "experiment"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from scipy.stats import binomtest, chisquare
 
+from sdexp.config import compose_config
 from sdexp.data import Split, build_loaders
 from sdexp.data.loader import PAD, DeviceLoader, translate_and_flip
 from sdexp.data.synthetic import CLASSES, make_synthetic
-from tests.conftest import compose_config
 
 
 def test_synthetic_is_deterministic_balanced_and_seeded() -> None:

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchvision
 
+from sdexp.config import CONF_DIR, compose_config
 from sdexp.models import build_model
-from tests.conftest import CONF_DIR, compose_config
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from sdexp import runs, train
+from sdexp.config import compose_config
 from sdexp.runs import RunFolderError
-from tests.conftest import ROOT, TINY, compose_config
+from tests.conftest import ROOT, TINY
 
 TIMING = ("epoch_time_s", "images_per_s")
 # Long enough (about 0.5 s an epoch here) to be stopped in the middle, deterministic on the CPU.

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sdexp import runs, train
-from tests.conftest import ROOT, TINY, compose_config
+from sdexp.config import compose_config
+from tests.conftest import ROOT, TINY
 
 RESULT_KEYS = {
     "status",
@@ -149,3 +151,16 @@ def test_run_py_rejects_bad_overrides(tmp_path: Path, override: str, message: st
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not (tmp_path / "out" / runs.RESULT).exists()
+
+
+def test_bf16_and_channels_last_train_on_cpu(tmp_path: Path) -> None:
+    overrides = [*TINY, "trainer.epochs=1", "trainer.precision=bf16", "trainer.channels_last=true"]
+    result = train.run(compose_config(overrides), tmp_path)
+    assert result["status"] == "completed"
+    assert 0 <= result["test_error"] <= 100
+
+
+def test_speed_settings_default_to_fp32_on_cpu() -> None:
+    cfg = compose_config()
+    assert train.speed_settings(cfg.trainer, torch.device("cpu")) == (None, False)
+    assert train.speed_settings(cfg.trainer, torch.device("cuda")) == (torch.bfloat16, True)

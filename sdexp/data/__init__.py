@@ -55,10 +55,11 @@ def build_loaders(
     eval_batch_size: int,
     device: torch.device,
     seed: int,
+    channels_last: bool = False,
 ) -> dict[str, DeviceLoader]:
     """Device-resident loaders for the three splits; only the training split is augmented."""
     mean, std = data.channel_stats()
-    common = {"mean": mean, "std": std, "device": device}
+    common = {"mean": mean, "std": std, "device": device, "channels_last": channels_last}
     return {
         "train": DeviceLoader(
             data.train.images,

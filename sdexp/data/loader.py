@@ -37,7 +37,8 @@ class DeviceLoader:
     """Iterates over (normalised float images, labels) batches of a split stored on ``device``.
 
     ``train=True`` shuffles every epoch, drops the last incomplete batch and augments if ``augment``;
-    otherwise batches come in order, complete and untouched.
+    otherwise batches come in order, complete and untouched. ``channels_last`` gives the images in
+    that memory format.
     """
 
     def __init__(
@@ -51,12 +52,14 @@ class DeviceLoader:
         train: bool = False,
         augment: bool = False,
         seed: int = 0,
+        channels_last: bool = False,
     ) -> None:
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
         self.train = train
         self.augment = augment
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
@@ -79,4 +82,5 @@ class DeviceLoader:
             x = self.images[idx]
             if self.augment:
                 x = translate_and_flip(x, self.generator)
-            yield torch.addcmul(self.shift, x.float(), self.scale), self.labels[idx]
+            x = torch.addcmul(self.shift, x.float(), self.scale)
+            yield x.contiguous(memory_format=self.memory_format), self.labels[idx]

@@ -1,0 +1,143 @@
+"""Training speed, measured in one process: stochastic vs constant depth, precision, memory format.
+
+Times the trainer's own ``train_one_epoch`` (gate sampling, device-resident loader with augmentation,
+optimizer step, one device sync per epoch) on random CIFAR-shaped data, after a warm-up epoch, and
+reports the median of several epochs per case. Also times the input pipeline alone.
+
+    python benchmarks/train_speed.py --model resnet110              # the paper's network
+    python benchmarks/train_speed.py --quick                         # seconds; what CI runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sdexp.config import compose_config, register_configs
+from sdexp.data.loader import DeviceLoader
+from sdexp.models import build_model
+from sdexp.optim import build_optimizer
+from sdexp.signals import StopSignals
+from sdexp.stochastic_depth import set_survival_probs, survival_probs
+from sdexp.train import resolve_device, speed_settings, train_one_epoch
+
+PAPER_EPOCHS, PAPER_TRAIN_IMAGES = 500, 45_000
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_loader(images: int, batch: int, device: torch.device, channels_last: bool) -> DeviceLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (images,), generator=g)
+    return DeviceLoader(
+        x, y, batch, [0.5] * 3, [0.25] * 3, device, train=True, augment=True,
+        channels_last=channels_last,
+    )  # fmt: skip
+
+
+def time_case(args: argparse.Namespace, rule: str, precision: str, channels_last: bool) -> dict:
+    overrides = [
+        f"model={args.model}",
+        f"stochastic_depth={rule}",
+        f"trainer.device={args.device}",
+        f"trainer.precision={precision}",
+        f"trainer.channels_last={str(channels_last).lower()}",
+    ]
+    cfg = compose_config(overrides)
+    device = resolve_device(cfg.trainer.device)
+    amp_dtype, cl = speed_settings(cfg.trainer, device)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.stochastic_depth, 10, seed=0).to(device)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    sd = cfg.stochastic_depth
+    set_survival_probs(model.sd_blocks, survival_probs(sd.rule, len(model.sd_blocks), sd.final_survival))
+    optimizer, _ = build_optimizer(model, cfg.optimizer, cfg.trainer.epochs)
+    loader = make_loader(args.images, cfg.trainer.batch_size, device, cl)
+    warmup = make_loader(cfg.trainer.batch_size * 10, cfg.trainer.batch_size, device, cl)
+    stop = StopSignals()
+    train_one_epoch(model, warmup, optimizer, stop, False, "warm-up", amp_dtype)
+    epochs = [
+        train_one_epoch(model, loader, optimizer, stop, False, "timed", amp_dtype)
+        for _ in range(args.repeats)
+    ]
+    input_times = []
+    for _ in range(args.repeats):
+        sync(device)
+        start = time.perf_counter()
+        for _batch in loader:
+            pass
+        sync(device)
+        input_times.append(time.perf_counter() - start)
+    images_per_s = statistics.median(e["images_per_s"] for e in epochs)
+    epoch_s = PAPER_TRAIN_IMAGES / images_per_s
+    return {
+        "rule": rule,
+        "precision": "bf16" if amp_dtype is not None else "fp32",
+        "channels_last": cl,
+        "images_per_s": images_per_s,
+        "epoch_time_s": epoch_s,
+        "paper_500_epochs_min": PAPER_EPOCHS * epoch_s / 60,
+        "executed_block_fraction": statistics.mean(e["executed_block_fraction"] for e in epochs),
+        "input_share": statistics.median(input_times) / statistics.median(e["epoch_time_s"] for e in epochs),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet110")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--images", type=int, default=None, help="images per timed epoch")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per case (median)")
+    parser.add_argument("--precision", default=None, help="comma list of fp32,bf16")
+    parser.add_argument("--channels-last", default=None, help="comma list of false,true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
+    args = parser.parse_args()
+    register_configs()
+    on_cuda = resolve_device(args.device).type == "cuda"
+    if args.quick:
+        args.model, args.repeats = "resnet20", 1
+        args.images = args.images or 512
+    args.images = args.images or (20_000 if on_cuda else 2_048)
+    precisions = (args.precision or ("fp32,bf16" if on_cuda else "fp32")).split(",")
+    layouts = [s == "true" for s in (args.channels_last or ("false,true" if on_cuda else "false")).split(",")]
+    rows = []
+    for precision in precisions:
+        for cl in layouts:
+            pair = [time_case(args, rule, precision, cl) for rule in ("off", "linear")]
+            pair[1]["ratio_to_constant"] = pair[1]["epoch_time_s"] / pair[0]["epoch_time_s"]
+            pair[0]["ratio_to_constant"] = 1.0
+            rows += pair
+            for row in pair:
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    print(f"\n{args.model} on {rows[0]['device']}, torch {torch.__version__}, "
+          f"{args.images} images per timed epoch, median of {args.repeats}")  # fmt: skip
+    header = ("rule", "precision", "ch_last", "img/s", "45k-epoch s", "SD/const", "blocks run",
+              "input %", "500 ep. min")  # fmt: skip
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print(
+            f"| {r['rule']} | {r['precision']} | {r['channels_last']} | {r['images_per_s']:.0f} | "
+            f"{r['epoch_time_s']:.2f} | {r['ratio_to_constant']:.3f} | "
+            f"{100 * r['executed_block_fraction']:.1f}% | {100 * r['input_share']:.1f} | "
+            f"{r['paper_500_epochs_min']:.1f} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
