@@ -25,7 +25,7 @@ from sdexp.models import build_model
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
-from sdexp.train import resolve_device, speed_settings, train_one_epoch
+from sdexp.train import EpochProgress, resolve_device, speed_settings, train_one_epoch
 
 PAPER_EPOCHS, PAPER_TRAIN_IMAGES = 500, 45_000
 
@@ -66,11 +66,12 @@ def time_case(args: argparse.Namespace, rule: str, precision: str, channels_last
     loader = make_loader(args.images, cfg.trainer.batch_size, device, cl)
     warmup = make_loader(cfg.trainer.batch_size * 10, cfg.trainer.batch_size, device, cl)
     stop = StopSignals()
-    train_one_epoch(model, warmup, optimizer, stop, False, "warm-up", amp_dtype)
-    epochs = [
-        train_one_epoch(model, loader, optimizer, stop, False, "timed", amp_dtype)
-        for _ in range(args.repeats)
-    ]
+
+    def epoch(data: DeviceLoader) -> dict:
+        return train_one_epoch(model, data, optimizer, EpochProgress.start(data), stop, False, "", amp_dtype)
+
+    epoch(warmup)
+    epochs = [epoch(loader) for _ in range(args.repeats)]
     input_times = []
     for _ in range(args.repeats):
         sync(device)

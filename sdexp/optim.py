@@ -16,6 +16,11 @@ def build_optimizer(
     ``multistep`` multiplies the rate by ``gamma`` at each milestone, given as a fraction of the epochs
     (the paper: 0.5 and 0.75 of 500 epochs are epochs 250 and 375; never before the first epoch);
     ``cosine`` decays it to 0.
+
+    Every parameter gets a zero gradient up front, and the trainer zeroes gradients instead of
+    dropping them, so that a dropped block's weights still get weight decay and momentum, as in the
+    paper's code (one flat gradient tensor) and in frameworks that mask the branch. With ``None``
+    gradients, PyTorch's SGD would skip those weights altogether.
     """
     if cfg.name != "sgd":
         raise ValueError(f"optimizer.name={cfg.name!r} is not known; allowed: sgd")
@@ -27,6 +32,8 @@ def build_optimizer(
         weight_decay=cfg.weight_decay,
         nesterov=cfg.nesterov,
     )
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
     if cfg.schedule == "cosine":
         return optimizer, CosineAnnealingLR(optimizer, T_max=epochs)
     milestones = [max(1, round(m * epochs)) for m in cfg.milestones]

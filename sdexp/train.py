@@ -1,7 +1,7 @@
 """The training engine: build everything from the config, train, evaluate, write the run folder.
 
-A run resumes from its folder: rerunning the same command continues from the last epoch's checkpoint,
-and a finished run is not trained again.
+A run resumes from its folder: rerunning the same command continues from the checkpoint written after
+every epoch (or at the step where a stop signal came), and a finished run is not trained again.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import random
 import subprocess
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,62 +84,97 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+@dataclass
+class EpochProgress:
+    """A training epoch in progress: enough to continue it exactly after a stop."""
+
+    order: torch.Tensor  # this epoch's sample order
+    loss_sum: torch.Tensor  # device sums, read once at the end of the epoch
+    wrong: torch.Tensor
+    first_bad_step: torch.Tensor  # first step with a non-finite loss, -1 if none
+    step: int = 0  # steps done
+    seen: int = 0
+    executed_blocks: int = 0
+    total_blocks: int = 0
+    elapsed_s: float = 0.0
+
+    @classmethod
+    def start(cls, loader: DeviceLoader) -> EpochProgress:
+        device = loader.images.device
+        return cls(
+            order=loader.epoch_order(),
+            loss_sum=torch.zeros((), device=device),
+            wrong=torch.zeros((), device=device, dtype=torch.long),
+            first_bad_step=torch.full((), -1, device=device, dtype=torch.long),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.cpu() if torch.is_tensor(v) else v for k, v in vars(self).items()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
+        return cls(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in state.items()})
+
+
 def train_one_epoch(
     model: ResNet,
     loader: DeviceLoader,
     optimizer: torch.optim.Optimizer,
+    epoch: EpochProgress,
     stop: StopSignals,
     progress: bool,
     desc: str,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float] | None:
-    """One pass over the training split, or None if a stop signal came first.
+    """Train the rest of ``epoch``; return its statistics, or None if a stop signal came first (then
+    ``epoch`` holds the progress so far).
 
     Losses and errors are summed on the device and read once at the end (no per-step sync), as is the
     first step whose loss was not finite (``first_bad_step``, -1 if none).
     """
     model.train()
-    model.executed_blocks = model.total_blocks = 0
+    model.executed_blocks, model.total_blocks = epoch.executed_blocks, epoch.total_blocks
     device = loader.images.device
-    loss_sum = torch.zeros((), device=device)
-    wrong = torch.zeros((), device=device, dtype=torch.long)
-    first_bad = torch.full((), -1, device=device, dtype=torch.long)
-    seen = 0
-    start = time.perf_counter()
     bar = tqdm(
         total=len(loader) * loader.batch_size,
+        initial=epoch.seen,
         desc=desc,
         unit="img",
         unit_scale=True,
         leave=False,
         disable=not progress or None,  # None: only on a terminal
     )
-    for step, (x, y) in enumerate(loader, start=1):
+    start = time.perf_counter()
+    for x, y in loader.batches(epoch.order, epoch.step):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=False)  # see build_optimizer
         loss.backward()
         optimizer.step()
         loss = loss.detach()
-        loss_sum += loss * len(y)
-        wrong += (logits.argmax(1) != y).sum()
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
-        seen += len(y)
+        epoch.step += 1
+        epoch.loss_sum += loss * len(y)
+        epoch.wrong += (logits.argmax(1) != y).sum()
+        bad = (epoch.first_bad_step < 0) & ~torch.isfinite(loss)
+        epoch.first_bad_step = torch.where(bad, epoch.step, epoch.first_bad_step)
+        epoch.seen += len(y)
         bar.update(len(y))
         if stop.received is not None:
-            bar.close()
-            return None
+            break
     bar.close()
-    train_loss, train_wrong = loss_sum.item(), wrong.item()  # waits for the device
-    elapsed = time.perf_counter() - start
+    epoch.executed_blocks, epoch.total_blocks = model.executed_blocks, model.total_blocks
+    train_loss, train_wrong = epoch.loss_sum.item(), epoch.wrong.item()  # waits for the device
+    epoch.elapsed_s += time.perf_counter() - start
+    if epoch.step < len(loader):
+        return None
     return {
-        "train_loss": train_loss / seen,
-        "train_error": 100.0 * train_wrong / seen,
-        "epoch_time_s": elapsed,
-        "images_per_s": seen / elapsed,
-        "executed_block_fraction": model.executed_blocks / max(model.total_blocks, 1),
-        "first_bad_step": int(first_bad.item()),
+        "train_loss": train_loss / epoch.seen,
+        "train_error": 100.0 * train_wrong / epoch.seen,
+        "epoch_time_s": epoch.elapsed_s,
+        "images_per_s": epoch.seen / epoch.elapsed_s,
+        "executed_block_fraction": epoch.executed_blocks / max(epoch.total_blocks, 1),
+        "first_bad_step": int(epoch.first_bad_step.item()),
     }
 
 
@@ -175,7 +211,8 @@ def train(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None = No
     """Train the configured model (from ``checkpoint`` if given), writing the run folder as it goes.
 
     Ends with ``status`` completed, diverged (a non-finite loss; training stops) or interrupted (a
-    stop signal; the signal is then passed on to its previous handler, which ends the process).
+    stop signal: the step in progress finishes, a checkpoint of the epoch so far is written, and the
+    signal is passed on to its previous handler, which ends the process or requeues the job).
     """
     tcfg, sd = cfg.trainer, cfg.stochastic_depth
     if tcfg.num_threads is not None:
@@ -192,6 +229,20 @@ def train(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None = No
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = build_optimizer(model, cfg.optimizer, tcfg.epochs)
     generators = {"gates": model.gate_generator, "loader": loaders["train"].generator}
+
+    def save(progress: EpochProgress | None = None) -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": capture_rng(generators),
+            "rows": rows,
+            "result": result,
+            "epoch_in_progress": progress.state_dict() if progress else None,
+        }
+        save_checkpoint(run_dir / runs.CHECKPOINT, state)
+
+    in_progress = None
     if checkpoint is None:
         rows: list[dict[str, Any]] = []
         result = _new_result(cfg, model, device)
@@ -202,7 +253,11 @@ def train(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None = No
         restore_rng(checkpoint["rng"], generators)
         rows, result = checkpoint["rows"], checkpoint["result"]
         result["device_name"] = device_name(device)
-        log.info("resuming after epoch %d from %s", result["epochs_completed"], runs.CHECKPOINT)
+        if checkpoint["epoch_in_progress"] is None:
+            log.info("resuming after epoch %d", result["epochs_completed"])
+        else:
+            in_progress = EpochProgress.from_state_dict(checkpoint["epoch_in_progress"], device)
+            log.info("resuming epoch %d at step %d", result["epochs_completed"] + 1, in_progress.step)
     result["status"] = "running"
     runs.write_result(run_dir, result)
     log.info(
@@ -218,13 +273,18 @@ def train(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None = No
             desc = f"epoch {epoch}/{tcfg.epochs}"
             if rows:
                 desc += f" (last: loss {rows[-1]['train_loss']:.3f}, val {rows[-1]['val_error']:.2f}%)"
-            stats = train_one_epoch(model, loaders["train"], optimizer, stop, tcfg.progress, desc, amp_dtype)
+            progress = in_progress or EpochProgress.start(loaders["train"])
+            in_progress = None
+            stats = train_one_epoch(
+                model, loaders["train"], optimizer, progress, stop, tcfg.progress, desc, amp_dtype
+            )
             if stats is None:
                 result.update(status="interrupted", interrupted_in_epoch=epoch)
+                save(progress)
                 runs.write_result(run_dir, result)
                 log.warning(
-                    "interrupted in epoch %d; the checkpoint after epoch %d is kept: run the same "
-                    "command again to resume", epoch, epoch - 1,
+                    "interrupted in epoch %d after step %d, checkpoint written: run the same command "
+                    "again to resume", epoch, progress.step,
                 )  # fmt: skip
                 break
             first_bad_step = stats.pop("first_bad_step")
@@ -239,27 +299,11 @@ def train(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None = No
                 test_error = evaluate(model, loaders["test"], amp_dtype)
             else:
                 val_error = test_error = math.nan
-            row = {"epoch": epoch, "lr": lr, **stats, "val_error": val_error, "test_error": test_error}
-            rows.append(row)
-            result["epochs_completed"] = epoch
-            result["train_time_s"] += stats["epoch_time_s"]
-            if val_error < result.get("best_val_error", math.inf):
-                result.update(best_val_error=val_error, best_epoch=epoch, test_error_at_best_val=test_error)
-            if not math.isnan(test_error):
-                result["test_error"] = test_error
+            rows.append({"epoch": epoch, "lr": lr, **stats, "val_error": val_error, "test_error": test_error})
+            _record_epoch(result, rows[-1])
             runs.write_metrics(run_dir, rows)
             runs.write_result(run_dir, result)
-            save_checkpoint(
-                run_dir / runs.CHECKPOINT,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": capture_rng(generators),
-                    "rows": rows,
-                    "result": result,
-                },
-            )
+            save()
             log.info(
                 "epoch %d/%d  lr %.4g  loss %.4f  train %.2f%%  val %.2f%%  test %.2f%%  "
                 "blocks run %.1f%%  %.0f img/s  %.1f s",
@@ -277,6 +321,21 @@ def train(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None = No
         result["train_time_s"],
     )  # fmt: skip
     return result
+
+
+def _record_epoch(result: dict[str, Any], row: dict[str, Any]) -> None:
+    """Update the summary with a finished epoch: the paper reports the test error at the epoch of
+    the best validation error (the first such epoch on ties)."""
+    result["epochs_completed"] = row["epoch"]
+    result["train_time_s"] += row["epoch_time_s"]
+    if row["val_error"] < result.get("best_val_error", math.inf):
+        result.update(
+            best_val_error=row["val_error"],
+            best_epoch=row["epoch"],
+            test_error_at_best_val=row["test_error"],
+        )
+    if not math.isnan(row["test_error"]):
+        result["test_error"] = row["test_error"]
 
 
 def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def test_stop_signal_checkpoints_and_rerun_resumes(
     before = runs.read_metrics(tmp_path)
     code, out = finish(tmp_path)
     assert code == 0, out
-    assert f"resuming after epoch {done}" in out
+    assert f"resuming epoch {done + 1} at step" in out  # mid-epoch: the steps done are kept
     after = runs.read_metrics(tmp_path)
     assert after[:done] == before[:done]  # kept, not retrained
     assert without_timing(after) == without_timing(reference)

@@ -72,12 +72,18 @@ class DeviceLoader:
         return -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches(self.epoch_order())
+
+    def epoch_order(self) -> torch.Tensor:
+        """The order of the samples for one epoch: a fresh permutation when training."""
         n = len(self.labels)
         if self.train:
-            order = torch.randperm(n, device=self.images.device, generator=self.generator)
-        else:
-            order = torch.arange(n, device=self.images.device)
-        for i in range(len(self)):
+            return torch.randperm(n, device=self.images.device, generator=self.generator)
+        return torch.arange(n, device=self.images.device)
+
+    def batches(self, order: torch.Tensor, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of an epoch in ``order``, from batch number ``start`` on."""
+        for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = self.images[idx]
             if self.augment:
