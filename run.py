@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from sdexp.config import ConfigError, register_configs, validate
+from sdexp.data import DatasetError
 from sdexp.runs import RunFolderError
 from sdexp.train import run
 
@@ -25,7 +26,7 @@ def main(cfg: DictConfig) -> None:
     try:
         validate(cfg)
         run(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg)
-    except (ConfigError, RunFolderError) as exc:
+    except (ConfigError, RunFolderError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 

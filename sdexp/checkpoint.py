@@ -51,7 +51,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        lines = str(exc).splitlines() or [""]
+        reason = next((line.strip() for line in lines if "error:" in line.lower()), lines[0])
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            f"cannot read checkpoint {path} ({type(exc).__name__}: {reason}); "
             "nothing was changed: move it away to restart this run from scratch"
         ) from exc

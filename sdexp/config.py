@@ -55,6 +55,20 @@ class Precision(StrEnum):
     bf16 = "bf16"
 
 
+class DatasetName(StrEnum):
+    synthetic = "synthetic"
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    svhn = "svhn"
+    cinic10 = "cinic10"
+    imagefolder = "imagefolder"
+
+
+class LoaderKind(StrEnum):
+    fast = "fast"
+    torch = "torch"
+
+
 class Schedule(StrEnum):
     multistep = "multistep"
     cosine = "cosine"
@@ -72,13 +86,20 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING
-    num_classes: int = MISSING
-    train_size: int = MISSING
+    name: DatasetName = MISSING
+    root: str | None = MISSING
+    cache_dir: str = MISSING
+    download: bool = MISSING
+    extra: bool = MISSING
+    train_size: int | None = MISSING
     val_size: int = MISSING
-    test_size: int = MISSING
+    test_size: int | None = MISSING
     split_seed: int = MISSING
     augment: bool = MISSING
+    mean: list[float] | None = MISSING
+    std: list[float] | None = MISSING
+    loader: LoaderKind = MISSING
+    num_workers: int = MISSING
 
 
 @dataclass
@@ -171,10 +192,12 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.blocks_per_stage": (_positive_ints, "a non-empty list of integers >= 1"),
     "model.widths": (_positive_ints, "a non-empty list of integers >= 1"),
     "model.stem_width": (lambda v: v >= 1, "an integer >= 1"),
-    "dataset.num_classes": (lambda v: v >= 2, "an integer >= 2"),
-    "dataset.train_size": (lambda v: v >= 1, "an integer >= 1"),
+    "dataset.train_size": (lambda v: v is None or v >= 1, "null (all) or an integer >= 1"),
     "dataset.val_size": (lambda v: v >= 1, "an integer >= 1"),
-    "dataset.test_size": (lambda v: v >= 1, "an integer >= 1"),
+    "dataset.test_size": (lambda v: v is None or v >= 1, "null (all) or an integer >= 1"),
+    "dataset.mean": (lambda v: v is None or len(v) == 3, "null (from the training images) or 3 numbers"),
+    "dataset.std": (lambda v: v is None or (len(v) == 3 and min(v) > 0), "null or 3 numbers > 0"),
+    "dataset.num_workers": (lambda v: v >= 0, "an integer >= 0"),
     "optimizer.lr": (lambda v: v > 0, "a number > 0"),
     "optimizer.momentum": (lambda v: 0 <= v < 1, "0 <= momentum < 1"),
     "optimizer.dampening": (lambda v: 0 <= v < 1, "0 <= dampening < 1"),
@@ -197,6 +220,9 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first key that the schema lacks (added with ``+key=``)
     or whose value is outside its allowed range."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} must be given: add {missing[0]}=... to the command")
     try:
         OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
     except ConfigKeyError as exc:
@@ -210,6 +236,13 @@ def validate(cfg: DictConfig) -> None:
             f"model.widths has {len(cfg.model.widths)} entries but model.blocks_per_stage has "
             f"{len(cfg.model.blocks_per_stage)}: give one width per stage"
         )
+    data = cfg.dataset
+    if data.name == "synthetic" and (data.train_size is None or data.test_size is None):
+        raise ConfigError("dataset.train_size and dataset.test_size must be set for dataset=synthetic")
+    if data.name != "synthetic" and data.root is None:
+        raise ConfigError(f"dataset.root is null: give the folder that holds {data.name}")
+    if (data.mean is None) != (data.std is None):
+        raise ConfigError("dataset.mean and dataset.std must be both null or both set")
     if str(cfg.trainer.device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.device={cfg.trainer.device} but CUDA is not available here: use auto or cpu"

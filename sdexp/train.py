@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from sdexp import runs
 from sdexp.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from sdexp.data import DeviceLoader, build_data, build_loaders
+from sdexp.data import ImageSplits, Loader, build_data, build_loaders
 from sdexp.models import ResNet, build_model
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
@@ -99,8 +99,8 @@ class EpochProgress:
     elapsed_s: float = 0.0
 
     @classmethod
-    def start(cls, loader: DeviceLoader) -> EpochProgress:
-        device = loader.images.device
+    def start(cls, loader: Loader) -> EpochProgress:
+        device = loader.device
         return cls(
             order=loader.epoch_order(),
             loss_sum=torch.zeros((), device=device),
@@ -118,7 +118,7 @@ class EpochProgress:
 
 def train_one_epoch(
     model: ResNet,
-    loader: DeviceLoader,
+    loader: Loader,
     optimizer: torch.optim.Optimizer,
     epoch: EpochProgress,
     stop: StopSignals,
@@ -134,7 +134,7 @@ def train_one_epoch(
     """
     model.train()
     model.executed_blocks, model.total_blocks = epoch.executed_blocks, epoch.total_blocks
-    device = loader.images.device
+    device = loader.device
     bar = tqdm(
         total=len(loader) * loader.batch_size,
         initial=epoch.seen,
@@ -179,10 +179,12 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model: ResNet, loader: DeviceLoader, amp_dtype: torch.dtype | None = None) -> float:
-    """Top-1 error in percent."""
+def evaluate(model: ResNet, loader: Loader, amp_dtype: torch.dtype | None = None) -> float:
+    """Top-1 error in percent (NaN for an empty split)."""
+    if len(loader.labels) == 0:
+        return math.nan
     model.eval()
-    device = loader.images.device
+    device = loader.device
     wrong = torch.zeros((), device=device, dtype=torch.long)
     for x, y in loader:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -194,8 +196,8 @@ def _new_result(cfg: DictConfig, model: ResNet, device: torch.device) -> dict[st
     return {
         "status": "running",
         "epochs_completed": 0,
-        "model": cfg.model.name,
-        "dataset": cfg.dataset.name,
+        "model": str(cfg.model.name),
+        "dataset": str(cfg.dataset.name),
         "stochastic_depth": str(cfg.stochastic_depth.rule),
         "final_survival": cfg.stochastic_depth.final_survival,
         "seed": cfg.seed,
@@ -207,8 +209,11 @@ def _new_result(cfg: DictConfig, model: ResNet, device: torch.device) -> dict[st
     }
 
 
-def train(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train the configured model (from ``checkpoint`` if given), writing the run folder as it goes.
+def train(
+    cfg: DictConfig, run_dir: Path, data: ImageSplits, checkpoint: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Train the configured model on ``data`` (from ``checkpoint`` if given), writing the run folder
+    as it goes.
 
     Ends with ``status`` completed, diverged (a non-finite loss; training stops) or interrupted (a
     stop signal: the step in progress finishes, a checkpoint of the epoch so far is written, and the
@@ -220,7 +225,6 @@ def train(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any] | None = No
     device = resolve_device(tcfg.device)
     seed_everything(cfg.seed, tcfg.deterministic)
     amp_dtype, channels_last = speed_settings(tcfg, device)
-    data = build_data(cfg.dataset)
     loaders = build_loaders(
         data, cfg.dataset, tcfg.batch_size, tcfg.eval_batch_size, device, cfg.seed, channels_last
     )
@@ -341,8 +345,9 @@ def _record_epoch(result: dict[str, Any], row: dict[str, Any]) -> None:
 def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> dict[str, Any]:
     """Train into ``run_dir``, or resume the run there, or say it is finished.
 
-    The folder is checked before anything is written: a finished run is returned as it is; a run
-    with another config, or an unreadable checkpoint, raises :class:`~sdexp.runs.RunFolderError`.
+    The folder and the data are checked before anything is written: a finished run is returned as it
+    is; a run with another config or an unreadable checkpoint raises
+    :class:`~sdexp.runs.RunFolderError`, a missing or broken data set :class:`~sdexp.data.DatasetError`.
     Any exception during training is recorded as ``status: failed`` (with the error) and re-raised;
     Ctrl-C as ``status: interrupted``.
     """
@@ -360,9 +365,10 @@ def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> 
         return previous
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
     log.info("run folder: %s", run_dir)
+    data = build_data(cfg.dataset)
     runs.write_config_files(run_dir, cfg, hydra_cfg)
     try:
-        return train(cfg, run_dir, checkpoint)
+        return train(cfg, run_dir, data, checkpoint)
     except BaseException as exc:
         if isinstance(exc, SystemExit):  # a forwarded stop signal: already recorded
             raise

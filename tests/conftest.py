@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # A ResNet-20 with narrow widths on a few hundred synthetic images: two epochs take seconds.
 TINY = [
     "model=resnet20",
+    "dataset=synthetic",
     "model.widths=[4,8,16]",
     "model.stem_width=4",
     "dataset.train_size=256",

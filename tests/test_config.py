@@ -16,9 +16,13 @@ def test_every_group_has_options() -> None:
     assert {g for g, _ in OPTIONS} == set(GROUPS)
 
 
+# Options that need a value no default can give.
+REQUIRED = {("dataset", "imagefolder"): ["dataset.root=/data/tree"]}
+
+
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_validates(group: str, option: str) -> None:
-    cfg = compose_config([f"{group}={option}"])
+    cfg = compose_config([f"{group}={option}", *REQUIRED.get((group, option), [])])
     validate(cfg)
     if group == "model":
         assert cfg.model.name == option
@@ -37,6 +41,19 @@ def test_defaults_are_the_paper() -> None:
     assert opt.weight_decay == 1e-4
     assert list(opt.milestones) == [0.5, 0.75] and opt.gamma == 0.1
     assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (500, 128)
+    assert cfg.dataset.name == "cifar10" and cfg.dataset.val_size == 5000 and cfg.dataset.augment
+
+
+def test_required_root_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"dataset\.root must be given"):
+        validate(compose_config(["dataset=imagefolder"]))
+
+
+def test_data_root_comes_from_sdexp_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SDEXP_DATA", "/somewhere/data")
+    assert compose_config().dataset.root == "/somewhere/data"
+    monkeypatch.delenv("SDEXP_DATA")
+    assert compose_config().dataset.root == "~/.cache/sdexp/data"
 
 
 def test_quickstart_preset() -> None:

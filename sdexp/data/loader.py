@@ -54,6 +54,7 @@ class DeviceLoader:
         seed: int = 0,
         channels_last: bool = False,
     ) -> None:
+        self.device = device
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
@@ -78,8 +79,8 @@ class DeviceLoader:
         """The order of the samples for one epoch: a fresh permutation when training."""
         n = len(self.labels)
         if self.train:
-            return torch.randperm(n, device=self.images.device, generator=self.generator)
-        return torch.arange(n, device=self.images.device)
+            return torch.randperm(n, device=self.device, generator=self.generator)
+        return torch.arange(n, device=self.device)
 
     def batches(self, order: torch.Tensor, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of an epoch in ``order``, from batch number ``start`` on."""

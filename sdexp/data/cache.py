@@ -1,0 +1,53 @@
+"""Decoded splits cached as one file of uint8 tensors, keyed by a fingerprint of the source files.
+
+The fingerprint covers every source file's path, size and modification time, so a changed, added or
+removed file gives a new key and the cache is rebuilt; stale cache files of the same source are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from sdexp.data.sources import Arrays
+from sdexp.runs import atomic_write
+
+log = logging.getLogger(__name__)
+
+Decoded = tuple[dict[str, Arrays], list[str]]  # splits and class names
+FORMAT = 1  # bump when the decoded layout changes
+
+
+def fingerprint(files: Sequence[Path], settings: str) -> str:
+    h = hashlib.sha256(f"{FORMAT}\0{settings}\n".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def cached(
+    cache_dir: Path, name: str, files: Sequence[Path], settings: str, build: Callable[[], Decoded]
+) -> Decoded:
+    """``build()``'s result, read from ``cache_dir`` when the sources are unchanged, else built and saved."""
+    source_key = hashlib.sha256(f"{name}\0{sorted(map(str, files))[:1]}".encode()).hexdigest()[:8]
+    path = cache_dir / f"{name}-{source_key}-{fingerprint(files, settings)}.pt"
+    if path.exists():
+        try:
+            state = torch.load(path, weights_only=True)
+            log.info("data: %s from cache %s", name, path)
+            return state["splits"], state["classes"]
+        except Exception as exc:  # an unreadable cache is only a cache: rebuild it
+            log.warning("data: ignoring unreadable cache %s (%s); rebuilding", path, exc)
+    log.info("data: decoding %s (%d source files) into %s", name, len(files), path)
+    splits, classes = build()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: torch.save({"splits": splits, "classes": classes}, tmp))
+    for stale in cache_dir.glob(f"{name}-{source_key}-*.pt"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    return splits, classes

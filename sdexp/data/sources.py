@@ -1,0 +1,166 @@
+"""Readers of the standard on-disk formats, each giving decoded uint8 tensors (N×3×H×W) and labels.
+
+- CIFAR-10/100: torchvision's folders ``cifar-10-batches-py`` / ``cifar-100-python`` (pickled batches).
+- SVHN: ``train_32x32.mat``, ``test_32x32.mat``, ``extra_32x32.mat`` (label 10 means digit 0).
+- ImageFolder trees ``<split>/<class>/<image>`` (CINIC-10: ``train/ valid/ test/`` of PNGs).
+
+Downloads go through torchvision (``download=True``), which checks the archives' checksums; reading is
+done here so that any copy in the standard layout works. Problems raise :class:`DatasetError` naming
+the path and what to do.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+Arrays = tuple[torch.Tensor, torch.Tensor]  # images uint8 N×3×H×W, labels int64 N
+
+
+class DatasetError(RuntimeError):
+    """A data set that is missing or unreadable; the message names the path and the fix."""
+
+
+def missing(name: str, looked_at: Path, download_hint: bool) -> DatasetError:
+    fix = "set dataset.root=PATH to where it is"
+    if download_hint:
+        fix += ", or dataset.download=true to fetch it with torchvision"
+    return DatasetError(f"dataset {name}: nothing found at {looked_at}; {fix}")
+
+
+def _read(path: Path, reader: Callable[[Path], object]) -> object:
+    try:
+        return reader(path)
+    except Exception as exc:
+        raise DatasetError(f"cannot read {path} ({type(exc).__name__}: {exc}); is it corrupt?") from exc
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+CIFAR = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                "batches.meta", "labels", "label_names"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
+}  # fmt: skip
+
+
+def download(name: str, root: Path, extra: bool = False) -> None:
+    """Fetch CIFAR-10/100 or SVHN into ``root`` with torchvision (it checks the checksums)."""
+    from torchvision import datasets
+
+    try:
+        if name in CIFAR:
+            getattr(datasets, name.upper())(root, download=True)
+        elif name == "svhn":
+            for split in ("train", "test", *(["extra"] if extra else [])):
+                datasets.SVHN(root, split=split, download=True)
+        else:
+            raise DatasetError(f"dataset {name} cannot be downloaded by sdexp; set dataset.download=false")
+    except OSError as exc:
+        raise DatasetError(f"dataset {name}: download into {root} failed ({exc})") from exc
+
+
+def cifar_files(name: str, root: Path) -> list[Path]:
+    folder, train_files, test_files, meta_file, *_ = CIFAR[name]
+    files = [root / folder / f for f in (*train_files, *test_files, meta_file)]
+    if not all(f.exists() for f in files):
+        raise missing(name, root / folder, download_hint=True)
+    return files
+
+
+def read_cifar(name: str, root: Path) -> tuple[dict[str, Arrays], list[str]]:
+    """Train and test splits of CIFAR-10 or CIFAR-100 and the class names."""
+    folder, train_files, test_files, meta_file, label_key, names_key = CIFAR[name]
+    base = root / folder
+
+    def load(files: list[str]) -> Arrays:
+        batches = [_read(base / f, _unpickle) for f in files]
+        data = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([b[label_key] for b in batches])
+        return torch.from_numpy(data), torch.from_numpy(labels.astype(np.int64))
+
+    classes = _read(base / meta_file, _unpickle)[names_key]
+    return {"train": load(train_files), "test": load(test_files)}, list(classes)
+
+
+def svhn_files(root: Path, extra: bool) -> list[Path]:
+    files = [root / f"{split}_32x32.mat" for split in ("train", "test", *(["extra"] if extra else []))]
+    for f in files:
+        if not f.exists():
+            raise missing("svhn", f, download_hint=True)
+    return files
+
+
+def read_svhn(root: Path, extra: bool) -> tuple[dict[str, Arrays], list[str]]:
+    """SVHN's train (plus extra, if asked) and test splits; classes are the digits 0-9."""
+    from scipy.io import loadmat
+
+    names = ["train", "test", *(["extra"] if extra else [])]
+
+    def load(split: str) -> Arrays:
+        path = root / f"{split}_32x32.mat"
+        mat = _read(path, loadmat)
+        images = np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1))  # 32×32×3×N -> N×3×32×32
+        labels = mat["y"].astype(np.int64).reshape(-1) % 10
+        return torch.from_numpy(images), torch.from_numpy(labels)
+
+    splits = {name: load(name) for name in names}
+    if extra:
+        more = splits.pop("extra")
+        splits["train"] = tuple(torch.cat(pair) for pair in zip(splits["train"], more, strict=True))
+    return splits, [str(d) for d in range(10)]
+
+
+def image_folder_files(name: str, root: Path, split_dirs: dict[str, str]) -> list[Path]:
+    if not (root / split_dirs["train"]).is_dir():
+        raise missing(name, root / split_dirs["train"], download_hint=False)
+    return sorted(
+        p
+        for sub in split_dirs.values()
+        if (root / sub).is_dir()
+        for p in (root / sub).rglob("*")
+        if p.is_file()
+    )
+
+
+def read_image_folder(
+    name: str, root: Path, split_dirs: dict[str, str], size: int = 32
+) -> tuple[dict[str, Arrays], list[str]]:
+    """Splits of an ImageFolder tree: ``split_dirs`` maps split -> subfolder; missing ones are skipped,
+    but ``train`` must exist. Images are decoded to RGB and resized to ``size``×``size`` if needed."""
+    from torchvision.datasets import ImageFolder
+
+    splits: dict[str, Arrays] = {}
+    classes: list[str] | None = None
+    for split, sub in split_dirs.items():
+        if not (root / sub).is_dir():
+            continue
+        folder = ImageFolder(root / sub)
+        if classes is not None and folder.classes != classes:
+            raise DatasetError(
+                f"{root / sub} has classes {folder.classes}, {split_dirs['train']} has {classes}"
+            )
+        classes = folder.classes
+        images = torch.empty((len(folder.samples), 3, size, size), dtype=torch.uint8)
+        for i, (path, _) in enumerate(tqdm(folder.samples, desc=f"decoding {name} {split}", unit="img")):
+            images[i] = _read(Path(path), lambda p: _decode(p, size))
+        splits[split] = images, torch.tensor(folder.targets, dtype=torch.int64)
+    assert classes is not None
+    return splits, classes
+
+
+def _decode(path: Path, size: int) -> torch.Tensor:
+    with Image.open(path) as img:
+        rgb = img.convert("RGB")
+        if rgb.size != (size, size):
+            rgb = rgb.resize((size, size), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
