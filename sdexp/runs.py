@@ -9,6 +9,7 @@ half a file.
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 METRICS = "metrics.csv"
@@ -115,23 +117,13 @@ def config_changes(run_dir: Path, cfg: DictConfig) -> list[str]:
     :data:`RESUMABLE_CHANGES`; empty when nothing is saved yet."""
     if not (Path(run_dir) / CONFIG).exists():
         return []
-    saved = _flatten(OmegaConf.to_container(read_config(run_dir)))
-    new = _flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    saved = flatten(read_config(run_dir))
+    new = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     return [
         f"{key}: {saved.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(saved.keys() | new.keys())
         if saved.get(key) != new.get(key) and key not in RESUMABLE_CHANGES
     ]
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, sub in tree.items():
-        flat.update(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
 
 
 def read_result(run_dir: Path) -> dict[str, Any]:
@@ -146,6 +138,35 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
         ]
 
 
-def read_config(run_dir: Path) -> DictConfig:
-    """The composed config Hydra saved for the run."""
-    return OmegaConf.load(Path(run_dir) / CONFIG)
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's resolved config (``.hydra/config.yaml``) as plain nested dicts."""
+    with open(Path(run_dir) / CONFIG, encoding="utf-8") as f:
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, sub in tree.items():
+        flat.update(flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """Every run folder (one holding ``result.json``) at or under each path; globs are expanded.
+
+    Raises :class:`RunFolderError` for a path that matches nothing or holds no run.
+    """
+    found: set[Path] = set()
+    for pattern in map(str, paths):
+        matches = [Path(p) for p in glob.glob(pattern)] if glob.has_magic(pattern) else [Path(pattern)]
+        if not matches or not all(m.exists() for m in matches):
+            raise RunFolderError(f"{pattern}: no such file or folder")
+        for match in matches:
+            runs = [p.parent for p in match.rglob(RESULT)] if match.is_dir() else []
+            if not runs:
+                raise RunFolderError(f"{pattern}: no run folders (folders with {RESULT}) there")
+            found.update(runs)
+    return sorted(found)

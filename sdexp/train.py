@@ -320,9 +320,10 @@ def train(
     result["status"] = "completed"
     runs.write_result(run_dir, result)
     log.info(
-        "done: test error %.2f%% at best val epoch %d (%.2f%% at the last), %.0f s of training",
-        result["test_error_at_best_val"], result["best_epoch"], result["test_error"],
-        result["train_time_s"],
+        "done: best val error %.2f%% at epoch %d, test error there %.2f%% (%.2f%% at the last), "
+        "%.0f s of training",
+        result["best_val_error"], result["best_epoch"], result["test_error_at_best_val"],
+        result["test_error"], result["train_time_s"],
     )  # fmt: skip
     return result
 
@@ -338,7 +339,7 @@ def _record_epoch(result: dict[str, Any], row: dict[str, Any]) -> None:
             best_epoch=row["epoch"],
             test_error_at_best_val=row["test_error"],
         )
-    if not math.isnan(row["test_error"]):
+    if not math.isnan(row["val_error"]):  # evaluated (the test split may be empty: NaN)
         result["test_error"] = row["test_error"]
 
 

@@ -121,7 +121,7 @@ def test_run_py_single_run(tmp_path: Path) -> None:
     assert json.loads((out / runs.RESULT).read_text())["status"] == "completed"
     assert len(runs.read_metrics(out)) == 2
     log = (out / runs.LOG).read_text()
-    assert "epoch 2/2" in log and "done: test error" in log
+    assert "epoch 2/2" in log and "done: best val error" in log
 
 
 def test_run_py_multirun_writes_one_folder_per_job(tmp_path: Path) -> None:

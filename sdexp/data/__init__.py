@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from sdexp.data import sources
 from sdexp.data.cache import Decoded, cached
-from sdexp.data.loader import DeviceLoader
+from sdexp.data.loader import DeviceLoader, SplitLoader
 from sdexp.data.sources import DatasetError
 from sdexp.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from sdexp.data.synthetic import make_synthetic
@@ -25,7 +25,7 @@ from sdexp.data.torch_loader import TorchLoader
 
 __all__ = ["DatasetError", "DeviceLoader", "ImageSplits", "Loader", "Split", "TorchLoader"]
 log = logging.getLogger(__name__)
-Loader = DeviceLoader | TorchLoader
+Loader = SplitLoader  # DeviceLoader (fast) or TorchLoader (reference)
 
 
 @dataclass
@@ -50,9 +50,10 @@ class ImageSplits:
     classes: tuple[str, ...]
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training images, in [0, 1] units."""
+        """Per-channel mean and std of the training images, in [0, 1] units; the std is at least one
+        grey level (1/255), so a constant channel does not divide by zero."""
         x = self.train.images.float().div_(255).transpose(0, 1).reshape(3, -1)
-        return x.mean(1).tolist(), x.std(1).tolist()
+        return x.mean(1).tolist(), x.std(1).clamp(min=1 / 255).tolist()
 
 
 def _expand(path: str) -> Path:

@@ -33,13 +33,57 @@ def translate_and_flip(images: torch.Tensor, generator: torch.Generator) -> torc
     return padded[batch, channel, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
 
 
-class DeviceLoader:
-    """Iterates over (normalised float images, labels) batches of a split stored on ``device``.
+Batch = tuple[torch.Tensor, torch.Tensor]  # normalised float images, labels
+
+
+class SplitLoader:
+    """What the trainer needs of a loader over one split: ``len`` (batches per epoch),
+    :meth:`epoch_order`, :meth:`batches` from any step, and the ``generator`` behind its randomness.
 
     ``train=True`` shuffles every epoch, drops the last incomplete batch and augments if ``augment``;
     otherwise batches come in order, complete and untouched. ``channels_last`` gives the images in
     that memory format.
     """
+
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        seed: int,
+        channels_last: bool,
+        generator_device: torch.device,
+    ) -> None:
+        self.labels = labels
+        self.batch_size = batch_size
+        self.device = device
+        self.train = train
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.generator = torch.Generator(device=generator_device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        if self.train and n >= self.batch_size:
+            return n // self.batch_size
+        return -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.batches(self.epoch_order())
+
+    def epoch_order(self) -> torch.Tensor:
+        """The order of the samples for one epoch: a fresh permutation when training."""
+        n, dev = len(self.labels), self.generator.device
+        return torch.randperm(n, device=dev, generator=self.generator) if self.train else torch.arange(n)
+
+    def batches(self, order: torch.Tensor, start: int = 0) -> Iterator[Batch]:
+        """The batches of an epoch in ``order``, from batch number ``start`` on."""
+        raise NotImplementedError
+
+
+class DeviceLoader(SplitLoader):
+    """The fast path: the split lives on ``device``; each batch is an index into it, augmented and
+    normalised there with batched tensor ops."""
 
     def __init__(
         self,
@@ -54,36 +98,15 @@ class DeviceLoader:
         seed: int = 0,
         channels_last: bool = False,
     ) -> None:
-        self.device = device
+        super().__init__(labels.to(device), batch_size, device, train, seed, channels_last, device)
         self.images = images.to(device)
-        self.labels = labels.to(device)
-        self.batch_size = batch_size
-        self.train = train
         self.augment = augment
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
-        self.generator = torch.Generator(device=device).manual_seed(seed)
 
-    def __len__(self) -> int:
-        n = len(self.labels)
-        if self.train and n >= self.batch_size:
-            return n // self.batch_size
-        return -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.batches(self.epoch_order())
-
-    def epoch_order(self) -> torch.Tensor:
-        """The order of the samples for one epoch: a fresh permutation when training."""
-        n = len(self.labels)
-        if self.train:
-            return torch.randperm(n, device=self.device, generator=self.generator)
-        return torch.arange(n, device=self.device)
-
-    def batches(self, order: torch.Tensor, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of an epoch in ``order``, from batch number ``start`` on."""
+    def batches(self, order: torch.Tensor, start: int = 0) -> Iterator[Batch]:
+        order = order.to(self.device)
         for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = self.images[idx]

@@ -151,7 +151,9 @@ def read_image_folder(
             )
         classes = folder.classes
         images = torch.empty((len(folder.samples), 3, size, size), dtype=torch.uint8)
-        for i, (path, _) in enumerate(tqdm(folder.samples, desc=f"decoding {name} {split}", unit="img")):
+        for i, (path, _) in enumerate(
+            tqdm(folder.samples, desc=f"decoding {name} {split}", unit="img", disable=None)
+        ):
             images[i] = _read(Path(path), lambda p: _decode(p, size))
         splits[split] = images, torch.tensor(folder.targets, dtype=torch.int64)
     assert classes is not None

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from sdexp.data.loader import PAD
+from sdexp.data.loader import PAD, Batch, SplitLoader
 
 
 class _Images(Dataset):
@@ -28,7 +28,7 @@ class _Images(Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
-class TorchLoader:
+class TorchLoader(SplitLoader):
     """Batches of (normalised images, labels) on ``device`` from a DataLoader with ``num_workers``."""
 
     def __init__(
@@ -45,29 +45,13 @@ class TorchLoader:
         channels_last: bool = False,
         num_workers: int = 2,
     ) -> None:
-        self.labels = labels
-        self.batch_size = batch_size
-        self.train = train
-        self.device = device
+        super().__init__(labels, batch_size, device, train, seed, channels_last, torch.device("cpu"))
         self.num_workers = num_workers
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         steps = [v2.RandomCrop(images.shape[-1], padding=PAD), v2.RandomHorizontalFlip()] if augment else []
         transform = v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
         self.dataset = _Images(images, labels, transform)
-        self.generator = torch.Generator().manual_seed(seed)
 
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.train and n >= self.batch_size else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.batches(self.epoch_order())
-
-    def epoch_order(self) -> torch.Tensor:
-        n = len(self.labels)
-        return torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
-
-    def batches(self, order: torch.Tensor, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, order: torch.Tensor, start: int = 0) -> Iterator[Batch]:
         indices = order[start * self.batch_size : len(self) * self.batch_size].tolist()
         loader = DataLoader(
             self.dataset,

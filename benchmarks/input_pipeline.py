@@ -1,0 +1,60 @@
+"""Input pipeline speed: the device-resident loader vs torch DataLoader + torchvision transforms.
+
+Both make the same training batches (shuffle, 4-px translation, flip, normalisation) from the same
+uint8 tensors of CIFAR shape; each is timed over whole epochs (median), synchronised on CUDA.
+
+    python benchmarks/input_pipeline.py [--device auto] [--images 50000] [--workers 4] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from sdexp.data import DeviceLoader, TorchLoader
+from sdexp.train import resolve_device
+
+
+def images_per_second(loader: DeviceLoader | TorchLoader, device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats + 1):  # the first epoch warms up (worker start, kernel caches)
+        start = time.perf_counter()
+        seen = sum(len(y) for _x, y in loader)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return seen / statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--images", type=int, default=50_000)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
+    args = parser.parse_args()
+    if args.quick:
+        args.images, args.repeats, args.workers = 2048, 1, 0
+    device = resolve_device(args.device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (args.images,), generator=g)
+    common = {"mean": [0.5] * 3, "std": [0.25] * 3, "device": device, "train": True, "augment": True}
+    fast = images_per_second(DeviceLoader(x, y, args.batch_size, **common), device, args.repeats)
+    torch_path = images_per_second(
+        TorchLoader(x, y, args.batch_size, num_workers=args.workers, **common), device, args.repeats
+    )
+    print(f"\n{args.images} images, batch {args.batch_size}, {device} ({torch.get_num_threads()} threads), "
+          f"DataLoader workers {args.workers}, median of {args.repeats} epochs")  # fmt: skip
+    print("| loader | images/s | ratio |\n|---|---|---|")
+    print(f"| device-resident (fast) | {fast:,.0f} | {fast / torch_path:.1f} |")
+    print(f"| DataLoader + torchvision | {torch_path:,.0f} | 1.0 |")
+
+
+if __name__ == "__main__":
+    main()

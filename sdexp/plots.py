@@ -1,0 +1,70 @@
+"""Figures of a set of runs (seaborn): error curves over epochs, final errors, time per epoch.
+
+Each figure is written as PNG and PDF at a fixed size (``FIGSIZE`` inches at ``DPI``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from matplotlib import ticker
+
+FIGSIZE = (8.0, 4.5)
+DPI = 150
+
+
+def group_labels(table: pd.DataFrame, by: Sequence[str]) -> pd.Series:
+    """``resnet110 · linear``-style labels of each row's group (constant keys left out)."""
+    varying = [k for k in by if table[k].astype(str).nunique() > 1] or list(by)[:1]
+    return table[varying].astype(str).agg(" · ".join, axis=1)
+
+
+def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return paths
+
+
+def error_curves(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
+    """Test error against epoch per group: mean line and a ±1 std band over seeds (paper Fig. 3 style),
+    on a log axis so that the end of training is readable."""
+    labels = group_labels(table, by).set_axis(table["run_dir"])
+    data = epochs.dropna(subset=["test_error"]).assign(group=lambda d: d["run_dir"].map(labels))
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    sns.lineplot(data=data, x="epoch", y="test_error", hue="group", errorbar="sd", ax=ax)
+    ax.set(yscale="log", xlabel="epoch", ylabel="test error (%)", title="Test error during training")
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis(ticker.FormatStrFormatter("%g"))  # plain numbers on the log axis
+    return _save(fig, out, "test_error_curves")
+
+
+def final_errors(table: pd.DataFrame, by: Sequence[str], metric: str, out: Path) -> list[Path]:
+    """The reported error per group: each seed as a point, and the mean with ±1 std."""
+    data = table[table["status"] == "completed"].assign(group=lambda t: group_labels(t, by))
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    sns.stripplot(data=data, x="group", y=metric, color="0.6", ax=ax)
+    sns.pointplot(data=data, x="group", y=metric, errorbar="sd", linestyle="none", capsize=0.2, ax=ax)
+    ax.set(xlabel="", ylabel=f"{metric.replace('_', ' ')} (%)", title="Final error over seeds")
+    ax.tick_params(axis="x", labelrotation=15)
+    return _save(fig, out, "final_error")
+
+
+def epoch_times(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
+    """Seconds per training epoch per group (stochastic vs constant depth), mean ± std over epochs."""
+    labels = group_labels(table, by).set_axis(table["run_dir"])
+    data = epochs.assign(group=lambda d: d["run_dir"].map(labels))
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    sns.barplot(data=data, x="group", y="epoch_time_s", errorbar="sd", ax=ax)
+    ax.set(xlabel="", ylabel="seconds per epoch", title="Training time per epoch")
+    ax.tick_params(axis="x", labelrotation=15)
+    return _save(fig, out, "epoch_time")

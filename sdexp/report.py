@@ -1,0 +1,210 @@
+"""From run folders to the paper's table: tidy pandas tables, per-group summaries over seeds, paired
+stochastic-vs-constant-depth differences, and the paper's own numbers beside ours.
+
+Used by ``analysis/aggregate.py`` (the command line) and ``analysis/report.ipynb``; the plots are in
+:mod:`sdexp.plots`. Errors are in percent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import ttest_rel
+
+from sdexp import runs
+
+# Config keys that never tell experiments apart (where or how fast a run ran, not what it computed).
+NOT_EXPERIMENT_KEYS = {
+    "seed",
+    "trainer.progress",
+    "trainer.device",
+    "trainer.num_threads",
+    "trainer.eval_batch_size",
+    "dataset.root",
+    "dataset.cache_dir",
+    "dataset.download",
+    "dataset.loader",
+    "dataset.num_workers",
+}
+# Always shown first, varying or not.
+IDENTITY_KEYS = ["dataset.name", "model.name", "stochastic_depth.rule"]
+PAPER_RESULTS = Path(__file__).with_name("paper_results.csv")
+
+
+def load_runs(paths: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two tidy tables of every run folder at or under ``paths``.
+
+    ``runs``: one row per run, the config flattened into dotted columns (``model.name``,
+    ``stochastic_depth.rule``, ``seed``, ...) plus every ``result.json`` field and ``run_dir``.
+    ``epochs``: every ``metrics.csv`` row, with ``run_dir``.
+    """
+    rows, epoch_tables = [], []
+    for run_dir in runs.find_run_dirs(paths):
+        config_file = run_dir / runs.CONFIG
+        config = runs.flatten(runs.read_config(run_dir)) if config_file.exists() else {}
+        result = runs.read_result(run_dir)
+        result = {k: v for k, v in result.items() if not isinstance(v, dict)} | {
+            f"{k}.{sub}": v for k, d in result.items() if isinstance(d, dict) for sub, v in d.items()
+        }
+        rows.append({**config, **result, "run_dir": str(run_dir)})
+        if (run_dir / runs.METRICS).exists():
+            epochs = pd.read_csv(run_dir / runs.METRICS)
+            epoch_tables.append(epochs.assign(run_dir=str(run_dir)))
+    table = pd.DataFrame(rows)
+    epochs = pd.concat(epoch_tables, ignore_index=True) if epoch_tables else pd.DataFrame()
+    return table, epochs
+
+
+def experiment_keys(table: pd.DataFrame) -> list[str]:
+    """The identity keys, then every other config key whose value differs between runs (not the seed)."""
+    config_keys = [c for c in table.columns if "." in c and c.split(".")[0] in _CONFIG_GROUPS]
+    varying = [
+        k
+        for k in config_keys
+        if k not in NOT_EXPERIMENT_KEYS and k not in IDENTITY_KEYS and table[k].astype(str).nunique() > 1
+    ]
+    return [k for k in IDENTITY_KEYS if k in table.columns] + varying
+
+
+_CONFIG_GROUPS = {"model", "dataset", "optimizer", "stochastic_depth", "trainer"}
+
+
+def _label(frame: pd.DataFrame, by: Sequence[str]) -> pd.Series:
+    return frame[list(by)].astype(str).agg(" · ".join, axis=1)
+
+
+def summarize(
+    table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str] | None = None,
+    metric: str = "test_error_at_best_val",
+) -> pd.DataFrame:  # fmt: skip
+    """One row per group of completed runs (grouped ``by`` the experiment keys by default):
+    ``seeds``, mean and std of ``metric`` and of the final ``test_error``, mean training time and
+    seconds per epoch, their ratio to the matching constant-depth group, the paired difference to
+    it (``diff_mean``, ``diff_std``, ``pairs``, ``p_value`` of a paired t-test over seeds), the
+    paper's number where one matches, the count of runs that did not complete and a flag for a
+    group with fewer seeds than the largest."""
+    by = list(by or experiment_keys(table))
+    done = table[table["status"] == "completed"].copy()
+    per_run_epoch = epochs.groupby("run_dir")["epoch_time_s"].mean() if len(epochs) else pd.Series()
+    done["epoch_time_s"] = done["run_dir"].map(per_run_epoch)
+    groups = done.groupby(by, dropna=False, sort=True)
+    summary = groups.agg(
+        seeds=("seed", "nunique"),
+        mean=(metric, "mean"),
+        std=(metric, "std"),
+        final_mean=("test_error", "mean"),
+        final_std=("test_error", "std"),
+        train_time_s=("train_time_s", "mean"),
+        epoch_time_s=("epoch_time_s", "mean"),
+    ).reset_index()
+    if "stochastic_depth.rule" in by:  # stochastic vs constant depth can be compared
+        summary = summary.merge(_paired(done, by, metric), on=by, how="left")
+        summary = _with_time_ratio(summary, by)
+    else:
+        summary = summary.assign(pairs=math.nan, diff_mean=math.nan, diff_std=math.nan, p_value=math.nan,
+                                 time_ratio=math.nan, epoch_time_ratio=math.nan)  # fmt: skip
+    summary = _with_paper(summary, done, by)
+    unfinished = table[table["status"] != "completed"]
+    counts = unfinished.groupby(by, dropna=False).size().rename("not_completed").reset_index()
+    summary = summary.merge(counts, on=by, how="left").fillna({"not_completed": 0})
+    summary["not_completed"] = summary["not_completed"].astype(int)
+    summary["fewer_seeds"] = summary["seeds"] < summary["seeds"].max()
+    return summary
+
+
+def _base_keys(by: Sequence[str]) -> list[str]:
+    """The keys that a stochastic-depth group shares with its constant-depth baseline."""
+    return [k for k in by if not k.startswith("stochastic_depth.")]
+
+
+def _paired(done: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFrame:
+    base = _base_keys(by)
+    constant = done[done["stochastic_depth.rule"] == "off"][[*base, "seed", metric]]
+    sd = done[done["stochastic_depth.rule"] != "off"]
+    pairs = sd.merge(constant, on=[*base, "seed"], suffixes=("", "_constant"))
+    pairs["diff"] = pairs[metric] - pairs[f"{metric}_constant"]
+
+    def stats(group: pd.DataFrame) -> pd.Series:
+        n = len(group)
+        p = ttest_rel(group[metric], group[f"{metric}_constant"]).pvalue if n >= 2 else math.nan
+        return pd.Series({"pairs": n, "diff_mean": group["diff"].mean(), "diff_std": group["diff"].std(),
+                          "p_value": p})  # fmt: skip
+
+    if pairs.empty:
+        return pd.DataFrame(columns=[*by, "pairs", "diff_mean", "diff_std", "p_value"])
+    return (
+        pairs.groupby(list(by), dropna=False)[[metric, f"{metric}_constant", "diff"]]
+        .apply(stats)
+        .reset_index()
+    )
+
+
+def _with_time_ratio(summary: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    base = _base_keys(by)
+    constant = summary[summary["stochastic_depth.rule"] == "off"]
+    constant = constant[[*base, "train_time_s", "epoch_time_s"]].rename(
+        columns={"train_time_s": "_train_c", "epoch_time_s": "_epoch_c"}
+    )
+    merged = summary.merge(constant, on=base, how="left") if base else summary.join(constant, how="left")
+    merged["time_ratio"] = merged["train_time_s"] / merged["_train_c"]
+    merged["epoch_time_ratio"] = merged["epoch_time_s"] / merged["_epoch_c"]
+    return merged.drop(columns=["_train_c", "_epoch_c"])
+
+
+def paper_results() -> pd.DataFrame:
+    """The paper's reported test errors (``sdexp/paper_results.csv``, with its source)."""
+    return pd.read_csv(PAPER_RESULTS, comment="#")
+
+
+def _with_paper(summary: pd.DataFrame, done: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    keys = ["dataset.name", "model.name", "stochastic_depth.rule", "stochastic_depth.final_survival"]
+    present = [k for k in keys if k in done.columns]
+    extra = [k for k in present if k not in by]
+    if extra:  # a group matches only if these keys have one value in it
+        grouped = done.groupby(list(by), dropna=False)[extra]
+        mixed = grouped.nunique(dropna=False).gt(1).any(axis=1)
+        first = grouped.first()[~mixed].reset_index()
+    else:
+        first = done[list(by)].drop_duplicates()
+    paper = paper_results().rename(columns={
+        "dataset": "dataset.name", "model": "model.name", "rule": "stochastic_depth.rule",
+        "final_survival": "stochastic_depth.final_survival",
+    })  # fmt: skip
+    matched = first.merge(paper[[*present, "paper_test_error"]], on=present, how="left")
+    return summary.merge(matched[[*by, "paper_test_error"]], on=list(by), how="left")
+
+
+def problems(table: pd.DataFrame) -> pd.DataFrame:
+    """The runs that did not complete, with their status and why."""
+    columns = ["run_dir", "status", "error_type", "error", "diverged_at.epoch", "diverged_at.step",
+               "interrupted_in_epoch", "epochs_completed"]  # fmt: skip
+    unfinished = table[table["status"] != "completed"]
+    return unfinished[[c for c in columns if c in unfinished.columns]].reset_index(drop=True)
+
+
+def display_table(summary: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFrame:
+    """The summary as a person reads it: ``mean ± std`` strings, one column per key."""
+
+    def pm(mean: float, std: float) -> str:
+        if np.isnan(mean):
+            return ""
+        return f"{mean:.2f}" if np.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+    out = summary[list(by)].copy()
+    out["seeds"] = summary["seeds"].astype(str) + np.where(summary["fewer_seeds"], " (fewer)", "")
+    out[f"{metric} %"] = [pm(m, s) for m, s in zip(summary["mean"], summary["std"], strict=True)]
+    out["final test error %"] = [
+        pm(m, s) for m, s in zip(summary["final_mean"], summary["final_std"], strict=True)
+    ]
+    out["paper %"] = summary["paper_test_error"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    diffs = summary[["diff_mean", "diff_std", "p_value", "pairs"]].itertuples(index=False)
+    out["SD − constant"] = [
+        "" if pd.isna(m) else f"{pm(m, s)} (p={p:.3g}, n={int(n)})" for m, s, p, n in diffs
+    ]
+    out["time ratio"] = summary["time_ratio"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    out["not completed"] = summary["not_completed"]
+    return out

@@ -1,0 +1,226 @@
+"""Real data-set formats, the validation split, the cache, errors, and the two loader paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import binomtest, chi2_contingency
+
+from sdexp import runs, train
+from sdexp.config import compose_config
+from sdexp.data import DatasetError, ImageSplits, Split, build_data, build_loaders
+from sdexp.data.loader import PAD
+from tests.conftest import ROOT, TINY
+from tests.data_formats import write_cifar, write_image_folder, write_svhn
+
+
+def data_cfg(name: str, root: Path, cache: Path, *extra: str):
+    return compose_config(
+        [f"dataset={name}", f"dataset.root={root}", f"dataset.cache_dir={cache}", *extra]
+    ).dataset
+
+
+def index_of(images: torch.Tensor) -> torch.Tensor:
+    """The index each fixture image encodes (see tests.data_formats.pattern)."""
+    return images[:, 0, 16, 16].long()
+
+
+def test_cifar10_format_and_paper_split(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "data", "cifar10", per_batch=20, n_test=30)
+    data = build_data(data_cfg("cifar10", tmp_path / "data", tmp_path / "cache", "dataset.val_size=10"))
+    assert data.classes == tuple(f"class{i}" for i in range(10))
+    assert (len(data.train), len(data.val), len(data.test)) == (90, 10, 30)
+    assert data.train.images.shape == (90, 3, 32, 32) and data.train.images.dtype == torch.uint8
+    # Train and val partition the 100 training images; labels stay with their images.
+    pool = torch.cat([index_of(data.train.images), index_of(data.val.images)])
+    assert sorted(pool.tolist()) == list(range(100))
+    assert torch.equal(data.train.labels, index_of(data.train.images) % 10)
+    assert index_of(data.test.images).tolist() == list(range(100, 130))
+    assert (data.train.images[:, 1, 0, 5] == 255).all()  # rows and columns not swapped
+
+
+def test_validation_split_is_fixed_by_split_seed(tmp_path: Path) -> None:
+    # build_data sees only the dataset config, so the training seed cannot change the split.
+    write_cifar(tmp_path / "data", "cifar10", per_batch=20, n_test=5)
+    args = (tmp_path / "data", tmp_path / "cache", "dataset.val_size=10")
+    val = index_of(build_data(data_cfg("cifar10", *args)).val.images)
+    again = index_of(build_data(data_cfg("cifar10", *args)).val.images)  # now from the cache
+    other = index_of(build_data(data_cfg("cifar10", *args, "dataset.split_seed=1")).val.images)
+    assert torch.equal(val, again)
+    assert not torch.equal(val, other)
+
+
+def test_cifar100_format(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "data", "cifar100", per_batch=200, n_test=50)
+    data = build_data(data_cfg("cifar100", tmp_path / "data", tmp_path / "cache", "dataset.val_size=20"))
+    assert len(data.classes) == 100 and data.classes[3] == "fine3"
+    assert (len(data.train), len(data.val), len(data.test)) == (180, 20, 50)
+    assert torch.equal(data.test.labels, index_of(data.test.images) % 100)
+
+
+def test_svhn_format_with_extra(tmp_path: Path) -> None:
+    write_svhn(tmp_path / "data", {"train": 30, "test": 20, "extra": 50})
+    data = build_data(data_cfg("svhn", tmp_path / "data", tmp_path / "cache", "dataset.val_size=6"))
+    assert data.classes == tuple(str(d) for d in range(10))
+    assert (len(data.train), len(data.val), len(data.test)) == (74, 6, 20)  # train + extra - val
+    everything = torch.cat([data.train.images, data.val.images])
+    assert sorted(index_of(everything).tolist()) == [*range(30), *range(50, 100)]
+    assert torch.equal(data.train.labels, index_of(data.train.images) % 10)  # label 10 is digit 0
+    assert (everything[:, 1, 0, 5] == 255).all()
+    without = build_data(
+        data_cfg("svhn", tmp_path / "data", tmp_path / "cache", "dataset.val_size=6", "dataset.extra=false")
+    )
+    assert len(without.train) == 24
+
+
+def test_cinic10_uses_its_own_valid_split(tmp_path: Path) -> None:
+    classes = ("airplane", "cat", "truck")
+    write_image_folder(tmp_path / "cinic", {"train": 4, "valid": 2, "test": 3}, classes)
+    data = build_data(data_cfg("cinic10", tmp_path / "cinic", tmp_path / "cache"))
+    assert data.classes == classes
+    assert (len(data.train), len(data.val), len(data.test)) == (12, 6, 9)
+    assert sorted(index_of(data.val.images).tolist()) == list(range(12, 18))
+    assert torch.equal(data.train.labels, index_of(data.train.images) // 4)
+
+
+def test_image_folder_without_val_or_test(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_image_folder(tmp_path / "tree", {"train": 10}, ("a", "b"), suffix="jpg")
+    data = build_data(data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=4"))
+    assert (len(data.train), len(data.val), len(data.test)) == (16, 4, 0)
+    assert "no test split" in caplog.text
+
+
+def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "tree", {"train": 3, "test": 1}, ("a", "b"))
+    cfg = data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=2")
+    build_data(cfg)
+    (first,) = (tmp_path / "cache").glob("*.pt")
+    stamp = first.stat().st_mtime_ns
+    build_data(cfg)
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.pt")] == [stamp]  # reused
+    image = tmp_path / "tree" / "train" / "a" / "0000.png"
+    image.write_bytes(image.read_bytes())  # same content, new mtime: counts as changed
+    os.utime(image, ns=(stamp + 10**9, stamp + 10**9))
+    build_data(cfg)
+    (second,) = (tmp_path / "cache").glob("*.pt")
+    assert second != first  # rebuilt, and the stale file removed
+
+
+def test_missing_root_names_the_path_and_the_fixes(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as info:
+        build_data(data_cfg("cifar10", tmp_path / "nowhere", tmp_path / "cache"))
+    message = str(info.value)
+    assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in message
+    assert "dataset.root=" in message and "dataset.download=true" in message
+
+
+def test_corrupt_file_is_named(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "data", "cifar10", per_batch=5, n_test=5)
+    batch = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:50])
+    with pytest.raises(DatasetError, match=str(batch)):
+        build_data(data_cfg("cifar10", tmp_path / "data", tmp_path / "cache", "dataset.val_size=2"))
+
+
+def test_run_py_missing_data_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            *TINY,
+            "dataset=cifar10",
+            f"dataset.root={tmp_path / 'none'}",
+            f"dataset.cache_dir={tmp_path / 'cache'}",
+            "hydra.run.dir=out",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: dataset cifar10: nothing found at")
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_run_py_trains_on_an_image_folder(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "tree", {"train": 20, "test": 5}, ("a", "b", "c"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            *TINY,
+            "dataset=imagefolder",
+            f"dataset.root={tmp_path / 'tree'}",
+            f"dataset.cache_dir={tmp_path / 'cache'}",
+            "dataset.val_size=6",
+            "hydra.run.dir=out",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = runs.read_result(tmp_path / "out")
+    assert result["status"] == "completed" and result["dataset"] == "imagefolder"
+
+
+def _positions(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dy, dx, flipped) of augmented position images (channel 0 = row + 1, channel 1 = col + 1)."""
+    row, col = batch[:, 0, 16, 16].round().long() - 1, batch[:, 1, 16, 16].round().long() - 1
+    flipped = batch[:, 1, 16, 17] < batch[:, 1, 16, 16]
+    return row - 16, torch.where(flipped, col - 15, col - 16), flipped
+
+
+def test_fast_and_torch_loaders_agree_statistically() -> None:
+    n = 4096
+    rows = torch.arange(1, 33).view(32, 1).expand(32, 32)
+    cols = torch.arange(1, 33).view(1, 32).expand(32, 32)
+    image = torch.stack([rows, cols, torch.zeros(32, 32, dtype=torch.long)]).to(torch.uint8)
+    images, labels = image.expand(n, 3, 32, 32).clone(), torch.arange(n) % 10
+    split = Split(images, labels)
+    data = ImageSplits(split, split, split, tuple(map(str, range(10))))
+    stats = {}
+    for kind in ("fast", "torch"):
+        cfg = compose_config(
+            [
+                "dataset=synthetic",
+                f"dataset.loader={kind}",
+                "dataset.num_workers=0",
+                "dataset.mean=[0,0,0]",
+                f"dataset.std=[{1 / 255},{1 / 255},{1 / 255}]",
+            ]
+        ).dataset
+        loader = build_loaders(data, cfg, 256, 256, torch.device("cpu"), 0)["train"]
+        xs, ys = zip(*loader, strict=True)
+        batch, epoch_labels = torch.cat(xs), torch.cat(ys)
+        assert torch.equal(epoch_labels.bincount(), labels.bincount())  # each image once per epoch
+        stats[kind] = _positions(batch)
+    for kind, (dy, dx, flipped) in stats.items():
+        assert dy.abs().max() <= PAD and dx.abs().max() <= PAD, kind
+        assert binomtest(int(flipped.sum()), n, 0.5).pvalue > 1e-3, kind
+    for i in (0, 1):  # same shift distributions: chi-square test of homogeneity
+        table = [torch.bincount(stats[k][i] + PAD, minlength=2 * PAD + 1).tolist() for k in stats]
+        assert chi2_contingency(table).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "cinic10"])
+def test_every_format_trains(tmp_path: Path, name: str) -> None:
+    root = tmp_path / "data"
+    if name.startswith("cifar"):
+        write_cifar(root, name, per_batch=40 if name == "cifar10" else 200, n_test=40)
+    elif name == "svhn":
+        write_svhn(root, {"train": 100, "test": 40, "extra": 100})
+    else:
+        write_image_folder(root, {"train": 20, "valid": 4, "test": 4}, ("a", "b", "c"))
+    overrides = [*TINY, f"dataset={name}", f"dataset.root={root}", f"dataset.cache_dir={tmp_path / 'cache'}",
+                 "dataset.val_size=20", "trainer.epochs=1"]  # fmt: skip
+    result = train.run(compose_config(overrides), tmp_path / "run")
+    assert result["status"] == "completed" and result["dataset"] == name
+    assert 0 <= result["test_error"] <= 100

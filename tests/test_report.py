@@ -1,0 +1,174 @@
+"""Aggregation of run folders: exact statistics on synthesized runs, statuses, files and errors."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import nbclient
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from sdexp import plots, report, runs
+from tests.conftest import ROOT, TINY
+
+# test_error_at_best_val per seed; constant depth then stochastic depth (differences -1, -1, -0.5).
+CONSTANT, STOCHASTIC = [6.0, 6.5, 7.0], [5.0, 5.5, 6.5]
+
+
+def make_run(
+    folder: Path, rule: str, seed: int, reported: float, status: str = "completed", **extra: object
+) -> None:
+    """A run folder as the trainer writes it, with known values."""
+    config = {
+        "seed": seed,
+        "model": {"name": "resnet110"},
+        "dataset": {"name": "cifar10", "root": f"/data/{seed}"},
+        "stochastic_depth": {"rule": rule, "final_survival": 1.0 if rule == "off" else 0.5},
+        "trainer": {"epochs": 3, "device": "cpu"},
+    }
+    runs.atomic_write_text(folder / runs.CONFIG, yaml.safe_dump(config))
+    train_time = 100.0 if rule == "off" else 75.0
+    result = {"status": status, "test_error_at_best_val": reported, "test_error": reported + 1}
+    runs.write_result(folder, {**result, "train_time_s": train_time, "seed": seed, **extra})
+    rows = [
+        {"epoch": e, "lr": 0.1, "train_loss": 1.0, "train_error": 50.0, "val_error": 10.0 + e,
+         "test_error": reported + 3 - e, "epoch_time_s": train_time / 3, "images_per_s": 1.0,
+         "executed_block_fraction": 1.0}
+        for e in (1, 2, 3)
+    ]  # fmt: skip
+    runs.write_metrics(folder, rows)
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    for seed, (c, s) in enumerate(zip(CONSTANT, STOCHASTIC, strict=True)):
+        make_run(tmp_path / f"off,seed={seed}", "off", seed, c)
+        make_run(tmp_path / f"linear,seed={seed}", "linear", seed, s)
+    make_run(tmp_path / "uniform,seed=0", "uniform", 0, 5.9)
+    make_run(tmp_path / "uniform,seed=1", "uniform", 1, 6.1)
+    make_run(tmp_path / "linear,seed=3", "linear", 3, math.nan, status="failed", error_type="RuntimeError",
+             error="CUDA out of memory")  # fmt: skip
+    make_run(
+        tmp_path / "off,seed=3", "off", 3, math.nan, status="diverged", diverged_at={"epoch": 2, "step": 17}
+    )
+    return tmp_path
+
+
+def test_tables(sweep: Path) -> None:
+    table, epochs = report.load_runs([sweep])
+    assert len(table) == 10 and len(epochs) == 30
+    assert {"model.name", "stochastic_depth.rule", "seed", "status", "run_dir"} <= set(table.columns)
+    assert report.experiment_keys(table) == ["dataset.name", "model.name", "stochastic_depth.rule",
+                                             "stochastic_depth.final_survival"]  # fmt: skip
+
+
+def test_summary_statistics_are_exact(sweep: Path) -> None:
+    table, epochs = report.load_runs([sweep])
+    summary = report.summarize(table, epochs).set_index("stochastic_depth.rule")
+    off, linear, uniform = summary.loc["off"], summary.loc["linear"], summary.loc["uniform"]
+    assert (off["seeds"], linear["seeds"], uniform["seeds"]) == (3, 3, 2)
+    assert off["mean"] == pytest.approx(6.5) and off["std"] == pytest.approx(0.5)
+    assert linear["mean"] == pytest.approx(17 / 3) and linear["std"] == pytest.approx(0.7637626, abs=1e-6)
+    assert linear["final_mean"] == pytest.approx(17 / 3 + 1)
+    # Paired over seeds 0-2: differences -1, -1, -0.5; t = -5 with 2 degrees of freedom.
+    assert linear["pairs"] == 3
+    assert linear["diff_mean"] == pytest.approx(-5 / 6) and linear["diff_std"] == pytest.approx(
+        0.2886751, abs=1e-6
+    )
+    assert linear["p_value"] == pytest.approx(0.03775, abs=1e-4)
+    assert uniform["pairs"] == 2 and math.isnan(off["pairs"])
+    assert linear["time_ratio"] == pytest.approx(0.75) and linear["epoch_time_ratio"] == pytest.approx(0.75)
+    assert off["paper_test_error"] == 6.41 and linear["paper_test_error"] == 5.25
+    assert math.isnan(uniform["paper_test_error"])
+    assert (linear["not_completed"], off["not_completed"], uniform["not_completed"]) == (1, 1, 0)
+    assert bool(uniform["fewer_seeds"]) and not bool(linear["fewer_seeds"])
+
+
+def test_problems_list_status_and_reason(sweep: Path) -> None:
+    table, _ = report.load_runs([sweep])
+    listed = report.problems(table).set_index("status")
+    assert set(listed.index) == {"failed", "diverged"}
+    assert listed.loc["failed", "error"] == "CUDA out of memory"
+    assert listed.loc["diverged", "diverged_at.step"] == 17
+
+
+def test_group_by_override(sweep: Path) -> None:
+    table, epochs = report.load_runs([sweep])
+    summary = report.summarize(table, epochs, by=["model.name"])
+    assert len(summary) == 1 and summary.loc[0, "seeds"] == 3  # seeds 0, 1, 2 (uniform has 0, 1)
+    assert summary.loc[0, "mean"] == pytest.approx((sum(CONSTANT) + sum(STOCHASTIC) + 5.9 + 6.1) / 8)
+    assert math.isnan(summary.loc[0, "paper_test_error"])  # mixed rules: no paper row applies
+    assert math.isnan(summary.loc[0, "time_ratio"])  # nothing to compare without the rule key
+
+
+def aggregate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "analysis" / "aggregate.py"), *args],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_command_line_writes_files_that_parse_back(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    proc = aggregate(str(sweep), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "| dataset.name" in proc.stdout and "Not completed (2)" in proc.stdout
+    assert "5.67 ± 0.76" in proc.stdout and "-0.83 ± 0.29 (p=0.0377, n=3)" in proc.stdout
+    summary = pd.read_csv(out / "summary.csv").set_index("stochastic_depth.rule")
+    assert summary.loc["linear", "mean"] == pytest.approx(17 / 3)
+    assert len(pd.read_csv(out / "runs.csv")) == 10 and len(pd.read_csv(out / "epochs.csv")) == 30
+    assert "\\begin{tabular}" in (out / "summary.tex").read_text()
+    width, height = (round(v * plots.DPI) for v in plots.FIGSIZE)
+    for name in ("final_error", "test_error_curves", "epoch_time"):
+        with Image.open(out / f"{name}.png") as image:
+            assert image.size == (width, height)
+            assert len(np.unique(np.asarray(image.convert("L")))) > 10  # something is drawn
+        assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "latex"])
+def test_printed_formats(sweep: Path, fmt: str) -> None:
+    proc = aggregate(str(sweep), "--format", fmt)
+    assert proc.returncode == 0, proc.stderr
+    assert ("\\begin{tabular}" in proc.stdout) == (fmt == "latex")
+
+
+def test_glob_paths(sweep: Path) -> None:
+    proc = aggregate(str(sweep / "linear,seed=*"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("4 runs in 1 groups")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "unknown_key"])
+def test_bad_paths_and_keys_fail_clearly(tmp_path: Path, sweep: Path, case: str) -> None:
+    (tmp_path / "empty").mkdir()
+    args = {"missing": [str(tmp_path / "nope")], "empty": [str(tmp_path / "empty")],
+            "unknown_key": [str(sweep), "--by", "model.depth"]}[case]  # fmt: skip
+    proc = aggregate(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_notebook_executes_on_a_real_tiny_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "-m", *TINY, "trainer.epochs=2", "seed=0,1",
+         "stochastic_depth=off,linear", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    monkeypatch.setenv("SDEXP_SWEEP", str(sweep))
+    monkeypatch.setenv("SDEXP_REPORT", str(tmp_path / "figures"))
+    notebook = nbformat.read(ROOT / "analysis" / "report.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    assert len(markdown) == 1 and "±" in markdown[0] and "linear" in markdown[0]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
+    assert (tmp_path / "figures" / "test_error_curves.png").is_file()
