@@ -11,6 +11,7 @@ reports the median of several epochs per case. Also times the input pipeline alo
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -21,11 +22,10 @@ import torch
 
 from sdexp.config import compose_config, register_configs
 from sdexp.data.loader import DeviceLoader
-from sdexp.models import build_model
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
-from sdexp.train import EpochProgress, resolve_device, speed_settings, train_one_epoch
+from sdexp.train import EpochProgress, prepare_model, resolve_device, speed_settings, train_one_epoch
 
 PAPER_EPOCHS, PAPER_TRAIN_IMAGES = 500, 45_000
 
@@ -45,21 +45,20 @@ def make_loader(images: int, batch: int, device: torch.device, channels_last: bo
     )  # fmt: skip
 
 
-def time_case(args: argparse.Namespace, rule: str, precision: str, channels_last: bool) -> dict:
+def time_case(args: argparse.Namespace, rule: str, precision: str, channels_last: bool, graphs: bool) -> dict:
     overrides = [
         f"model={args.model}",
         f"stochastic_depth={rule}",
         f"trainer.device={args.device}",
         f"trainer.precision={precision}",
         f"trainer.channels_last={str(channels_last).lower()}",
+        f"trainer.cuda_graphs={str(graphs).lower()}",
     ]
     cfg = compose_config(overrides)
     device = resolve_device(cfg.trainer.device)
     amp_dtype, cl = speed_settings(cfg.trainer, device)
     torch.manual_seed(0)
-    model = build_model(cfg.model, cfg.stochastic_depth, 10, seed=0).to(device)
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_model(cfg, 10, device)
     sd = cfg.stochastic_depth
     set_survival_probs(model.sd_blocks, survival_probs(sd.rule, len(model.sd_blocks), sd.final_survival))
     optimizer, _ = build_optimizer(model, cfg.optimizer, cfg.trainer.epochs)
@@ -86,6 +85,7 @@ def time_case(args: argparse.Namespace, rule: str, precision: str, channels_last
         "rule": rule,
         "precision": "bf16" if amp_dtype is not None else "fp32",
         "channels_last": cl,
+        "cuda_graphs": graphs,
         "images_per_s": images_per_s,
         "epoch_time_s": epoch_s,
         "paper_500_epochs_min": PAPER_EPOCHS * epoch_s / 60,
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per case (median)")
     parser.add_argument("--precision", default=None, help="comma list of fp32,bf16")
     parser.add_argument("--channels-last", default=None, help="comma list of false,true")
+    parser.add_argument("--cuda-graphs", default="false", help="comma list of false,true (CUDA only)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
     args = parser.parse_args()
@@ -114,24 +115,25 @@ def main() -> None:
     args.images = args.images or (20_000 if on_cuda else 2_048)
     precisions = (args.precision or ("fp32,bf16" if on_cuda else "fp32")).split(",")
     layouts = [s == "true" for s in (args.channels_last or ("false,true" if on_cuda else "false")).split(",")]
+    graph_modes = [s == "true" for s in args.cuda_graphs.split(",")]
     rows = []
-    for precision in precisions:
-        for cl in layouts:
-            pair = [time_case(args, rule, precision, cl) for rule in ("off", "linear")]
-            pair[1]["ratio_to_constant"] = pair[1]["epoch_time_s"] / pair[0]["epoch_time_s"]
-            pair[0]["ratio_to_constant"] = 1.0
-            rows += pair
-            for row in pair:
-                print(json.dumps(row), file=sys.stderr, flush=True)
+    for precision, cl, graphs in itertools.product(precisions, layouts, graph_modes):
+        pair = [time_case(args, rule, precision, cl, graphs) for rule in ("off", "linear")]
+        pair[1]["ratio_to_constant"] = pair[1]["epoch_time_s"] / pair[0]["epoch_time_s"]
+        pair[0]["ratio_to_constant"] = 1.0
+        rows += pair
+        for row in pair:
+            print(json.dumps(row), file=sys.stderr, flush=True)
     print(f"\n{args.model} on {rows[0]['device']}, torch {torch.__version__}, "
           f"{args.images} images per timed epoch, median of {args.repeats}")  # fmt: skip
-    header = ("rule", "precision", "ch_last", "img/s", "45k-epoch s", "SD/const", "blocks run",
+    header = ("rule", "precision", "ch_last", "graphs", "img/s", "45k-epoch s", "SD/const", "blocks run",
               "input %", "500 ep. min")  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         print(
-            f"| {r['rule']} | {r['precision']} | {r['channels_last']} | {r['images_per_s']:.0f} | "
+            f"| {r['rule']} | {r['precision']} | {r['channels_last']} | {r['cuda_graphs']} | "
+            f"{r['images_per_s']:.0f} | "
             f"{r['epoch_time_s']:.2f} | {r['ratio_to_constant']:.3f} | "
             f"{100 * r['executed_block_fraction']:.1f}% | {100 * r['input_share']:.1f} | "
             f"{r['paper_500_epochs_min']:.1f} |"

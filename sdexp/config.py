@@ -134,6 +134,7 @@ class TrainerConfig:
     progress: bool = MISSING
     precision: Precision = MISSING
     channels_last: bool | None = None
+    cuda_graphs: bool = MISSING
     num_threads: int | None = None
 
 
@@ -247,5 +248,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.device={cfg.trainer.device} but CUDA is not available here: use auto or cpu"
         )
+    if cfg.trainer.cuda_graphs and (cfg.trainer.device == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("trainer.cuda_graphs=true needs a CUDA device: set trainer.cuda_graphs=false")
     if cfg.optimizer.nesterov and (cfg.optimizer.momentum == 0 or cfg.optimizer.dampening != 0):
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0")

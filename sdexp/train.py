@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from sdexp import runs
 from sdexp.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from sdexp.cuda_graphs import graph_residual_branches
 from sdexp.data import ImageSplits, Loader, build_data, build_loaders
 from sdexp.models import ResNet, build_model
 from sdexp.optim import build_optimizer
@@ -61,6 +62,17 @@ def speed_settings(tcfg: DictConfig, device: torch.device) -> tuple[torch.dtype 
     bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and on_cuda)
     channels_last = on_cuda if tcfg.channels_last is None else tcfg.channels_last
     return (torch.bfloat16 if bf16 else None), channels_last
+
+
+def prepare_model(cfg: DictConfig, num_classes: int, device: torch.device) -> ResNet:
+    """The configured model on ``device``, in its memory format, its branches CUDA-graphed if asked."""
+    amp_dtype, channels_last = speed_settings(cfg.trainer, device)
+    model = build_model(cfg.model, cfg.stochastic_depth, num_classes, seed=cfg.seed).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.trainer.cuda_graphs:
+        graph_residual_branches(model, cfg.trainer.batch_size, amp_dtype)
+    return model
 
 
 def git_revision() -> str | None:
@@ -228,9 +240,7 @@ def train(
     loaders = build_loaders(
         data, cfg.dataset, tcfg.batch_size, tcfg.eval_batch_size, device, cfg.seed, channels_last
     )
-    model = build_model(cfg.model, sd, len(data.classes), seed=cfg.seed).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_model(cfg, len(data.classes), device)
     optimizer, scheduler = build_optimizer(model, cfg.optimizer, tcfg.epochs)
     generators = {"gates": model.gate_generator, "loader": loaders["train"].generator}
 
