@@ -16,9 +16,10 @@ import torch
 from torch.nn import functional as F
 
 from sdexp.config import compose_config
+from sdexp.environment import seed_everything
 from sdexp.optim import build_optimizer
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
-from sdexp.train import prepare_model, seed_everything
+from sdexp.train import prepare_model
 
 
 def run(model_name: str, graphs: bool, steps: int, precision: str) -> tuple[list[float], torch.Tensor, int]:

@@ -15,7 +15,7 @@ import time
 import torch
 
 from sdexp.data import DeviceLoader, TorchLoader
-from sdexp.train import resolve_device
+from sdexp.environment import resolve_device
 
 
 def images_per_second(loader: DeviceLoader | TorchLoader, device: torch.device, repeats: int) -> float:

@@ -22,10 +22,11 @@ import torch
 
 from sdexp.config import compose_config, register_configs
 from sdexp.data.loader import DeviceLoader
+from sdexp.environment import resolve_device, speed_settings
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
-from sdexp.train import EpochProgress, prepare_model, resolve_device, speed_settings, train_one_epoch
+from sdexp.train import EpochProgress, prepare_model, train_one_epoch
 
 PAPER_EPOCHS, PAPER_TRAIN_IMAGES = 500, 45_000
 

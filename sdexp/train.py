@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import platform
-import random
-import subprocess
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.nn import functional as F
@@ -28,40 +23,13 @@ from sdexp import runs
 from sdexp.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from sdexp.cuda_graphs import graph_residual_branches
 from sdexp.data import ImageSplits, Loader, build_data, build_loaders
+from sdexp.environment import device_name, git_revision, resolve_device, seed_everything, speed_settings
 from sdexp.models import ResNet, build_model
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and torch; with ``deterministic``, use only deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = not deterministic
-
-
-def speed_settings(tcfg: DictConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """The autocast dtype (None: fp32) and whether to use channels-last memory; ``auto``/``null``
-    turn both on for CUDA only."""
-    on_cuda = device.type == "cuda"
-    bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and on_cuda)
-    channels_last = on_cuda if tcfg.channels_last is None else tcfg.channels_last
-    return (torch.bfloat16 if bf16 else None), channels_last
 
 
 def prepare_model(cfg: DictConfig, num_classes: int, device: torch.device) -> ResNet:
@@ -73,27 +41,6 @@ def prepare_model(cfg: DictConfig, num_classes: int, device: torch.device) -> Re
     if cfg.trainer.cuda_graphs:
         graph_residual_branches(model, cfg.trainer.batch_size, amp_dtype)
     return model
-
-
-def git_revision() -> str | None:
-    """The project's git commit (with ``-dirty`` if it has local changes), or None outside git."""
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch
 
 from sdexp import runs, train
 from sdexp.config import compose_config
+from sdexp.environment import speed_settings
 from tests.conftest import ROOT, TINY
 
 RESULT_KEYS = {
@@ -162,5 +163,5 @@ def test_bf16_and_channels_last_train_on_cpu(tmp_path: Path) -> None:
 
 def test_speed_settings_default_to_fp32_on_cpu() -> None:
     cfg = compose_config()
-    assert train.speed_settings(cfg.trainer, torch.device("cpu")) == (None, False)
-    assert train.speed_settings(cfg.trainer, torch.device("cuda")) == (torch.bfloat16, True)
+    assert speed_settings(cfg.trainer, torch.device("cpu")) == (None, False)
+    assert speed_settings(cfg.trainer, torch.device("cuda")) == (torch.bfloat16, True)
