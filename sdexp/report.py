@@ -30,6 +30,7 @@ NOT_EXPERIMENT_KEYS = {
     "dataset.loader",
     "dataset.num_workers",
 }
+_CONFIG_GROUPS = {"model", "dataset", "optimizer", "stochastic_depth", "trainer"}
 # Always shown first, varying or not.
 IDENTITY_KEYS = ["dataset.name", "model.name", "stochastic_depth.rule"]
 PAPER_RESULTS = Path(__file__).with_name("paper_results.csv")
@@ -68,13 +69,6 @@ def experiment_keys(table: pd.DataFrame) -> list[str]:
         if k not in NOT_EXPERIMENT_KEYS and k not in IDENTITY_KEYS and table[k].astype(str).nunique() > 1
     ]
     return [k for k in IDENTITY_KEYS if k in table.columns] + varying
-
-
-_CONFIG_GROUPS = {"model", "dataset", "optimizer", "stochastic_depth", "trainer"}
-
-
-def _label(frame: pd.DataFrame, by: Sequence[str]) -> pd.Series:
-    return frame[list(by)].astype(str).agg(" · ".join, axis=1)
 
 
 def summarize(

@@ -41,8 +41,16 @@ METRIC_COLUMNS = (
 )
 STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
 FINISHED = ("completed", "diverged")  # rerunning gives the same outcome, so a rerun skips these
-# Keys that may change between a run and its resumption: they do not change the results.
-RESUMABLE_CHANGES = ("trainer.progress", "trainer.device", "trainer.num_threads")
+# Keys that may change between a run and its resumption: they do not change the results. Hydra leaves
+# the same keys out of run-folder names (conf/config.yaml: override_dirname.exclude_keys).
+RESUMABLE_CHANGES = (
+    "trainer.progress",
+    "trainer.device",
+    "trainer.num_threads",
+    "dataset.download",
+    "dataset.cache_dir",
+    "dataset.num_workers",
+)
 
 
 class RunFolderError(RuntimeError):

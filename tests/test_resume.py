@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sdexp import runs, train
 from sdexp.config import compose_config
@@ -208,6 +209,12 @@ def test_default_run_folder_is_named_from_the_overrides(tmp_path: Path) -> None:
     again = run_py("seed=3", cwd=tmp_path)
     assert again.returncode == 0
     assert "already holds a completed run" in again.stdout + again.stderr
+
+
+def test_folder_names_leave_out_exactly_the_resumable_keys() -> None:
+    config = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())
+    excluded = config["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]
+    assert sorted(excluded) == sorted(runs.RESUMABLE_CHANGES)
 
 
 def test_files_are_readable_by_the_group(tmp_path: Path) -> None:
