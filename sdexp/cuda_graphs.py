@@ -14,7 +14,7 @@ import torch
 from sdexp.models import ResNet
 
 
-def _branch_inputs(model: ResNet, batch_size: int, amp_dtype: torch.dtype | None) -> list[torch.Tensor]:
+def branch_inputs(model: ResNet, batch_size: int, amp_dtype: torch.dtype | None) -> list[torch.Tensor]:
     """One example input per residual branch (shape, dtype and memory format as in training)."""
     device = next(model.parameters()).device
     seen: list[torch.Tensor] = []
@@ -40,7 +40,7 @@ def graph_residual_branches(model: ResNet, batch_size: int, amp_dtype: torch.dty
 
     Capturing runs a few warm-up steps on random inputs; BatchNorm statistics are put back afterwards.
     """
-    inputs = _branch_inputs(model, batch_size, amp_dtype)
+    inputs = branch_inputs(model, batch_size, amp_dtype)
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
     model.train()
     device = inputs[0].device

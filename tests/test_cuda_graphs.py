@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from sdexp.config import ConfigError, compose_config, validate
-from sdexp.cuda_graphs import _branch_inputs
+from sdexp.cuda_graphs import branch_inputs
 from sdexp.models import build_model
 
 
-def test_branch_inputs_match_each_block_and_leave_batchnorm_alone() -> None:
+def testbranch_inputs_match_each_block_and_leave_batchnorm_alone() -> None:
     cfg = compose_config(["model=resnet20"])
     model = build_model(cfg.model, cfg.stochastic_depth, 10, seed=0).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    inputs = _branch_inputs(model, 8, None)
+    inputs = branch_inputs(model, 8, None)
     expected = [(8, 16, 32, 32)] * 4 + [(8, 32, 16, 16)] * 3 + [(8, 64, 8, 8)] * 2
     assert [tuple(x.shape) for x in inputs] == expected  # transition blocks see the previous width
     assert all(x.requires_grad for x in inputs)
