@@ -54,3 +54,14 @@ def test_aggregate_quick() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "20 runs × 10 epochs (200 metric rows) -> 10 groups" in proc.stdout and "| total |" in proc.stdout
+
+
+def test_sweep_quick() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sweep.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| local (2 workers) |" in proc.stdout

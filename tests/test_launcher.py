@@ -1,0 +1,68 @@
+"""The local parallel launcher (hydra/launcher=local): a queue of slots, one job per GPU or CPU worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hydra_plugins.sdexp_launcher.local_launcher import CONSOLE_LOG, slot_environments, visible_gpus
+from tests.conftest import ROOT, TINY
+
+
+def sweep(cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    launcher = ["hydra/launcher=local", "hydra.launcher.cpu_workers=2", "hydra.sweep.dir=sweep"]
+    command = [sys.executable, str(ROOT / "run.py"), "-m", *launcher, *TINY, *extra]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_jobs_run_two_at_a_time_and_a_rerun_skips_them(tmp_path: Path) -> None:
+    proc = sweep(tmp_path, "seed=0,1", "stochastic_depth=off,linear")
+    assert proc.returncode == 0, proc.stderr
+    log = proc.stderr + proc.stdout
+    assert log.index("#1 start") < log.index("#0 done")  # the second slot started before the first ended
+    assert "4 jobs: 4 new, 0 resumed, 0 skipped (finished before); 0 failed" in log
+    results = sorted((tmp_path / "sweep").glob("*/result.json"))
+    assert len(results) == 4
+    for path in results:
+        result = json.loads(path.read_text())
+        assert result["status"] == "completed"
+        assert result["device_name"].endswith("1 threads)")  # 2 cores shared by 2 workers
+        assert (path.parent / CONSOLE_LOG).is_file()
+    names = [p.parent.name for p in results]  # named from each job's overrides
+    for seed in (0, 1):
+        for rule in ("off", "linear"):
+            assert sum(f"seed={seed},stochastic_depth={rule}" in n for n in names) == 1
+    again = sweep(tmp_path, "seed=0,1", "stochastic_depth=off,linear")
+    assert again.returncode == 0, again.stderr
+    assert "4 jobs: 0 new, 0 resumed, 4 skipped" in again.stderr + again.stdout
+
+
+def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
+    proc = sweep(tmp_path, "stochastic_depth.final_survival=0.5,1.5")
+    assert proc.returncode != 0
+    log = proc.stderr + proc.stdout
+    assert "1 failed" in log and "final_survival=1.5" in log.split("failed:")[-1]
+    statuses = [json.loads(p.read_text())["status"] for p in (tmp_path / "sweep").glob("*/result.json")]
+    assert statuses == ["completed"]  # the good job ran; the bad one stopped before writing anything
+    bad = next(p for p in (tmp_path / "sweep").iterdir() if "1.5" in p.name)
+    assert "stochastic_depth.final_survival=1.5 is not allowed" in (bad / CONSOLE_LOG).read_text()
+
+
+def test_one_slot_per_gpu_or_cpu_worker() -> None:
+    assert slot_environments(["0", "3"], cpu_workers=4, cores=16) == [
+        {"CUDA_VISIBLE_DEVICES": "0"},
+        {"CUDA_VISIBLE_DEVICES": "3"},
+    ]
+    cpu = slot_environments([], cpu_workers=3, cores=16)
+    assert cpu == [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "5"}] * 3
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert visible_gpus() == ["2", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []
