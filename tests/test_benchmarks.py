@@ -10,58 +10,38 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 
-def test_train_speed_quick(tmp_path: Path) -> None:
-    out = tmp_path / "rows.json"
+def benchmark(name: str, *args: str) -> str:
+    """Run ``benchmarks/<name>.py --quick`` and return what it printed; it must succeed."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "train_speed.py"),
-            "--quick",
-            "--device=cpu",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", *args],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "| rule | precision |" in proc.stdout
+    return proc.stdout
+
+
+def test_train_speed_quick(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    assert "| rule | precision |" in benchmark("train_speed", "--device=cpu", "--json", str(out))
     rows = json.loads(out.read_text())
     assert [r["rule"] for r in rows] == ["off", "linear"]
     assert rows[0]["executed_block_fraction"] == 1.0
     assert 0.5 < rows[1]["executed_block_fraction"] < 1.0
+    assert 0.5 < rows[1]["cost_weighted_ratio"] < 1.0
     assert all(r["images_per_s"] > 0 for r in rows)
 
 
 def test_input_pipeline_quick() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "input_pipeline.py"), "--quick", "--device=cpu"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "| device-resident (fast) |" in proc.stdout and "| DataLoader + torchvision |" in proc.stdout
+    printed = benchmark("input_pipeline", "--device=cpu")
+    assert "| device-resident (fast) |" in printed and "| DataLoader + torchvision |" in printed
 
 
 def test_aggregate_quick() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "aggregate.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "20 runs × 10 epochs (200 metric rows) -> 10 groups" in proc.stdout and "| total |" in proc.stdout
+    printed = benchmark("aggregate")
+    assert "20 runs × 10 epochs (200 metric rows) -> 10 groups" in printed and "| total |" in printed
 
 
 def test_sweep_quick() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "sweep.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "| local (2 workers) |" in proc.stdout
+    assert "| local (2 workers) |" in benchmark("sweep")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -67,15 +68,15 @@ def _decode(cfg: DictConfig) -> Decoded:
         sources.download(cfg.name, root, cfg.extra)
     if cfg.name in sources.CIFAR:
         files = sources.cifar_files(cfg.name, root)
-        read = lambda: sources.read_cifar(cfg.name, root)  # noqa: E731
+        read = partial(sources.read_cifar, cfg.name, root)
     elif cfg.name == "svhn":
         files = sources.svhn_files(root, cfg.extra)
-        read = lambda: sources.read_svhn(root, cfg.extra)  # noqa: E731
+        read = partial(sources.read_svhn, root, cfg.extra)
     else:  # cinic10, imagefolder
         val_dir = next((d for d in ("valid", "val") if (root / d).is_dir()), "val")
         dirs = {"train": "train", "val": val_dir, "test": "test"}
         files = sources.image_folder_files(cfg.name, root, dirs)
-        read = lambda: sources.read_image_folder(cfg.name, root, dirs)  # noqa: E731
+        read = partial(sources.read_image_folder, cfg.name, root, dirs)
     return cached(_expand(cfg.cache_dir), cfg.name, files, f"extra={cfg.extra}", read)
 
 
