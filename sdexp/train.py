@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -164,6 +165,7 @@ def _new_result(cfg: DictConfig, model: ResNet, device: torch.device) -> dict[st
         "torch_version": str(torch.__version__),
         "device_name": device_name(device),
         "git_revision": git_revision(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "train_time_s": 0.0,
     }
 
@@ -213,7 +215,7 @@ def train(
         scheduler.load_state_dict(checkpoint["scheduler"])
         restore_rng(checkpoint["rng"], generators)
         rows, result = checkpoint["rows"], checkpoint["result"]
-        result["device_name"] = device_name(device)
+        result.update(device_name=device_name(device), slurm_job_id=os.environ.get("SLURM_JOB_ID"))
         if checkpoint["epoch_in_progress"] is None:
             log.info("resuming after epoch %d", result["epochs_completed"])
         else:

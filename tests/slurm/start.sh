@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Start a one-node SLURM cluster on this machine, for the SLURM tests (run as root; CI calls it).
+# munge, a private MariaDB (unix socket only) for accounting, slurmdbd, slurmctld and slurmd, with
+# state under $SDEXP_SLURM_STATE. Stop it with tests/slurm/stop.sh.
+set -euo pipefail
+STATE=${SDEXP_SLURM_STATE:-/tmp/sdexp-slurm}
+HOST=$(hostname -s)
+mkdir -p "$STATE"/{ctld,spool,log,run,mysql} /etc/slurm /run/mysqld
+chown mysql:mysql /run/mysqld "$STATE/mysql"  # MariaDB writes its pid and log there as mysql
+
+# munge, as the munge user
+mkdir -p /etc/munge /run/munge /var/log/munge /var/lib/munge
+[ -s /etc/munge/munge.key ] || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+chown -R munge:munge /etc/munge /run/munge /var/log/munge /var/lib/munge
+chmod 400 /etc/munge/munge.key
+pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+
+# MariaDB for accounting: submitit polls job states with sacct
+if [ ! -d "$STATE/db" ]; then
+  mkdir -p "$STATE/db" && chown mysql:mysql "$STATE/db"
+  mariadb-install-db --user=mysql --datadir="$STATE/db" --auth-root-authentication-method=socket >/dev/null
+fi
+if ! [ -S /run/mysqld/mysqld.sock ]; then
+  setsid mariadbd --user=mysql --datadir="$STATE/db" --skip-networking --socket=/run/mysqld/mysqld.sock \
+    --pid-file="$STATE/mysql/mariadb.pid" --log-error="$STATE/mysql/mariadb.log" </dev/null >/dev/null 2>&1 &
+  for _ in $(seq 100); do [ -S /run/mysqld/mysqld.sock ] && break; sleep 0.1; done
+fi
+
+cat > /etc/slurm/slurmdbd.conf <<CONF
+AuthType=auth/munge
+DbdHost=localhost
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=root
+StorageLoc=sdexp_slurm_acct
+PidFile=$STATE/run/slurmdbd.pid
+LogFile=$STATE/log/slurmdbd.log
+CONF
+chmod 600 /etc/slurm/slurmdbd.conf
+
+MEM=$(( $(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo) - 1024 ))
+cat > /etc/slurm/slurm.conf <<CONF
+ClusterName=sdexp
+SlurmctldHost=$HOST
+SlurmUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+EnforcePartLimits=ALL
+MailProg=/bin/true
+ReturnToService=2
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/spool
+SlurmctldPidFile=$STATE/run/slurmctld.pid
+SlurmdPidFile=$STATE/run/slurmd.pid
+SlurmctldLogFile=$STATE/log/slurmctld.log
+SlurmdLogFile=$STATE/log/slurmd.log
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$MEM State=UNKNOWN
+PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+CONF
+
+pgrep -x slurmdbd >/dev/null || slurmdbd
+for _ in $(seq 50); do timeout 5 sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.2; done
+timeout 10 sacctmgr -i -Q add cluster sdexp >/dev/null 2>&1 || true
+pgrep -x slurmctld >/dev/null || slurmctld
+pgrep -x slurmd >/dev/null || slurmd
+for _ in $(seq 150); do
+  if timeout 5 sinfo -h -o %T 2>/dev/null | grep -qx idle; then echo "slurm: node $HOST idle"; exit 0; fi
+  sleep 0.2
+done
+echo "slurm: the node did not become idle; logs in $STATE/log" >&2
+timeout 5 sinfo >&2 || true
+exit 1
