@@ -138,6 +138,11 @@ def read_result(run_dir: Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / RESULT).read_text(encoding="utf-8"))
 
 
+def previous_result(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``result.json``, or None if it has none yet."""
+    return read_result(run_dir) if (Path(run_dir) / RESULT).exists() else None
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     """The rows of ``metrics.csv`` as floats (``epoch`` as int)."""
     with open(Path(run_dir) / METRICS, newline="", encoding="utf-8") as f:

@@ -318,8 +318,8 @@ def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> 
             f"{run_dir} holds a run with another config ({'; '.join(changes)}): choose another "
             "folder with hydra.run.dir=... or remove this one"
         )
-    result_path, checkpoint_path = run_dir / runs.RESULT, run_dir / runs.CHECKPOINT
-    previous = runs.read_result(run_dir) if result_path.exists() else None
+    checkpoint_path = run_dir / runs.CHECKPOINT
+    previous = runs.previous_result(run_dir)
     if previous is not None and previous["status"] in runs.FINISHED:
         log.info("%s already holds a %s run: nothing to do", run_dir, previous["status"])
         return previous
@@ -334,7 +334,7 @@ def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> 
             raise
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         log.error("training %s:\n%s", status, traceback.format_exc())
-        result = runs.read_result(run_dir) if result_path.exists() else {}
+        result = runs.previous_result(run_dir) or {}
         result.update(status=status, error_type=type(exc).__name__, error=str(exc))
         runs.write_result(run_dir, result)
         raise

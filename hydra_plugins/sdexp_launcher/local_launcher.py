@@ -50,7 +50,8 @@ def run_state(run_dir: Path) -> str:
     """``skipped`` (finished), ``resumed`` (has a checkpoint) or ``new``: what the job will do."""
     from sdexp import runs
 
-    if (run_dir / runs.RESULT).exists() and runs.read_result(run_dir).get("status") in runs.FINISHED:
+    previous = runs.previous_result(run_dir)
+    if previous is not None and previous.get("status") in runs.FINISHED:
         return "skipped"
     return "resumed" if (run_dir / runs.CHECKPOINT).exists() else "new"
 
