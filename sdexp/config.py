@@ -157,6 +157,11 @@ def run_name(override_dirname: str) -> str:
     return name
 
 
+def quote_override(value: str) -> str:
+    """``value`` as a quoted Hydra override value (paths may hold ``=``, ``,`` or brackets)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def register_configs() -> None:
     """Put the schema in Hydra's ConfigStore as ``config_schema`` (named first in ``conf/config.yaml``)
     and register the ``run_name`` resolver used by the output folders."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -24,7 +23,14 @@ from sdexp import runs
 from sdexp.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from sdexp.cuda_graphs import graph_residual_branches
 from sdexp.data import ImageSplits, Loader, build_data, build_loaders
-from sdexp.environment import device_name, git_revision, resolve_device, seed_everything, speed_settings
+from sdexp.environment import (
+    device_name,
+    git_revision,
+    resolve_device,
+    seed_everything,
+    slurm_job_id,
+    speed_settings,
+)
 from sdexp.models import ResNet, build_model
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
@@ -165,7 +171,8 @@ def _new_result(cfg: DictConfig, model: ResNet, device: torch.device) -> dict[st
         "torch_version": str(torch.__version__),
         "device_name": device_name(device),
         "git_revision": git_revision(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_job_id": slurm_job_id(),
+        "resumed_from": [],  # {epoch, step} of every resumption (after a stop, crash or requeue)
         "train_time_s": 0.0,
     }
 
@@ -215,12 +222,12 @@ def train(
         scheduler.load_state_dict(checkpoint["scheduler"])
         restore_rng(checkpoint["rng"], generators)
         rows, result = checkpoint["rows"], checkpoint["result"]
-        result.update(device_name=device_name(device), slurm_job_id=os.environ.get("SLURM_JOB_ID"))
-        if checkpoint["epoch_in_progress"] is None:
-            log.info("resuming after epoch %d", result["epochs_completed"])
-        else:
+        result.update(device_name=device_name(device), slurm_job_id=slurm_job_id())
+        if checkpoint["epoch_in_progress"] is not None:
             in_progress = EpochProgress.from_state_dict(checkpoint["epoch_in_progress"], device)
-            log.info("resuming epoch %d at step %d", result["epochs_completed"] + 1, in_progress.step)
+        step = in_progress.step if in_progress else 0
+        result.setdefault("resumed_from", []).append({"epoch": result["epochs_completed"] + 1, "step": step})
+        log.info("resuming epoch %d at step %d", result["epochs_completed"] + 1, step)
     result["status"] = "running"
     runs.write_result(run_dir, result)
     log.info(

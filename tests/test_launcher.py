@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,16 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatc
     assert visible_gpus() == ["2", "5"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert visible_gpus() == []
+
+
+def test_sweeps_named_by_the_time_do_not_share_a_folder(tmp_path: Path) -> None:
+    # Both sweeps start in the same year, as two default-named sweeps may start in the same second.
+    command = [sys.executable, str(ROOT / "run.py"), "-m", *TINY, "trainer.epochs=1",
+               "hydra.sweep.dir=out/${now:%Y}"]  # fmt: skip
+    for _ in range(2):
+        proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    year = time.strftime("%Y")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [year, f"{year}-2"]
+    for sweep_dir in (tmp_path / "out").iterdir():
+        assert len(list(sweep_dir.glob("*/result.json"))) == 1

@@ -72,9 +72,11 @@ def test_sigkill_then_rerun_resumes_exactly(tmp_path: Path, reference: list[dict
     assert killed_after < 6
     code, out = finish(tmp_path)
     assert code == 0, out
-    assert "resuming after epoch" in out
+    assert "at step 0" in out  # from the end of an epoch
     assert without_timing(runs.read_metrics(tmp_path)) == without_timing(reference)
-    assert runs.read_result(tmp_path)["status"] == "completed"
+    result = runs.read_result(tmp_path)
+    assert result["status"] == "completed"
+    assert [r["step"] for r in result["resumed_from"]] == [0]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM])
@@ -98,6 +100,7 @@ def test_stop_signal_checkpoints_and_rerun_resumes(
     after = runs.read_metrics(tmp_path)
     assert after[:done] == before[:done]  # kept, not retrained
     assert without_timing(after) == without_timing(reference)
+    assert [r["epoch"] for r in runs.read_result(tmp_path)["resumed_from"]] == [done + 1]
 
 
 def test_finished_run_is_not_retrained(tmp_path: Path) -> None:
@@ -191,13 +194,21 @@ def test_bad_value_leaves_an_existing_run_untouched(tmp_path: Path) -> None:
     assert _files(tmp_path / "run") == before
 
 
-def test_unwritable_output_folder_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (["hydra.run.dir=file/run"], "hydra.run.dir"),
+        (["-m", "hydra.sweep.dir=file/${now:%Y}"], "hydra.sweep.dir"),
+    ],
+)
+def test_unwritable_output_folder_is_one_line(tmp_path: Path, args: list[str], key: str) -> None:
     (tmp_path / "file").write_text("not a folder")
-    proc = run_py("hydra.run.dir=file/run", cwd=tmp_path)
+    command = [sys.executable, str(ROOT / "run.py"), *args[:-1], *TINY, args[-1]]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot write the output folder" in lines[0]
-    assert "hydra.run.dir" in lines[0]
+    assert key in lines[0]
 
 
 def test_default_run_folder_is_named_from_the_overrides(tmp_path: Path) -> None:

@@ -11,10 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from sdexp import runs
 from tests.conftest import ROOT, TINY
 
 
@@ -39,16 +42,122 @@ SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launch
          "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=5"]  # fmt: skip
 
 
-def test_two_by_two_sweep_completes_and_records_job_ids(tmp_path: Path) -> None:
-    command = [sys.executable, str(ROOT / "run.py"), "-m", *SLURM, *TINY, "seed=0,1",
-               "stochastic_depth=off,linear", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
-    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/result.json")]
-    assert len(results) == 4
-    assert all(r["status"] == "completed" for r in results)
-    job_ids = {r["slurm_job_id"] for r in results}
+def sweep_command(*overrides: str) -> list[str]:
+    """run.py -m through the slurm preset: TINY runs, with ``overrides`` replacing TINY's keys."""
+    keys = {o.split("=")[0] for o in overrides}
+    tiny = [o for o in TINY if o.split("=")[0] not in keys]
+    return [sys.executable, str(ROOT / "run.py"), "-m", *SLURM, *tiny, *overrides, "hydra.sweep.dir=sweep"]
+
+
+def sweep(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """Run the sweep to its end; its output (Hydra logs to stdout) with stderr in ``stdout``."""
+    return subprocess.run(
+        sweep_command(*overrides), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=600,
+    )  # fmt: skip
+
+
+def popen(command: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def results(sweep_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/result.json")}
+
+
+def test_two_by_two_sweep_completes_records_job_ids_and_a_rerun_submits_nothing(tmp_path: Path) -> None:
+    proc = sweep(tmp_path, "seed=0,1", "stochastic_depth=off,linear")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "4 jobs: 4 new, 0 resumed, 0 skipped (finished before); 0 failed" in proc.stdout
+    done = results(tmp_path / "sweep")
+    assert len(done) == 4
+    assert all(r["status"] == "completed" for r in done.values())
+    job_ids = {r["slurm_job_id"] for r in done.values()}
     assert len(job_ids) == 4 and None not in job_ids
-    assert sorted((r["seed"], r["stochastic_depth"]) for r in results) == [
+    assert sorted((r["seed"], r["stochastic_depth"]) for r in done.values()) == [
         (0, "linear"), (0, "off"), (1, "linear"), (1, "off")
     ]  # fmt: skip
+    again = sweep(tmp_path, "seed=0,1", "stochastic_depth=off,linear")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "4 jobs, 0 to submit" in again.stdout
+    assert "4 jobs: 0 new, 0 resumed, 4 skipped (finished before); 0 failed" in again.stdout
+    assert results(tmp_path / "sweep") == done
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_cancelled_job_is_reported_failed_while_the_other_completes(tmp_path: Path) -> None:
+    # The long job (60 tiny epochs, about 15 s) is cancelled after its first epoch.
+    proc = popen(sweep_command("trainer.epochs=2,60"), tmp_path)
+
+    def run_dir(epochs: int) -> Path:
+        [found] = (tmp_path / "sweep").glob(f"*trainer.epochs={epochs},*")
+        return found
+
+    def long_run_trained_an_epoch() -> bool:
+        try:
+            return runs.read_result(run_dir(60))["epochs_completed"] >= 1
+        except (ValueError, FileNotFoundError):  # not there yet, or half written
+            return False
+
+    try:
+        wait_for(long_run_trained_an_epoch, "the long job's first epoch")
+        subprocess.run(["scancel", runs.read_result(run_dir(60))["slurm_job_id"]], check=True, timeout=30)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "2 jobs: 2 new, 0 resumed, 0 skipped (finished before); 1 failed" in output
+    failed = output.split("failed: ")[-1]
+    assert "trainer.epochs=60" in failed and "CANCELLED" in failed
+    assert runs.read_result(run_dir(2))["status"] == "completed"
+    assert runs.read_result(run_dir(60))["status"] == "interrupted"  # SIGTERM: a checkpoint was written
+    again = sweep(tmp_path, "trainer.epochs=2,60")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "2 jobs: 0 new, 1 resumed, 1 skipped (finished before); 0 failed" in again.stdout
+    resumed = runs.read_result(run_dir(60))
+    assert resumed["status"] == "completed" and len(resumed["resumed_from"]) == 1
+    assert [row["epoch"] for row in runs.read_metrics(run_dir(60))] == list(range(1, 61))
+
+
+def test_time_limit_signal_checkpoints_requeues_and_resumes(tmp_path: Path) -> None:
+    # A one-minute limit with SIGUSR2 15 s before it: SLURM signals up to 30 s before that, so the job
+    # is signalled 15-45 s after it starts, in the middle of about 60 s of training (one thread). Once
+    # it is requeued, the test gives it 10 minutes so that it finishes in its second attempt; the
+    # requeued job waits cred_expire (10 s on the test cluster) before it starts.
+    limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15"]
+    size = ["trainer.num_threads=1", "dataset.train_size=3072", "trainer.epochs=30"]
+    proc = popen(sweep_command(*limit, *size), tmp_path)
+
+    def run_dir() -> Path:
+        [found] = [p.parent for p in (tmp_path / "sweep").glob("*/result.json")]
+        return found
+
+    def interrupted() -> bool:
+        try:
+            return runs.read_result(run_dir())["status"] == "interrupted"
+        except ValueError:  # not there yet, or half written
+            return False
+
+    try:
+        wait_for(interrupted, "the time-limit signal", timeout=300)
+        job = runs.read_result(run_dir())["slurm_job_id"]
+        subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], check=True, timeout=30)
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    assert "1 jobs: 1 new, 0 resumed, 0 skipped (finished before); 0 failed" in output
+    result = runs.read_result(run_dir())
+    assert result["status"] == "completed"
+    [resumed] = result["resumed_from"]
+    assert resumed["epoch"] > 1 or resumed["step"] > 0  # it went on from where it stopped
+    assert [row["epoch"] for row in runs.read_metrics(run_dir())] == list(range(1, 31))
+    assert "received SIGUSR2" in (run_dir() / runs.LOG).read_text()
+    submitit_logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.*"))
+    assert "Requeued job" in submitit_logs

@@ -4,8 +4,7 @@ Each job is ``python run.py <its overrides> hydra.run.dir=<sweep dir>/<subdir>``
 frees: one slot per GPU (the job sees only that GPU through ``CUDA_VISIBLE_DEVICES``) or, without GPUs,
 ``cpu_workers`` slots that divide the cores (``OMP_NUM_THREADS``). A job's console output goes to
 ``console.log`` in its run folder. A failing job does not stop the others; the sweep then ends with an
-error naming the failed jobs. Jobs already finished are skipped by the job itself (sdexp resumes or
-skips from the run folder); the summary counts them.
+error naming the failed jobs. Runs already finished are not started again; the summary counts them.
 """
 
 from __future__ import annotations
@@ -17,12 +16,14 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, configure_log, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
+
+from hydra_plugins.sdexp_launcher.jobs import Job, job_return, log_summary, plan_jobs
+from sdexp.config import quote_override
 
 log = logging.getLogger(__name__)
 CONSOLE_LOG = "console.log"
@@ -46,16 +47,6 @@ def slot_environments(gpus: Sequence[str], cpu_workers: int, cores: int) -> list
     return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads} for _ in range(cpu_workers)]
 
 
-def run_state(run_dir: Path) -> str:
-    """``skipped`` (finished), ``resumed`` (has a checkpoint) or ``new``: what the job will do."""
-    from sdexp import runs
-
-    previous = runs.previous_result(run_dir)
-    if previous is not None and previous.get("status") in runs.FINISHED:
-        return "skipped"
-    return "resumed" if (run_dir / runs.CHECKPOINT).exists() else "new"
-
-
 class LocalLauncher(Launcher):
     def __init__(self, gpus: Sequence[int | str] | None = None, cpu_workers: int = 2) -> None:
         self.gpus = None if gpus is None else [str(g) for g in gpus]
@@ -76,53 +67,42 @@ class LocalLauncher(Launcher):
         slots: queue.Queue[dict[str, str]] = queue.Queue()
         for env in slot_environments(gpus, self.cpu_workers, os.cpu_count() or 1):
             slots.put(env)
-        jobs = []
-        for idx, overrides in enumerate(job_overrides):
-            sweep = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            run_dir = Path(str(sweep.hydra.sweep.dir)) / str(sweep.hydra.sweep.subdir)
-            jobs.append((initial_job_idx + idx, list(overrides), run_dir, run_state(run_dir)))
+        jobs = plan_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx)
         kind = f"{len(gpus)} GPU(s)" if gpus else f"{self.cpu_workers} CPU workers"
         log.info(
             "local launcher: %d jobs on %s, sweep folder %s", len(jobs), kind, self.config.hydra.sweep.dir
         )
 
-        def run(job: tuple[int, list[str], Path, str]) -> JobReturn:
-            idx, overrides, run_dir, _ = job
+        def run(job: Job) -> JobReturn:
+            if job.state == "skipped":
+                log.info("#%d skipped (finished before): %s", job.idx, job.shown)
+                return job_return(job)
             env = slots.get()
             try:
-                return self._run_job(idx, overrides, run_dir, env)
+                return self._run_job(job, env)
             finally:
                 slots.put(env)
 
         with ThreadPoolExecutor(max_workers=slots.qsize()) as pool:
             results = list(pool.map(run, jobs))
-        states = [state for *_, state in jobs]
-        failed = [r for r in results if r.status == JobStatus.FAILED]
-        log.info(
-            "local launcher: %d jobs: %d new, %d resumed, %d skipped (finished before); %d failed%s",
-            len(jobs), states.count("new"), states.count("resumed"), states.count("skipped"), len(failed),
-            "".join(f"\n  failed: {r.working_dir}" for r in failed),
-        )  # fmt: skip
+        log_summary("local launcher", jobs, results)
         return results
 
-    def _run_job(self, idx: int, overrides: list[str], run_dir: Path, env: dict[str, str]) -> JobReturn:
-        shown = " ".join(filter_overrides(overrides))
-        log.info("#%d start (%s): %s", idx, ", ".join(f"{k}={v}" for k, v in env.items()), shown)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        quoted = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")  # Hydra's override grammar
-        command = [sys.executable, sys.argv[0], *overrides, f"hydra.run.dir='{quoted}'"]
-        with open(run_dir / CONSOLE_LOG, "a", encoding="utf-8") as console:
+    def _run_job(self, job: Job, env: dict[str, str]) -> JobReturn:
+        log.info("#%d start (%s): %s", job.idx, ", ".join(f"{k}={v}" for k, v in env.items()), job.shown)
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            sys.argv[0],
+            *job.overrides,
+            f"hydra.run.dir={quote_override(str(job.run_dir))}",
+        ]
+        with open(job.run_dir / CONSOLE_LOG, "a", encoding="utf-8") as console:
             code = subprocess.run(
                 command, env={**os.environ, **env}, stdout=console, stderr=subprocess.STDOUT
             ).returncode
-        result = JobReturn(overrides=overrides, working_dir=str(run_dir), task_name=str(idx))
         if code == 0:
-            result.status, result.return_value = JobStatus.COMPLETED, code
-            log.info("#%d done: %s", idx, shown)
-        else:
-            result.status = JobStatus.FAILED
-            result._return_value = RuntimeError(
-                f"job #{idx} ({shown}) exited with status {code}; see {run_dir / CONSOLE_LOG}"
-            )
-            log.error("#%d failed with status %d: %s (see %s)", idx, code, shown, run_dir / CONSOLE_LOG)
-        return result
+            log.info("#%d done: %s", job.idx, job.shown)
+            return job_return(job)
+        log.error("#%d failed with status %d: %s", job.idx, code, job.shown)
+        return job_return(job, f"exited with status {code}; see {job.run_dir / CONSOLE_LOG}")

@@ -45,6 +45,7 @@ ClusterName=sdexp
 SlurmctldHost=$HOST
 SlurmUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none

@@ -1,0 +1,78 @@
+"""What sdexp's launchers share: each job's run folder and state before the launch, the summary after.
+
+A job whose run folder holds a finished run with the same config is not launched again: it is
+``skipped``. The others are ``resumed`` (the folder has a checkpoint) or ``new``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.types import HydraContext
+from omegaconf import DictConfig, OmegaConf
+
+from sdexp import runs
+
+log = logging.getLogger(__name__)
+STATES = ("new", "resumed", "skipped")
+
+
+class Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs modules outside sys.modules
+    """One job of a sweep: its number, overrides, run folder and what it will do there."""
+
+    idx: int
+    overrides: list[str]
+    run_dir: Path
+    state: str  # one of STATES
+
+    @property
+    def shown(self) -> str:
+        return " ".join(filter_overrides(self.overrides))
+
+
+def run_state(run_dir: Path, cfg: DictConfig) -> str:
+    """``skipped`` (a finished run with this config), ``resumed`` (a checkpoint) or ``new``."""
+    previous = runs.previous_result(run_dir)
+    finished = previous is not None and previous.get("status") in runs.FINISHED
+    if finished and not runs.config_changes(run_dir, cfg):
+        return "skipped"
+    return "resumed" if (run_dir / runs.CHECKPOINT).exists() else "new"
+
+
+def plan_jobs(
+    config: DictConfig, hydra_context: HydraContext, job_overrides: Sequence[Sequence[str]], initial_idx: int
+) -> list[Job]:
+    """Each job's run folder (``hydra.sweep.dir``/``hydra.sweep.subdir``) and state."""
+    jobs = []
+    for idx, overrides in enumerate(job_overrides, start=initial_idx):
+        sweep = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        run_dir = Path(str(sweep.hydra.sweep.dir)) / str(sweep.hydra.sweep.subdir)
+        task = OmegaConf.masked_copy(sweep, [key for key in sweep if key != "hydra"])
+        jobs.append(Job(idx, list(overrides), run_dir, run_state(run_dir, task)))
+    return jobs
+
+
+def job_return(job: Job, error: str | None = None) -> JobReturn:
+    """A job's outcome for Hydra: completed, or failed with ``error`` (raised when Hydra reads it)."""
+    result = JobReturn(overrides=job.overrides, working_dir=str(job.run_dir), task_name=str(job.idx))
+    if error is None:
+        result.status, result.return_value = JobStatus.COMPLETED, None
+    else:
+        result.status, result._return_value = JobStatus.FAILED, RuntimeError(error)
+    return result
+
+
+def log_summary(launcher: str, jobs: Sequence[Job], results: Sequence[JobReturn]) -> None:
+    """One line counting the jobs by state and failure, then one line per failed job."""
+    states = [job.state for job in jobs]
+    failed = [(job, r) for job, r in zip(jobs, results, strict=True) if r.status == JobStatus.FAILED]
+    log.log(
+        logging.ERROR if failed else logging.INFO,
+        "%s: %d jobs: %d new, %d resumed, %d skipped (finished before); %d failed%s",
+        launcher, len(jobs), states.count("new"), states.count("resumed"), states.count("skipped"),
+        len(failed), "".join(f"\n  failed: #{job.idx} {job.shown}: {r._return_value}" for job, r in failed),
+    )  # fmt: skip
