@@ -1,10 +1,12 @@
-"""Training speed, measured in one process: stochastic vs constant depth, precision, memory format.
+"""Training speed, measured in one process: stochastic vs constant depth, precision, memory format,
+CUDA graphs and torch.compile of the residual branches.
 
 Times the trainer's own ``train_one_epoch`` (gate sampling, device-resident loader with augmentation,
 optimizer step, one device sync per epoch) on random CIFAR-shaped data, after a warm-up epoch, and
 reports the median of several epochs per case. Also times the input pipeline alone.
 
     python benchmarks/train_speed.py --model resnet110              # the paper's network
+    python benchmarks/train_speed.py --compile false,true            # eager vs compiled branches
     python benchmarks/train_speed.py --quick                         # seconds; what CI runs
 """
 
@@ -55,11 +57,14 @@ def expected_ratio(
     device = next(model.parameters()).device
     times = []
     for block, x in zip(model.sd_blocks, branch_inputs(model, batch, amp_dtype), strict=True):
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            grad = torch.randn_like(block.residual(x))  # a dense gradient, as in training (not sum()'s)
         for rep in range(3):
             sync(device)
             start = time.perf_counter()
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                block.residual(x).float().sum().backward()
+                out = block.residual(x)
+            out.backward(grad)
             sync(device)
             if rep:  # the first is a warm-up
                 times.append((block, time.perf_counter() - start))
@@ -67,7 +72,9 @@ def expected_ratio(
     return sum(p * t for p, t in zip(probs, per_block, strict=True)) / sum(per_block)
 
 
-def time_case(args: argparse.Namespace, rule: str, precision: str, channels_last: bool, graphs: bool) -> dict:
+def time_case(
+    args: argparse.Namespace, rule: str, precision: str, channels_last: bool, graphs: bool, compiled: bool
+) -> dict:
     overrides = [
         f"model={args.model}",
         f"stochastic_depth={rule}",
@@ -75,6 +82,7 @@ def time_case(args: argparse.Namespace, rule: str, precision: str, channels_last
         f"trainer.precision={precision}",
         f"trainer.channels_last={str(channels_last).lower()}",
         f"trainer.cuda_graphs={str(graphs).lower()}",
+        f"trainer.compile={str(compiled).lower()}",
     ]
     cfg = compose_config(overrides)
     device = resolve_device(cfg.trainer.device)
@@ -110,6 +118,7 @@ def time_case(args: argparse.Namespace, rule: str, precision: str, channels_last
         "precision": "bf16" if amp_dtype is not None else "fp32",
         "channels_last": cl,
         "cuda_graphs": graphs,
+        "compiled": compiled,
         "images_per_s": images_per_s,
         "epoch_time_s": epoch_s,
         "paper_500_epochs_min": PAPER_EPOCHS * epoch_s / 60,
@@ -129,6 +138,7 @@ def main() -> None:
     parser.add_argument("--precision", default=None, help="comma list of fp32,bf16")
     parser.add_argument("--channels-last", default=None, help="comma list of false,true")
     parser.add_argument("--cuda-graphs", default="false", help="comma list of false,true (CUDA only)")
+    parser.add_argument("--compile", default="false", help="comma list of false,true: torch.compile branches")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
     args = parser.parse_args()
@@ -141,9 +151,12 @@ def main() -> None:
     precisions = (args.precision or ("fp32,bf16" if on_cuda else "fp32")).split(",")
     layouts = [s == "true" for s in (args.channels_last or ("false,true" if on_cuda else "false")).split(",")]
     graph_modes = [s == "true" for s in args.cuda_graphs.split(",")]
+    compile_modes = [s == "true" for s in args.compile.split(",")]
     rows = []
-    for precision, cl, graphs in itertools.product(precisions, layouts, graph_modes):
-        pair = [time_case(args, rule, precision, cl, graphs) for rule in ("off", "linear")]
+    for precision, cl, graphs, compiled in itertools.product(precisions, layouts, graph_modes, compile_modes):
+        if graphs and compiled:
+            continue  # one or the other (trainer.cuda_graphs, trainer.compile)
+        pair = [time_case(args, rule, precision, cl, graphs, compiled) for rule in ("off", "linear")]
         pair[1]["ratio_to_constant"] = pair[1]["epoch_time_s"] / pair[0]["epoch_time_s"]
         pair[0]["ratio_to_constant"] = 1.0
         rows += pair
@@ -151,14 +164,14 @@ def main() -> None:
             print(json.dumps(row), file=sys.stderr, flush=True)
     print(f"\n{args.model} on {rows[0]['device']}, torch {torch.__version__}, "
           f"{args.images} images per timed epoch, median of {args.repeats}")  # fmt: skip
-    header = ("rule", "precision", "ch_last", "graphs", "img/s", "45k-epoch s", "SD/const",
+    header = ("rule", "precision", "ch_last", "graphs", "compiled", "img/s", "45k-epoch s", "SD/const",
               "blocks-only SD/const", "blocks run", "input %", "500 ep. min")  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         print(
             f"| {r['rule']} | {r['precision']} | {r['channels_last']} | {r['cuda_graphs']} | "
-            f"{r['images_per_s']:.0f} | "
+            f"{r['compiled']} | {r['images_per_s']:.0f} | "
             f"{r['epoch_time_s']:.2f} | {r['ratio_to_constant']:.3f} | {r['cost_weighted_ratio']:.3f} | "
             f"{100 * r['executed_block_fraction']:.1f}% | {100 * r['input_share']:.1f} | "
             f"{r['paper_500_epochs_min']:.1f} |"

@@ -135,6 +135,7 @@ class TrainerConfig:
     precision: Precision = MISSING
     channels_last: bool | None = None
     cuda_graphs: bool = MISSING
+    compile: bool = MISSING
     num_threads: int | None = None
 
 
@@ -253,6 +254,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.device={cfg.trainer.device} but CUDA is not available here: use auto or cpu"
         )
+    if cfg.trainer.cuda_graphs and cfg.trainer.compile:
+        raise ConfigError("trainer.cuda_graphs=true and trainer.compile=true: choose one of the two")
     if cfg.trainer.cuda_graphs and (cfg.trainer.device == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("trainer.cuda_graphs=true needs a CUDA device: set trainer.cuda_graphs=false")
     if cfg.optimizer.nesterov and (cfg.optimizer.momentum == 0 or cfg.optimizer.dampening != 0):

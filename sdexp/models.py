@@ -99,14 +99,11 @@ class ResNet(nn.Module):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
                 c_out = width * expansion
-                layers.append(
-                    StochasticDepthBlock(
-                        residual_fn(c_in, width, stride),
-                        _shortcut(shortcut, c_in, c_out, stride),
-                        sd_mode,
-                        sd_scaling,
-                    )
-                )
+                skip = _shortcut(shortcut, c_in, c_out, stride)
+                # every block's input is a ReLU output, so a shortcut without weights keeps it >= 0
+                nonnegative = not list(skip.parameters())
+                residual = residual_fn(c_in, width, stride)
+                layers.append(StochasticDepthBlock(residual, skip, sd_mode, sd_scaling, nonnegative))
                 c_in = c_out
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)

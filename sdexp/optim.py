@@ -21,6 +21,9 @@ def build_optimizer(
     dropping them, so that a dropped block's weights still get weight decay and momentum, as in the
     paper's code (one flat gradient tensor) and in frameworks that mask the branch. With ``None``
     gradients, PyTorch's SGD would skip those weights altogether.
+
+    On CUDA the fused implementation updates all parameters in a few kernels (PyTorch's default there
+    is ``foreach``); elsewhere PyTorch's default is kept, so CPU runs stay as they were.
     """
     if cfg.name != "sgd":
         raise ValueError(f"optimizer.name={cfg.name!r} is not known; allowed: sgd")
@@ -31,6 +34,7 @@ def build_optimizer(
         dampening=cfg.dampening,
         weight_decay=cfg.weight_decay,
         nesterov=cfg.nesterov,
+        fused=True if all(p.is_cuda for p in model.parameters()) else None,
     )
     for p in model.parameters():
         p.grad = torch.zeros_like(p)

@@ -52,9 +52,21 @@ class StochasticDepthBlock(nn.Module):
     ``scaling='test_time'`` multiplies the branch by p in eval (paper Eq. 5); ``'inverted'`` divides the
     kept branch by p in training instead, as torchvision and timm do; ``'none'`` never scales
     (the tutorial's behaviour).
+
+    ``nonnegative_shortcut=True`` says the shortcut's output is never negative (the block's input comes
+    out of a ReLU and the shortcut has no weights). A dropped block then returns the shortcut as it is:
+    the final ReLU would change neither it nor, since the input already went through a ReLU, any
+    gradient, and skipping it saves two kernels and a copy of the activation per dropped block.
     """
 
-    def __init__(self, residual: nn.Module, shortcut: nn.Module, mode: str, scaling: str) -> None:
+    def __init__(
+        self,
+        residual: nn.Module,
+        shortcut: nn.Module,
+        mode: str,
+        scaling: str,
+        nonnegative_shortcut: bool = False,
+    ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown stochastic-depth mode {mode!r}; allowed: {', '.join(MODES)}")
@@ -64,6 +76,7 @@ class StochasticDepthBlock(nn.Module):
         self.shortcut = shortcut
         self.mode = mode
         self.scaling = scaling
+        self.nonnegative_shortcut = nonnegative_shortcut
         self.gate = True
         self.register_buffer("survival_prob", torch.tensor(1.0))
         self._survival = 1.0  # host copy of the buffer, so drawing gates never waits on the device
@@ -86,7 +99,7 @@ class StochasticDepthBlock(nn.Module):
             return F.relu(identity + out)
         if self.mode == "batch":
             if not self.gate:
-                return F.relu(identity)
+                return identity if self.nonnegative_shortcut else F.relu(identity)
             out = self.residual(x)
         else:
             keep = torch.empty((x.shape[0], 1, 1, 1), device=x.device, dtype=x.dtype)

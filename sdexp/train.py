@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from sdexp import runs
 from sdexp.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from sdexp.compiled import compile_residual_branches, compiled_graph_count
 from sdexp.cuda_graphs import graph_residual_branches
 from sdexp.data import ImageSplits, Loader, build_data, build_loaders
 from sdexp.environment import (
@@ -40,13 +41,16 @@ log = logging.getLogger(__name__)
 
 
 def prepare_model(cfg: DictConfig, num_classes: int, device: torch.device) -> ResNet:
-    """The configured model on ``device``, in its memory format, its branches CUDA-graphed if asked."""
+    """The configured model on ``device``, in its memory format, its branches CUDA-graphed or
+    compiled if asked."""
     amp_dtype, channels_last = speed_settings(cfg.trainer, device)
     model = build_model(cfg.model, cfg.stochastic_depth, num_classes, seed=cfg.seed).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.trainer.cuda_graphs:
         graph_residual_branches(model, cfg.trainer.batch_size, amp_dtype)
+    if cfg.trainer.compile:
+        compile_residual_branches(model)
     return model
 
 
@@ -235,6 +239,7 @@ def train(
         cfg.model.name, result["num_params"], len(model.sd_blocks), cfg.dataset.name,
         len(data.train), len(data.val), len(data.test), result["device_name"],
     )  # fmt: skip
+    graphs = None  # torch.compile's graph count after the first epoch of this process
     with StopSignals() as stop:
         for epoch in range(result["epochs_completed"] + 1, tcfg.epochs + 1):
             probs = survival_probs(sd.rule, len(model.sd_blocks), sd.final_survival, epoch - 1, tcfg.epochs)
@@ -281,6 +286,8 @@ def train(
                 test_error, 100 * stats["executed_block_fraction"], stats["images_per_s"],
                 stats["epoch_time_s"],
             )  # fmt: skip
+            if tcfg.compile:
+                graphs = _report_compiles(epoch, graphs)
     if stop.received is not None:
         stop.forward()
     result["status"] = "completed"
@@ -292,6 +299,18 @@ def train(
         result["test_error"], result["train_time_s"],
     )  # fmt: skip
     return result
+
+
+def _report_compiles(epoch: int, before: int | None) -> int:
+    """Log how many graphs torch.compile has built; warn if an epoch after the first built more."""
+    graphs = compiled_graph_count()
+    if before is not None and graphs > before:
+        log.warning(
+            "torch.compile built %d more graphs in epoch %d: recompiles after the first epoch slow "
+            "training down", graphs - before, epoch,
+        )  # fmt: skip
+    log.info("torch.compile: %d graphs built so far", graphs)
+    return graphs
 
 
 def _record_epoch(result: dict[str, Any], row: dict[str, Any]) -> None:

@@ -130,11 +130,11 @@ def test_dropped_block_is_identity_without_compute_gradient_or_bn_update() -> No
     bn = block.residual[1]
     running_mean = bn.running_mean.clone()
     block.gate = False
-    x = torch.randn(4, 4, 32, 32, requires_grad=True)
+    x = torch.randn(4, 4, 32, 32).relu().requires_grad_()  # a block's input is a ReLU output
     out = block(x)
     out.sum().backward()
     assert calls == []
-    torch.testing.assert_close(out, F.relu(block.shortcut(x)))
+    torch.testing.assert_close(out, block.shortcut(x))  # subsampled, zero channels appended
     assert all(p.grad is None for p in block.residual.parameters())
     torch.testing.assert_close(bn.running_mean, running_mean)
     assert bn.num_batches_tracked.item() == 0
@@ -143,6 +143,32 @@ def test_dropped_block_is_identity_without_compute_gradient_or_bn_update() -> No
     assert calls == [1]
     assert all(p.grad is not None for p in block.residual.parameters())
     assert not torch.equal(bn.running_mean, running_mean)
+
+
+def test_a_dropped_block_skips_its_relu_without_changing_any_gradient() -> None:
+    model = _tiny(rule="uniform")  # p = 0.5 everywhere: many dropped blocks
+    relu_always = copy.deepcopy(model)
+    for block in relu_always.sd_blocks:
+        block.nonnegative_shortcut = False
+    assert all(block.nonnegative_shortcut for block in model.sd_blocks)  # identity or pad shortcuts
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    losses = []
+    for m in (model, relu_always):
+        m.train()
+        m.gate_generator.manual_seed(1)
+        loss = F.cross_entropy(m(x), torch.arange(16) % 10)
+        loss.backward()
+        losses.append(loss)
+    dropped = [not block.gate for block in model.sd_blocks]
+    assert 0 < sum(dropped) < len(dropped)
+    assert dropped[0] and dropped[3]  # an identity and a pad (stride 2) shortcut among them
+    assert torch.equal(losses[0], losses[1])
+    for p, q in zip(model.parameters(), relu_always.parameters(), strict=True):
+        assert (p.grad is None and q.grad is None) or torch.equal(p.grad, q.grad)
+    x = torch.randn(2, 4, 32, 32).relu()
+    block = model.sd_blocks[1]  # identity shortcut: a dropped block hands its input on unchanged
+    block.gate = False
+    assert block(x) is x
 
 
 def test_survival_probabilities_are_in_the_state_dict() -> None:

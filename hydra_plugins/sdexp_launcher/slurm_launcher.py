@@ -78,9 +78,9 @@ def _wait(job: Job, handle: submitit.Job) -> JobReturn:
     """The job's outcome once SLURM is done with it (requeues included)."""
     try:
         result = handle.results()[0]
-    except Exception as exc:  # submitit: the job ended without a result (failed, cancelled, timed out)
-        reason = str(exc).strip().splitlines()[0]
-        log.error("#%d failed: %s", job.idx, reason)
-        return job_return(job, f"SLURM job {handle.job_id} ended {handle.state}; see {handle.paths.stderr}")
+    except Exception:  # submitit: the job ended without a result (failed, cancelled, timed out)
+        state = handle.get_info().get("State", handle.state)  # fresh from sacct, not the cached state
+        log.error("#%d failed: SLURM state %s", job.idx, state)
+        return job_return(job, f"SLURM job {handle.job_id} ended {state}; see {handle.paths.stderr}")
     log.info("#%d %s: %s", job.idx, result.status.name.lower(), job.shown)
     return result
