@@ -3,7 +3,9 @@ CUDA graphs and torch.compile of the residual branches.
 
 Times the trainer's own ``train_one_epoch`` (gate sampling, device-resident loader with augmentation,
 optimizer step, one device sync per epoch) on random CIFAR-shaped data, after a warm-up epoch, and
-reports the median of several epochs per case. Also times the input pipeline alone.
+reports the median of several epochs per case. Constant and stochastic depth are timed in alternate
+epochs, and SD/const is the median of the ratios of neighbouring epochs, so drift on a shared machine
+cancels out. Also times the input pipeline alone.
 
     python benchmarks/train_speed.py --model resnet110              # the paper's network
     python benchmarks/train_speed.py --compile false,true            # eager vs compiled branches
@@ -72,61 +74,74 @@ def expected_ratio(
     return sum(p * t for p, t in zip(probs, per_block, strict=True)) / sum(per_block)
 
 
-def time_case(
-    args: argparse.Namespace, rule: str, precision: str, channels_last: bool, graphs: bool, compiled: bool
-) -> dict:
-    overrides = [
-        f"model={args.model}",
-        f"stochastic_depth={rule}",
-        f"trainer.device={args.device}",
-        f"trainer.precision={precision}",
-        f"trainer.channels_last={str(channels_last).lower()}",
-        f"trainer.cuda_graphs={str(graphs).lower()}",
-        f"trainer.compile={str(compiled).lower()}",
-    ]
-    cfg = compose_config(overrides)
-    device = resolve_device(cfg.trainer.device)
-    amp_dtype, cl = speed_settings(cfg.trainer, device)
-    torch.manual_seed(0)
-    model = prepare_model(cfg, 10, device)
-    sd = cfg.stochastic_depth
-    set_survival_probs(model.sd_blocks, survival_probs(sd.rule, len(model.sd_blocks), sd.final_survival))
-    optimizer, _ = build_optimizer(model, cfg.optimizer, cfg.trainer.epochs)
-    loader = make_loader(args.images, cfg.trainer.batch_size, device, cl)
-    warmup = make_loader(cfg.trainer.batch_size * 10, cfg.trainer.batch_size, device, cl)
-    stop = StopSignals()
+class Case:
+    """One configuration, built and warmed up: :meth:`time_epoch` trains one timed epoch, :meth:`row`
+    summarises them. Constant and stochastic depth are timed alternately, epoch by epoch, so that a
+    machine that speeds up or slows down during the run changes both alike."""
 
-    def epoch(data: DeviceLoader) -> dict:
-        return train_one_epoch(model, data, optimizer, EpochProgress.start(data), stop, False, "", amp_dtype)
+    def __init__(
+        self, args: argparse.Namespace, rule: str, precision: str, channels_last: bool, graphs: bool,
+        compiled: bool,
+    ) -> None:  # fmt: skip
+        overrides = [
+            f"model={args.model}",
+            f"stochastic_depth={rule}",
+            f"trainer.device={args.device}",
+            f"trainer.precision={precision}",
+            f"trainer.channels_last={str(channels_last).lower()}",
+            f"trainer.cuda_graphs={str(graphs).lower()}",
+            f"trainer.compile={str(compiled).lower()}",
+        ]
+        cfg = compose_config(overrides)
+        self.rule, self.graphs, self.compiled, self.repeats = rule, graphs, compiled, args.repeats
+        self.device = resolve_device(cfg.trainer.device)
+        self.amp_dtype, self.channels_last = speed_settings(cfg.trainer, self.device)
+        torch.manual_seed(0)
+        self.model = prepare_model(cfg, 10, self.device)
+        sd = cfg.stochastic_depth
+        probs = survival_probs(sd.rule, len(self.model.sd_blocks), sd.final_survival)
+        set_survival_probs(self.model.sd_blocks, probs)
+        self.optimizer, _ = build_optimizer(self.model, cfg.optimizer, cfg.trainer.epochs)
+        self.batch = cfg.trainer.batch_size
+        self.loader = make_loader(args.images, self.batch, self.device, self.channels_last)
+        self.epochs: list[dict] = []
+        self._train(make_loader(self.batch * 10, self.batch, self.device, self.channels_last))  # warm-up
 
-    epoch(warmup)
-    epochs = [epoch(loader) for _ in range(args.repeats)]
-    probs = [b._survival for b in model.sd_blocks]
-    expected = expected_ratio(model, cfg.trainer.batch_size, amp_dtype, probs) if rule != "off" else 1.0
-    input_times = []
-    for _ in range(args.repeats):
-        sync(device)
-        start = time.perf_counter()
-        for _batch in loader:
-            pass
-        sync(device)
-        input_times.append(time.perf_counter() - start)
-    images_per_s = statistics.median(e["images_per_s"] for e in epochs)
-    epoch_s = PAPER_TRAIN_IMAGES / images_per_s
-    return {
-        "rule": rule,
-        "precision": "bf16" if amp_dtype is not None else "fp32",
-        "channels_last": cl,
-        "cuda_graphs": graphs,
-        "compiled": compiled,
-        "images_per_s": images_per_s,
-        "epoch_time_s": epoch_s,
-        "paper_500_epochs_min": PAPER_EPOCHS * epoch_s / 60,
-        "executed_block_fraction": statistics.mean(e["executed_block_fraction"] for e in epochs),
-        "cost_weighted_ratio": expected,
-        "input_share": statistics.median(input_times) / statistics.median(e["epoch_time_s"] for e in epochs),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-    }
+    def _train(self, data: DeviceLoader) -> dict:
+        progress, stop = EpochProgress.start(data), StopSignals()
+        return train_one_epoch(self.model, data, self.optimizer, progress, stop, False, "", self.amp_dtype)
+
+    def time_epoch(self) -> None:
+        self.epochs.append(self._train(self.loader))
+
+    def row(self) -> dict:
+        probs = [b._survival for b in self.model.sd_blocks]
+        expected = expected_ratio(self.model, self.batch, self.amp_dtype, probs)
+        input_times = []
+        for _ in range(self.repeats):
+            sync(self.device)
+            start = time.perf_counter()
+            for _batch in self.loader:
+                pass
+            sync(self.device)
+            input_times.append(time.perf_counter() - start)
+        images_per_s = statistics.median(e["images_per_s"] for e in self.epochs)
+        epoch_s = PAPER_TRAIN_IMAGES / images_per_s
+        train_s = statistics.median(e["epoch_time_s"] for e in self.epochs)
+        return {
+            "rule": self.rule,
+            "precision": "bf16" if self.amp_dtype is not None else "fp32",
+            "channels_last": self.channels_last,
+            "cuda_graphs": self.graphs,
+            "compiled": self.compiled,
+            "images_per_s": images_per_s,
+            "epoch_time_s": epoch_s,
+            "paper_500_epochs_min": PAPER_EPOCHS * epoch_s / 60,
+            "executed_block_fraction": statistics.mean(e["executed_block_fraction"] for e in self.epochs),
+            "cost_weighted_ratio": expected,
+            "input_share": statistics.median(input_times) / train_s,
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+        }
 
 
 def main() -> None:
@@ -134,7 +149,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet110")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--images", type=int, default=None, help="images per timed epoch")
-    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per case (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per case (median)")
     parser.add_argument("--precision", default=None, help="comma list of fp32,bf16")
     parser.add_argument("--channels-last", default=None, help="comma list of false,true")
     parser.add_argument("--cuda-graphs", default="false", help="comma list of false,true (CUDA only)")
@@ -149,16 +164,22 @@ def main() -> None:
         args.images = args.images or 512
     args.images = args.images or (20_000 if on_cuda else 2_048)
     precisions = (args.precision or ("fp32,bf16" if on_cuda else "fp32")).split(",")
-    layouts = [s == "true" for s in (args.channels_last or ("false,true" if on_cuda else "false")).split(",")]
+    layouts = [s == "true" for s in (args.channels_last or ("false,true" if on_cuda else "true")).split(",")]
     graph_modes = [s == "true" for s in args.cuda_graphs.split(",")]
     compile_modes = [s == "true" for s in args.compile.split(",")]
     rows = []
     for precision, cl, graphs, compiled in itertools.product(precisions, layouts, graph_modes, compile_modes):
         if graphs and compiled:
             continue  # one or the other (trainer.cuda_graphs, trainer.compile)
-        pair = [time_case(args, rule, precision, cl, graphs, compiled) for rule in ("off", "linear")]
-        pair[1]["ratio_to_constant"] = pair[1]["epoch_time_s"] / pair[0]["epoch_time_s"]
+        constant, sd = (Case(args, rule, precision, cl, graphs, compiled) for rule in ("off", "linear"))
+        for _ in range(args.repeats):
+            constant.time_epoch()
+            sd.time_epoch()
+        pair = [constant.row(), sd.row()]
         pair[0]["ratio_to_constant"] = 1.0
+        pair[1]["ratio_to_constant"] = statistics.median(  # of the ratios of epochs timed side by side
+            s["epoch_time_s"] / c["epoch_time_s"] for c, s in zip(constant.epochs, sd.epochs, strict=True)
+        )
         rows += pair
         for row in pair:
             print(json.dumps(row), file=sys.stderr, flush=True)
