@@ -161,7 +161,10 @@ def test_bf16_and_channels_last_train_on_cpu(tmp_path: Path) -> None:
     assert 0 <= result["test_error"] <= 100
 
 
-def test_speed_settings_default_to_fp32_on_cpu() -> None:
+def test_speed_settings_default_to_fp32_on_cpu_and_channels_last_on_cpu_and_cuda() -> None:
     cfg = compose_config()
-    assert speed_settings(cfg.trainer, torch.device("cpu")) == (None, False)
+    assert speed_settings(cfg.trainer, torch.device("cpu")) == (None, True)
     assert speed_settings(cfg.trainer, torch.device("cuda")) == (torch.bfloat16, True)
+    assert speed_settings(cfg.trainer, torch.device("mps")) == (None, False)
+    cfg = compose_config(["trainer.channels_last=false", "trainer.precision=fp32"])
+    assert speed_settings(cfg.trainer, torch.device("cuda")) == (None, False)

@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from sdexp import runs
 
 log = logging.getLogger(__name__)
-STATES = ("new", "resumed", "skipped")
 
 
 class Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs modules outside sys.modules
@@ -27,7 +26,7 @@ class Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs modules outs
     idx: int
     overrides: list[str]
     run_dir: Path
-    state: str  # one of STATES
+    state: str  # "new", "resumed" or "skipped" (see run_state)
 
     @property
     def shown(self) -> str:
