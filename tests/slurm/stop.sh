@@ -7,7 +7,9 @@ for pid_file in "$STATE"/run/slurmd.pid "$STATE"/run/slurmctld.pid "$STATE"/run/
                 "$STATE"/mysql/mariadb.pid; do
   [ -f "$pid_file" ] && pids+=("$(cat "$pid_file")")
 done
-pids+=($(pgrep -x "munged|slurmd|slurmctld|slurmdbd"))  # also those whose pid file is gone
+for name in munged slurmd slurmctld slurmdbd; do  # also those whose pid file is gone
+  pids+=($(pgrep -x "$name"))
+done
 kill "${pids[@]}" 2>/dev/null
 for _ in $(seq 100); do
   alive=0
