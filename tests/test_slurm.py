@@ -127,11 +127,12 @@ def test_cancelled_job_is_reported_failed_while_the_other_completes(tmp_path: Pa
 
 def test_time_limit_signal_checkpoints_requeues_and_resumes(tmp_path: Path) -> None:
     # A one-minute limit with SIGUSR2 15 s before it: SLURM signals up to 30 s before that, so the job
-    # is signalled 15-45 s after it starts, in the middle of about 60 s of training (one thread). Once
-    # it is requeued, the test gives it 10 minutes so that it finishes in its second attempt; the
-    # requeued job waits cred_expire (10 s on the test cluster) before it starts.
+    # is signalled 15-45 s after it starts, in the middle of about 90 s of training (one thread; 46 s
+    # for half as many images in CI left too little room). Once it is requeued, the test gives it 10
+    # minutes so that it finishes in its second attempt; the requeued job waits cred_expire (10 s on
+    # the test cluster) before it starts.
     limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15"]
-    size = ["trainer.num_threads=1", "dataset.train_size=3072", "trainer.epochs=30"]
+    size = ["trainer.num_threads=1", "dataset.train_size=6144", "trainer.epochs=30"]
     proc = popen(sweep_command(*limit, *size), tmp_path)
 
     def run_dir() -> Path:
