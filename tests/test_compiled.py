@@ -18,6 +18,7 @@ from tests.conftest import TINY
 
 
 def test_compiled_branches_match_eager_in_training_and_eval() -> None:
+    torch.manual_seed(0)  # the weights: the same in any test order
     eager = train.prepare_model(compose_config(TINY), 10, torch.device("cpu"))
     set_survival_probs(eager.sd_blocks, [0.5] * len(eager.sd_blocks))
     compiled = copy.deepcopy(eager)
@@ -38,8 +39,8 @@ def test_compiled_branches_match_eager_in_training_and_eval() -> None:
     dropped = [not block.gate for block in compiled.sd_blocks]
     assert dropped == [not block.gate for block in eager.sd_blocks] and 0 < sum(dropped) < len(dropped)
     for grad_c, grad_e in zip(grads_c, grads_e, strict=True):
-        if grad_e is not None:
-            torch.testing.assert_close(grad_c, grad_e, rtol=1e-4, atol=1e-5)
+        if grad_e is not None:  # fp32 sums in another order: errors scale with the largest entry
+            torch.testing.assert_close(grad_c, grad_e, rtol=1e-3, atol=1e-3 * grad_e.abs().max().item())
     torch.testing.assert_close(eval_c, eval_e, rtol=1e-4, atol=1e-5)
 
 

@@ -171,6 +171,28 @@ def test_a_dropped_block_skips_its_relu_without_changing_any_gradient() -> None:
     assert block(x) is x
 
 
+@pytest.mark.parametrize("block_index", [1, 3])  # identity and pad (stride 2) shortcuts
+def test_a_kept_block_adds_and_rectifies_in_place_with_the_gradients_of_the_formula(
+    block_index: int,
+) -> None:
+    block = _tiny().sd_blocks[block_index].train()
+    block.gate = True
+    reference = copy.deepcopy(block)
+    x = torch.randn(4, block.residual[0].in_channels, 32, 32).relu().requires_grad_()
+    x_before = x.detach().clone()
+    x_ref = x.detach().clone().requires_grad_()
+    out = block(x)
+    expected = F.relu(reference.shortcut(x_ref) + reference.residual(x_ref))
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(x.detach(), x_before)  # the block's input (the identity shortcut) is left alone
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    for p, q in zip(block.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
 def test_survival_probabilities_are_in_the_state_dict() -> None:
     model = _tiny()
     state = model.state_dict()
