@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import random
@@ -40,6 +41,25 @@ def speed_settings(tcfg: DictConfig, device: torch.device) -> tuple[torch.dtype 
     bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and on_cuda)
     channels_last = device.type in ("cuda", "cpu") if tcfg.channels_last is None else tcfg.channels_last
     return (torch.bfloat16 if bf16 else None), channels_last
+
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MAX_MMAP_THRESHOLD = 32 << 20  # glibc's ceiling on 64-bit systems
+
+
+def keep_freed_host_memory() -> bool:
+    """Make glibc keep freed memory in the process for reuse instead of handing it back to the kernel.
+
+    By default glibc unmaps or trims large freed blocks, and the next training step's activations of
+    the same size fault in fresh pages: ResNet-110 on the CPU took up to 90,000 page faults and 0.15 s
+    of kernel time per step, varying from run to run. With the mmap threshold at glibc's ceiling and
+    trimming off, a step takes none. Returns False (and changes nothing) where the C library is not glibc.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+    return bool(mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def git_revision() -> str | None:

@@ -27,6 +27,7 @@ from sdexp.data import ImageSplits, Loader, build_data, build_loaders
 from sdexp.environment import (
     device_name,
     git_revision,
+    keep_freed_host_memory,
     resolve_device,
     seed_everything,
     slurm_job_id,
@@ -195,6 +196,8 @@ def train(
     if tcfg.num_threads is not None:
         torch.set_num_threads(tcfg.num_threads)
     device = resolve_device(tcfg.device)
+    if device.type == "cpu" and keep_freed_host_memory():
+        log.info("glibc keeps freed memory in the process (no page faults for each step's activations)")
     seed_everything(cfg.seed, tcfg.deterministic)
     amp_dtype, channels_last = speed_settings(tcfg, device)
     loaders = build_loaders(

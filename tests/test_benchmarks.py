@@ -33,6 +33,12 @@ def test_train_speed_quick(tmp_path: Path) -> None:
     assert all(r["images_per_s"] > 0 for r in rows)
 
 
+def test_stage_costs_quick() -> None:
+    printed = benchmark("stage_costs")
+    assert "| stage 1 branches | 3 |" in printed and "| stage 3 branches | 3 |" in printed
+    assert "predicted SD/constant step time (linear, p_L = 0.5)" in printed
+
+
 def test_input_pipeline_quick() -> None:
     printed = benchmark("input_pipeline", "--device=cpu")
     assert "| device-resident (fast) |" in printed and "| DataLoader + torchvision |" in printed

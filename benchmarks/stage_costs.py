@@ -1,0 +1,126 @@
+"""What each stage's residual branches cost inside a real training step, and the SD/constant ratio
+those costs predict.
+
+Times whole training steps (forward, backward, optimizer step) of the configured model with every
+branch run, with each stage's branches dropped in turn, and with all of them dropped (survival
+probability 1 or 0 per block, so the trainer's own gating does the dropping). A stage's cost is the
+full step minus the step without it: cache and memory effects of training are included, which timing
+one branch alone misses. The prediction for a survival rule is (fixed + Σ_s p̄_s·T_s) / (fixed + Σ_s T_s),
+with T_s a stage's cost and p̄_s its blocks' mean survival probability.
+
+    python benchmarks/stage_costs.py model=resnet110 trainer.device=cpu
+    python benchmarks/stage_costs.py model=resnet110 trainer.precision=bf16 --repeats 9
+    python benchmarks/stage_costs.py --quick                       # seconds; what CI runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.nn import functional as F
+
+from sdexp.config import compose_config, register_configs
+from sdexp.environment import keep_freed_host_memory, resolve_device, speed_settings
+from sdexp.models import ResNet
+from sdexp.optim import build_optimizer
+from sdexp.stochastic_depth import StochasticDepthBlock, set_survival_probs, survival_probs
+from sdexp.train import prepare_model
+
+
+def stage_blocks(model: ResNet) -> list[list[StochasticDepthBlock]]:
+    return [[m for m in stage.modules() if isinstance(m, StochasticDepthBlock)] for stage in model.stages]
+
+
+class StepTimer:
+    """Times training steps of one model on one random batch, with chosen stages dropped."""
+
+    def __init__(self, overrides: list[str], steps: int) -> None:
+        cfg = compose_config(overrides)
+        self.cfg, self.steps = cfg, steps
+        self.device = resolve_device(cfg.trainer.device)
+        if self.device.type == "cpu":
+            keep_freed_host_memory()  # as the trainer does
+        self.amp_dtype, channels_last = speed_settings(cfg.trainer, self.device)
+        torch.manual_seed(0)
+        self.model = prepare_model(cfg, 10, self.device).train()
+        self.optimizer, _ = build_optimizer(self.model, cfg.optimizer, cfg.trainer.epochs)
+        batch = cfg.trainer.batch_size
+        self.x = torch.randn(batch, 3, 32, 32, device=self.device)
+        if channels_last:
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.y = torch.randint(0, 10, (batch,), device=self.device)
+        self.stages = stage_blocks(self.model)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def step_ms(self, dropped: set[int]) -> float:
+        """Mean time of ``steps`` steps (after one untimed step) with the stages in ``dropped`` skipped."""
+        probs = [0.0 if s in dropped else 1.0 for s, blocks in enumerate(self.stages) for _ in blocks]
+        set_survival_probs(self.model.sd_blocks, probs)
+        times = []
+        for _ in range(self.steps + 1):
+            self._sync()
+            start = time.perf_counter()
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                loss = F.cross_entropy(self.model(self.x), self.y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self._sync()
+            times.append(time.perf_counter() - start)
+        return 1e3 * statistics.mean(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="config overrides, as for run.py")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds over all cases (median)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per case and round")
+    parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
+    args = parser.parse_args()
+    register_configs()
+    defaults = {"model": "resnet110"}
+    if args.quick:
+        defaults = {"model": "resnet20", "trainer.device": "cpu", "trainer.batch_size": "32"}
+        args.repeats, args.steps = 1, 1
+    given = {o.split("=", 1)[0] for o in args.overrides}
+    overrides = [f"{k}={v}" for k, v in defaults.items() if k not in given] + args.overrides
+    timer = StepTimer(overrides, args.steps)
+    n_stages = len(timer.stages)
+    cases = [frozenset()] + [frozenset({s}) for s in range(n_stages)] + [frozenset(range(n_stages))]
+    rounds: dict[frozenset[int], list[float]] = {case: [] for case in cases}
+    for _ in range(args.repeats):  # cases interleaved, so drift on a shared machine hits all alike
+        for case in cases:
+            rounds[case].append(timer.step_ms(set(case)))
+    ms = {case: statistics.median(t) for case, t in rounds.items()}
+    full, fixed = ms[frozenset()], ms[frozenset(range(n_stages))]
+    costs = [full - ms[frozenset({s})] for s in range(n_stages)]
+    sd = timer.cfg.stochastic_depth
+    rule = sd.rule if sd.rule != "off" else "linear"
+    probs = survival_probs(rule, len(timer.model.sd_blocks), sd.final_survival)
+    mean_p, first = [], 0
+    for blocks in timer.stages:
+        mean_p.append(statistics.mean(probs[first : first + len(blocks)]))
+        first += len(blocks)
+
+    batch = timer.cfg.trainer.batch_size
+    print(f"\n{timer.cfg.model.name} on {timer.device}, torch {torch.__version__}, batch {batch}, "
+          f"median of {args.repeats} rounds of {args.steps} steps")  # fmt: skip
+    print("| part | blocks | ms per step | ms per block | mean p |")
+    print("|---|---|---|---|---|")
+    for s, (blocks, cost, p) in enumerate(zip(timer.stages, costs, mean_p, strict=True)):
+        print(f"| stage {s + 1} branches | {len(blocks)} | {cost:.1f} | {cost / len(blocks):.2f} | {p:.3f} |")
+    print(f"| fixed (stem, shortcuts, head, loss, optimizer) | | {fixed:.1f} | | |")
+    print(f"| whole step | | {full:.1f} | | |")
+    predicted = (fixed + sum(p * c for p, c in zip(mean_p, costs, strict=True))) / (fixed + sum(costs))
+    print(f"\npredicted SD/constant step time ({rule}, p_L = {sd.final_survival}): {predicted:.3f}; "
+          f"mean survival probability {statistics.mean(probs):.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
