@@ -5,7 +5,8 @@ Times the trainer's own ``train_one_epoch`` (gate sampling, device-resident load
 optimizer step, one device sync per epoch) on random CIFAR-shaped data, after a warm-up epoch, and
 reports the median of several epochs per case. Constant and stochastic depth are timed in alternate
 epochs, and SD/const is the median of the ratios of neighbouring epochs, so drift on a shared machine
-cancels out. Also times the input pipeline alone.
+cancels out. Also times the input pipeline alone, and counts page faults per step (on the CPU, memory
+handed back to the kernel and faulted in again costs time that varies from run to run).
 
     python benchmarks/train_speed.py --model resnet110              # the paper's network
     python benchmarks/train_speed.py --compile false,true            # eager vs compiled branches
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import resource
 import statistics
 import sys
 import time
@@ -39,6 +41,11 @@ PAPER_EPOCHS, PAPER_TRAIN_IMAGES = 500, 45_000
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def page_faults() -> int:
+    """This process's minor page faults so far: host memory it was handed anew by the kernel."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def make_loader(images: int, batch: int, device: torch.device, channels_last: bool) -> DeviceLoader:
@@ -114,7 +121,10 @@ class Case:
         return train_one_epoch(self.model, data, self.optimizer, progress, stop, False, "", self.amp_dtype)
 
     def time_epoch(self) -> None:
-        self.epochs.append(self._train(self.loader))
+        faults = page_faults()
+        stats = self._train(self.loader)
+        stats["page_faults_per_step"] = (page_faults() - faults) / len(self.loader)
+        self.epochs.append(stats)
 
     def row(self) -> dict:
         probs = [b._survival for b in self.model.sd_blocks]
@@ -144,6 +154,7 @@ class Case:
             "executed_block_fraction": statistics.mean(e["executed_block_fraction"] for e in self.epochs),
             "cost_weighted_ratio": expected,
             "input_share": statistics.median(input_times) / train_s,
+            "page_faults_per_step": statistics.median(e["page_faults_per_step"] for e in self.epochs),
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
         }
 
@@ -190,7 +201,7 @@ def main() -> None:
     print(f"\n{args.model} on {rows[0]['device']}, torch {torch.__version__}, "
           f"{args.images} images per timed epoch, median of {args.repeats}")  # fmt: skip
     header = ("rule", "precision", "ch_last", "graphs", "compiled", "img/s", "45k-epoch s", "SD/const",
-              "blocks-only SD/const", "blocks run", "input %", "500 ep. min")  # fmt: skip
+              "blocks-only SD/const", "blocks run", "input %", "faults/step", "500 ep. min")  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
@@ -199,6 +210,7 @@ def main() -> None:
             f"{r['compiled']} | {r['images_per_s']:.0f} | "
             f"{r['epoch_time_s']:.2f} | {r['ratio_to_constant']:.3f} | {r['cost_weighted_ratio']:.3f} | "
             f"{100 * r['executed_block_fraction']:.1f}% | {100 * r['input_share']:.1f} | "
+            f"{r['page_faults_per_step']:.0f} | "
             f"{r['paper_500_epochs_min']:.1f} |"
         )
     if args.json:
