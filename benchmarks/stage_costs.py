@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from sdexp.config import compose_config, register_configs
-from sdexp.environment import keep_freed_host_memory, resolve_device, speed_settings
+from sdexp.environment import resolve_device, speed_settings
 from sdexp.models import ResNet
 from sdexp.optim import build_optimizer
 from sdexp.stochastic_depth import StochasticDepthBlock, set_survival_probs, survival_probs
@@ -31,6 +31,7 @@ from sdexp.train import prepare_model
 
 
 def stage_blocks(model: ResNet) -> list[list[StochasticDepthBlock]]:
+    """The model's blocks, stage by stage."""
     return [[m for m in stage.modules() if isinstance(m, StochasticDepthBlock)] for stage in model.stages]
 
 
@@ -41,8 +42,6 @@ class StepTimer:
         cfg = compose_config(overrides)
         self.cfg, self.steps = cfg, steps
         self.device = resolve_device(cfg.trainer.device)
-        if self.device.type == "cpu":
-            keep_freed_host_memory()  # as the trainer does
         self.amp_dtype, channels_last = speed_settings(cfg.trainer, self.device)
         torch.manual_seed(0)
         self.model = prepare_model(cfg, 10, self.device).train()

@@ -29,7 +29,7 @@ import torch
 from sdexp.config import compose_config, register_configs
 from sdexp.cuda_graphs import branch_inputs
 from sdexp.data.loader import DeviceLoader
-from sdexp.environment import keep_freed_host_memory, resolve_device, speed_settings
+from sdexp.environment import resolve_device, speed_settings
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
@@ -102,8 +102,6 @@ class Case:
         cfg = compose_config(overrides)
         self.rule, self.graphs, self.compiled, self.repeats = rule, graphs, compiled, args.repeats
         self.device = resolve_device(cfg.trainer.device)
-        if self.device.type == "cpu":
-            keep_freed_host_memory()  # as the trainer does
         self.amp_dtype, self.channels_last = speed_settings(cfg.trainer, self.device)
         torch.manual_seed(0)
         self.model = prepare_model(cfg, 10, self.device)

@@ -43,7 +43,10 @@ log = logging.getLogger(__name__)
 
 def prepare_model(cfg: DictConfig, num_classes: int, device: torch.device) -> ResNet:
     """The configured model on ``device``, in its memory format, its branches CUDA-graphed or
-    compiled if asked."""
+    compiled if asked. On the CPU the process also keeps freed memory for the next step's activations
+    (:func:`~sdexp.environment.keep_freed_host_memory`)."""
+    if device.type == "cpu" and keep_freed_host_memory():
+        log.info("glibc keeps freed memory in the process (no page faults for each step's activations)")
     amp_dtype, channels_last = speed_settings(cfg.trainer, device)
     model = build_model(cfg.model, cfg.stochastic_depth, num_classes, seed=cfg.seed).to(device)
     if channels_last:
@@ -196,8 +199,6 @@ def train(
     if tcfg.num_threads is not None:
         torch.set_num_threads(tcfg.num_threads)
     device = resolve_device(tcfg.device)
-    if device.type == "cpu" and keep_freed_host_memory():
-        log.info("glibc keeps freed memory in the process (no page faults for each step's activations)")
     seed_everything(cfg.seed, tcfg.deterministic)
     amp_dtype, channels_last = speed_settings(tcfg, device)
     loaders = build_loaders(
