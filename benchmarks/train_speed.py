@@ -1,7 +1,7 @@
 """Training speed, measured in one process: stochastic vs constant depth, precision, memory format,
-CUDA graphs and torch.compile of the residual branches.
+CUDA graphs and torch.compile of the residual branches, the fast loader vs DataLoader.
 
-Times the trainer's own ``train_one_epoch`` (gate sampling, device-resident loader with augmentation,
+Times the trainer's own ``train_one_epoch`` (gate sampling, the loader with its augmentation,
 optimizer step, one device sync per epoch) on random CIFAR-shaped data, after a warm-up epoch, and
 reports the median of several epochs per case. Constant and stochastic depth are timed in alternate
 epochs, and SD/const is the median of the ratios of neighbouring epochs, so drift on a shared machine
@@ -10,6 +10,7 @@ handed back to the kernel and faulted in again costs time that varies from run t
 
     python benchmarks/train_speed.py --model resnet110              # the paper's network
     python benchmarks/train_speed.py --compile false,true            # eager vs compiled branches
+    python benchmarks/train_speed.py --loader fast,torch             # device-resident vs DataLoader
     python benchmarks/train_speed.py --quick                         # seconds; what CI runs
 """
 
@@ -23,12 +24,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from sdexp.config import compose_config, register_configs
 from sdexp.cuda_graphs import branch_inputs
-from sdexp.data.loader import DeviceLoader
+from sdexp.data import DeviceLoader, Loader, TorchLoader
 from sdexp.environment import resolve_device, speed_settings
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
@@ -48,14 +50,27 @@ def page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def make_loader(images: int, batch: int, device: torch.device, channels_last: bool) -> DeviceLoader:
+class Setting(NamedTuple):
+    """What is compared besides the depth rule: one table row per rule and setting."""
+
+    precision: str  # fp32 or bf16
+    channels_last: bool
+    graphs: bool  # CUDA-graphed branches
+    compiled: bool  # torch.compile'd branches
+    loader: str  # fast (device-resident) or torch (DataLoader + torchvision)
+
+
+def make_loader(
+    kind: str, images: int, batch: int, device: torch.device, channels_last: bool, workers: int
+) -> Loader:
+    """A training loader of ``kind`` over random uint8 CIFAR-shaped images, augmented as in training."""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (images,), generator=g)
-    return DeviceLoader(
-        x, y, batch, [0.5] * 3, [0.25] * 3, device, train=True, augment=True,
-        channels_last=channels_last,
-    )  # fmt: skip
+    common = {"train": True, "augment": True, "channels_last": channels_last}
+    if kind == "torch":
+        return TorchLoader(x, y, batch, [0.5] * 3, [0.25] * 3, device, num_workers=workers, **common)
+    return DeviceLoader(x, y, batch, [0.5] * 3, [0.25] * 3, device, **common)
 
 
 def expected_ratio(
@@ -86,21 +101,18 @@ class Case:
     summarises them. Constant and stochastic depth are timed alternately, epoch by epoch, so that a
     machine that speeds up or slows down during the run changes both alike."""
 
-    def __init__(
-        self, args: argparse.Namespace, rule: str, precision: str, channels_last: bool, graphs: bool,
-        compiled: bool,
-    ) -> None:  # fmt: skip
+    def __init__(self, args: argparse.Namespace, rule: str, setting: Setting) -> None:
         overrides = [
             f"model={args.model}",
             f"stochastic_depth={rule}",
             f"trainer.device={args.device}",
-            f"trainer.precision={precision}",
-            f"trainer.channels_last={str(channels_last).lower()}",
-            f"trainer.cuda_graphs={str(graphs).lower()}",
-            f"trainer.compile={str(compiled).lower()}",
+            f"trainer.precision={setting.precision}",
+            f"trainer.channels_last={str(setting.channels_last).lower()}",
+            f"trainer.cuda_graphs={str(setting.graphs).lower()}",
+            f"trainer.compile={str(setting.compiled).lower()}",
         ]
         cfg = compose_config(overrides)
-        self.rule, self.graphs, self.compiled, self.repeats = rule, graphs, compiled, args.repeats
+        self.rule, self.setting, self.repeats = rule, setting, args.repeats
         self.device = resolve_device(cfg.trainer.device)
         self.amp_dtype, self.channels_last = speed_settings(cfg.trainer, self.device)
         torch.manual_seed(0)
@@ -110,11 +122,12 @@ class Case:
         set_survival_probs(self.model.sd_blocks, probs)
         self.optimizer, _ = build_optimizer(self.model, cfg.optimizer, cfg.trainer.epochs)
         self.batch = cfg.trainer.batch_size
-        self.loader = make_loader(args.images, self.batch, self.device, self.channels_last)
+        loader_args = (self.batch, self.device, self.channels_last, args.workers)
+        self.loader = make_loader(setting.loader, args.images, *loader_args)
         self.epochs: list[dict] = []
-        self._train(make_loader(self.batch * 10, self.batch, self.device, self.channels_last))  # warm-up
+        self._train(make_loader(setting.loader, self.batch * 10, *loader_args))  # warm-up
 
-    def _train(self, data: DeviceLoader) -> dict:
+    def _train(self, data: Loader) -> dict:
         progress, stop = EpochProgress.start(data), StopSignals()
         return train_one_epoch(self.model, data, self.optimizer, progress, stop, False, "", self.amp_dtype)
 
@@ -144,8 +157,9 @@ class Case:
             "rule": self.rule,
             "precision": "bf16" if self.amp_dtype is not None else "fp32",
             "channels_last": self.channels_last,
-            "cuda_graphs": self.graphs,
-            "compiled": self.compiled,
+            "cuda_graphs": self.setting.graphs,
+            "compiled": self.setting.compiled,
+            "loader": self.setting.loader,
             "images_per_s": images_per_s,
             "epoch_time_s": epoch_s,
             "paper_500_epochs_min": PAPER_EPOCHS * epoch_s / 60,
@@ -167,6 +181,8 @@ def main() -> None:
     parser.add_argument("--channels-last", default=None, help="comma list of false,true")
     parser.add_argument("--cuda-graphs", default="false", help="comma list of false,true (CUDA only)")
     parser.add_argument("--compile", default="false", help="comma list of false,true: torch.compile branches")
+    parser.add_argument("--loader", default="fast", help="comma list of fast,torch (DataLoader)")
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes (torch loader)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
     args = parser.parse_args()
@@ -180,11 +196,14 @@ def main() -> None:
     layouts = [s == "true" for s in (args.channels_last or ("false,true" if on_cuda else "true")).split(",")]
     graph_modes = [s == "true" for s in args.cuda_graphs.split(",")]
     compile_modes = [s == "true" for s in args.compile.split(",")]
+    loaders = args.loader.split(",")
     rows = []
-    for precision, cl, graphs, compiled in itertools.product(precisions, layouts, graph_modes, compile_modes):
-        if graphs and compiled:
+    for setting in map(
+        Setting._make, itertools.product(precisions, layouts, graph_modes, compile_modes, loaders)
+    ):
+        if setting.graphs and setting.compiled:
             continue  # one or the other (trainer.cuda_graphs, trainer.compile)
-        constant, sd = (Case(args, rule, precision, cl, graphs, compiled) for rule in ("off", "linear"))
+        constant, sd = (Case(args, rule, setting) for rule in ("off", "linear"))
         for _ in range(args.repeats):
             constant.time_epoch()
             sd.time_epoch()
@@ -198,14 +217,15 @@ def main() -> None:
             print(json.dumps(row), file=sys.stderr, flush=True)
     print(f"\n{args.model} on {rows[0]['device']}, torch {torch.__version__}, "
           f"{args.images} images per timed epoch, median of {args.repeats}")  # fmt: skip
-    header = ("rule", "precision", "ch_last", "graphs", "compiled", "img/s", "45k-epoch s", "SD/const",
-              "blocks-only SD/const", "blocks run", "input %", "faults/step", "500 ep. min")  # fmt: skip
+    header = ("rule", "precision", "ch_last", "graphs", "compiled", "loader", "img/s", "45k-epoch s",
+              "SD/const", "blocks-only SD/const", "blocks run", "input %", "faults/step",
+              "500 ep. min")  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         print(
             f"| {r['rule']} | {r['precision']} | {r['channels_last']} | {r['cuda_graphs']} | "
-            f"{r['compiled']} | {r['images_per_s']:.0f} | "
+            f"{r['compiled']} | {r['loader']} | {r['images_per_s']:.0f} | "
             f"{r['epoch_time_s']:.2f} | {r['ratio_to_constant']:.3f} | {r['cost_weighted_ratio']:.3f} | "
             f"{100 * r['executed_block_fraction']:.1f}% | {100 * r['input_share']:.1f} | "
             f"{r['page_faults_per_step']:.0f} | "
