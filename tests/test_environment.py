@@ -37,5 +37,7 @@ def faults_per_cycle(mode: str) -> float:
 def test_kept_memory_is_reused_without_page_faults() -> None:
     pages = 40 * (8 << 20) // 4096
     default, kept = faults_per_cycle("default"), faults_per_cycle("keep")
-    assert default > pages / 10  # glibc hands part of it back and faults it in again
-    assert kept < pages / 100  # the same memory is reused: (almost) no page is faulted in
+    # measured over 20 processes each (the heap's layout varies with address-space randomisation):
+    # default 20-100 % of the pages every cycle, kept 0.5-2.5 %
+    assert default > pages / 10  # glibc hands much of it back and faults it in again
+    assert kept < pages / 20  # the memory is reused: at most a few activations are faulted in again
