@@ -21,6 +21,7 @@ import time
 
 import torch
 from torch.nn import functional as F
+from train_speed import sync  # a sibling script: benchmarks/ is on sys.path when a benchmark runs
 
 from sdexp.config import compose_config, register_configs
 from sdexp.environment import resolve_device, speed_settings
@@ -53,24 +54,20 @@ class StepTimer:
         self.y = torch.randint(0, 10, (batch,), device=self.device)
         self.stages = stage_blocks(self.model)
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def step_ms(self, dropped: set[int]) -> float:
         """Mean time of ``steps`` steps (after one untimed step) with the stages in ``dropped`` skipped."""
         probs = [0.0 if s in dropped else 1.0 for s, blocks in enumerate(self.stages) for _ in blocks]
         set_survival_probs(self.model.sd_blocks, probs)
         times = []
         for _ in range(self.steps + 1):
-            self._sync()
+            sync(self.device)
             start = time.perf_counter()
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 loss = F.cross_entropy(self.model(self.x), self.y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            self._sync()
+            sync(self.device)
             times.append(time.perf_counter() - start)
         return 1e3 * statistics.mean(times[1:])
 
