@@ -6,7 +6,11 @@ branch run, with each stage's branches dropped in turn, and with all of them dro
 probability 1 or 0 per block, so the trainer's own gating does the dropping). A stage's cost is the
 full step minus the step without it: cache and memory effects of training are included, which timing
 one branch alone misses. The prediction for a survival rule is (fixed + Σ_s p̄_s·T_s) / (fixed + Σ_s T_s),
-with T_s a stage's cost and p̄_s its blocks' mean survival probability.
+with T_s a stage's cost and p̄_s its blocks' mean survival probability. A second table times one
+stride-1 3×3 convolution of each stage alone (forward; backward for input and weight) and gives its
+GFLOP/s. In the CIFAR ResNets these convolutions have equal FLOPs in every stage, so unequal rates
+show how much of the stages' unequal costs the convolutions explain; the rest is BatchNorm, ReLU and
+the add, whose work follows the activation size (4× larger in stage 1 than in stage 3).
 
     python benchmarks/stage_costs.py model=resnet110 trainer.device=cpu
     python benchmarks/stage_costs.py model=resnet110 trainer.precision=bf16 --repeats 9
@@ -20,6 +24,7 @@ import statistics
 import time
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 from train_speed import sync  # a sibling script: benchmarks/ is on sys.path when a benchmark runs
 
@@ -44,13 +49,14 @@ class StepTimer:
         self.cfg, self.steps = cfg, steps
         self.device = resolve_device(cfg.trainer.device)
         self.amp_dtype, channels_last = speed_settings(cfg.trainer, self.device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         torch.manual_seed(0)
         self.model = prepare_model(cfg, 10, self.device).train()
         self.optimizer, _ = build_optimizer(self.model, cfg.optimizer, cfg.trainer.epochs)
         batch = cfg.trainer.batch_size
-        self.x = torch.randn(batch, 3, 32, 32, device=self.device)
-        if channels_last:
-            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.x = torch.randn(batch, 3, 32, 32, device=self.device).contiguous(
+            memory_format=self.memory_format
+        )
         self.y = torch.randint(0, 10, (batch,), device=self.device)
         self.stages = stage_blocks(self.model)
 
@@ -70,6 +76,53 @@ class StepTimer:
             sync(self.device)
             times.append(time.perf_counter() - start)
         return 1e3 * statistics.mean(times[1:])
+
+
+def stage_convs(model: ResNet) -> list[nn.Conv2d]:
+    """Each stage's first stride-1 3×3 convolution."""
+    return [
+        next(
+            m
+            for m in stage.modules()
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.stride == (1, 1)
+        )
+        for stage in model.stages
+    ]
+
+
+def conv_rates(timer: StepTimer, repeats: int) -> list[tuple[torch.Size, float, float, float]]:
+    """(input shape, forward ms, backward ms, GFLOP per forward) of each stage's 3×3 convolution, timed
+    alone on its own input shape (median of ``repeats``), with the step's precision and memory format."""
+    convs = stage_convs(timer.model)
+    shapes: dict[nn.Conv2d, torch.Size] = {}
+    hooks = [c.register_forward_hook(lambda m, args, _: shapes.update({m: args[0].shape})) for c in convs]
+    timer.step_ms(set())
+    for hook in hooks:
+        hook.remove()
+    rows = []
+    for conv in convs:
+        x = torch.randn(shapes[conv], device=timer.device).contiguous(memory_format=timer.memory_format)
+        x.requires_grad_()
+        forward, backward = [], []
+        for _ in range(repeats + 1):
+            with torch.autocast(
+                timer.device.type, dtype=timer.amp_dtype, enabled=timer.amp_dtype is not None
+            ):
+                sync(timer.device)
+                start = time.perf_counter()
+                y = conv(x)
+                sync(timer.device)
+                middle = time.perf_counter()
+            torch.autograd.grad(y, (x, conv.weight), torch.ones_like(y))
+            sync(timer.device)
+            forward.append(middle - start)
+            backward.append(time.perf_counter() - middle)
+        n, _, h, w = y.shape
+        gflop = 2 * n * h * w * conv.out_channels * conv.in_channels * conv.weight[0, 0].numel() / 1e9
+        rows.append(
+            (x.shape, 1e3 * statistics.median(forward[1:]), 1e3 * statistics.median(backward[1:]), gflop)
+        )
+    return rows
 
 
 def main() -> None:
@@ -116,6 +169,12 @@ def main() -> None:
     predicted = (fixed + sum(p * c for p, c in zip(mean_p, costs, strict=True))) / (fixed + sum(costs))
     print(f"\npredicted SD/constant step time ({rule}, p_L = {sd.final_survival}): {predicted:.3f}; "
           f"mean survival probability {statistics.mean(probs):.3f}")  # fmt: skip
+
+    print("\n| stage | 3×3 conv input | forward ms | GFLOP/s | backward ms | GFLOP/s |")
+    print("|---|---|---|---|---|---|")
+    for s, (shape, fwd, bwd, gflop) in enumerate(conv_rates(timer, 5 * args.repeats), start=1):
+        print(f"| {s} | {'×'.join(map(str, shape))} | {fwd:.2f} | {gflop / fwd * 1e3:.0f} | {bwd:.2f} | "
+              f"{2 * gflop / bwd * 1e3:.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

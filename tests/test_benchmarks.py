@@ -41,6 +41,7 @@ def test_stage_costs_quick() -> None:
     printed = benchmark("stage_costs")
     assert "| stage 1 branches | 3 |" in printed and "| stage 3 branches | 3 |" in printed
     assert "predicted SD/constant step time (linear, p_L = 0.5)" in printed
+    assert "| 1 | 32×16×32×32 |" in printed and "| 3 | 32×64×8×8 |" in printed
 
 
 def test_input_pipeline_quick() -> None:
