@@ -13,6 +13,7 @@ import statistics
 import time
 
 import torch
+from train_speed import sync  # a sibling script: benchmarks/ is on sys.path when a benchmark runs
 
 from sdexp.data import DeviceLoader, TorchLoader
 from sdexp.environment import resolve_device
@@ -23,8 +24,7 @@ def images_per_second(loader: DeviceLoader | TorchLoader, device: torch.device, 
     for _ in range(repeats + 1):  # the first epoch warms up (worker start, kernel caches)
         start = time.perf_counter()
         seen = sum(len(y) for _x, y in loader)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return seen / statistics.median(times[1:])
 

@@ -83,6 +83,17 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def slurm_cpu_threads() -> int | None:
+    """Torch CPU threads for a SLURM job whose config leaves them open: its ``SLURM_CPUS_PER_TASK``.
+
+    SLURM does not pin every job to its cores, and torch would then start a thread per core of the
+    node: jobs sharing a node slow each other down many times over. None outside SLURM, or where
+    ``OMP_NUM_THREADS`` is set (torch follows it).
+    """
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return int(cpus) if cpus.isdigit() and "OMP_NUM_THREADS" not in os.environ else None
+
+
 def slurm_job_id() -> str | None:
     """The SLURM job running this process as squeue and scancel name it: ``<array>_<task>`` for a job
     array's task, else the job id; None outside SLURM."""

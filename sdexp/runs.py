@@ -2,7 +2,9 @@
 
 A run folder holds ``.hydra/`` (config.yaml, overrides.yaml, hydra.yaml), ``metrics.csv`` (one row per
 epoch), ``result.json`` (status and summary), ``checkpoint.pt`` (the state after the last finished
-epoch) and ``train.log``. Every file is written atomically (temp file + rename), so a reader never sees
+epoch) and ``train.log``; a run submitted to SLURM also ``slurm_job.json`` (its job id and submitit
+folder, written at submission, so a rerun of the sweep can tell that the job is still queued or
+running). Every file is written atomically (temp file + rename), so a reader never sees
 half a file.
 """
 
@@ -25,6 +27,7 @@ METRICS = "metrics.csv"
 RESULT = "result.json"
 LOG = "train.log"
 CHECKPOINT = "checkpoint.pt"
+SLURM_JOB = "slurm_job.json"
 HYDRA_DIR = ".hydra"
 CONFIG = Path(HYDRA_DIR) / "config.yaml"
 
@@ -106,6 +109,18 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> None:
     atomic_write_text(run_dir / RESULT, json.dumps(result, indent=2, sort_keys=True) + "\n")
 
 
+def write_slurm_job(run_dir: Path, job_id: str, submitit_folder: str) -> None:
+    """Record in ``slurm_job.json`` the SLURM job submitted to train this run."""
+    record = {"slurm_job_id": job_id, "submitit_folder": submitit_folder}
+    atomic_write_text(run_dir / SLURM_JOB, json.dumps(record, indent=2) + "\n")
+
+
+def read_slurm_job(run_dir: Path) -> dict[str, str] | None:
+    """The run's ``slurm_job.json`` (``slurm_job_id``, ``submitit_folder``), or None if it has none."""
+    path = Path(run_dir) / SLURM_JOB
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
 def write_config_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> None:
     """Write ``.hydra/config.yaml`` (resolved) and, under Hydra, ``hydra.yaml`` and ``overrides.yaml``.
 
@@ -132,6 +147,17 @@ def config_changes(run_dir: Path, cfg: DictConfig) -> list[str]:
         for key in sorted(saved.keys() | new.keys())
         if saved.get(key) != new.get(key) and key not in RESUMABLE_CHANGES
     ]
+
+
+def check_config(run_dir: Path, cfg: DictConfig) -> None:
+    """Raise :class:`RunFolderError` if ``run_dir`` holds a run whose config differs from ``cfg``
+    (see :func:`config_changes`), naming the differing keys."""
+    changes = config_changes(run_dir, cfg)
+    if changes:
+        raise RunFolderError(
+            f"{run_dir} holds a run with another config ({'; '.join(changes)}): choose another "
+            "folder with hydra.run.dir=... or remove this one"
+        )
 
 
 def read_result(run_dir: Path) -> dict[str, Any]:

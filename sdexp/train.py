@@ -30,6 +30,7 @@ from sdexp.environment import (
     keep_freed_host_memory,
     resolve_device,
     seed_everything,
+    slurm_cpu_threads,
     slurm_job_id,
     speed_settings,
 )
@@ -196,8 +197,9 @@ def train(
     signal is passed on to its previous handler, which ends the process or requeues the job).
     """
     tcfg, sd = cfg.trainer, cfg.stochastic_depth
-    if tcfg.num_threads is not None:
-        torch.set_num_threads(tcfg.num_threads)
+    threads = tcfg.num_threads or slurm_cpu_threads()
+    if threads:
+        torch.set_num_threads(threads)
     device = resolve_device(tcfg.device)
     seed_everything(cfg.seed, tcfg.deterministic)
     amp_dtype, channels_last = speed_settings(tcfg, device)
@@ -342,12 +344,7 @@ def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> 
     Ctrl-C as ``status: interrupted``.
     """
     run_dir = Path(run_dir)
-    changes = runs.config_changes(run_dir, cfg)
-    if changes:
-        raise runs.RunFolderError(
-            f"{run_dir} holds a run with another config ({'; '.join(changes)}): choose another "
-            "folder with hydra.run.dir=... or remove this one"
-        )
+    runs.check_config(run_dir, cfg)
     checkpoint_path = run_dir / runs.CHECKPOINT
     previous = runs.previous_result(run_dir)
     if previous is not None and previous["status"] in runs.FINISHED:

@@ -1,4 +1,5 @@
-"""Process settings for speed: glibc keeps freed memory, so repeated activations fault in no pages."""
+"""Process settings for speed: glibc keeps freed memory, so repeated activations fault in no pages;
+a SLURM job uses as many CPU threads as it has cores."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+
+from sdexp.environment import slurm_cpu_threads
 
 # 40 activations of 8 MiB (stage 1 of ResNet-110 at batch 128) made, written and freed, 5 times over
 FAULTS_PER_CYCLE = """
@@ -41,3 +44,15 @@ def test_kept_memory_is_reused_without_page_faults() -> None:
     # default 20-100 % of the pages every cycle, kept 0.5-2.5 %
     assert default > pages / 10  # glibc hands much of it back and faults it in again
     assert kept < pages / 20  # the memory is reused: at most a few activations are faulted in again
+
+
+def test_a_slurm_job_uses_its_cpus_per_task_unless_omp_num_threads_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert slurm_cpu_threads() is None  # not in SLURM: torch's default
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert slurm_cpu_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert slurm_cpu_threads() is None

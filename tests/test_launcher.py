@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hydra_plugins.sdexp_launcher.local_launcher import CONSOLE_LOG, slot_environments, visible_gpus
+from sdexp import runs
 from tests.conftest import ROOT, TINY
 
 
@@ -51,6 +53,25 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
     assert statuses == ["completed"]  # the good job ran; the bad one stopped before writing anything
     bad = next(p for p in (tmp_path / "sweep").iterdir() if "1.5" in p.name)
     assert "stochastic_depth.final_survival=1.5 is not allowed" in (bad / CONSOLE_LOG).read_text()
+
+
+def test_a_folder_holding_another_config_is_refused_without_starting_the_job(tmp_path: Path) -> None:
+    assert sweep(tmp_path, "seed=0").returncode == 0
+    [run_dir] = [p.parent for p in (tmp_path / "sweep").glob("*/result.json")]
+    saved = runs.read_config(run_dir)  # as if conf/ had changed since the run: 3 epochs then, 2 now
+    saved["trainer"]["epochs"] = 3
+    (run_dir / runs.CONFIG).write_text(yaml.safe_dump(saved))
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    again = sweep(tmp_path, "seed=0")
+    assert again.returncode != 0
+    log = again.stderr + again.stdout
+    summary = (
+        "1 jobs: 0 new, 0 resumed, 0 skipped (finished before), 1 refused (another config in the folder)"
+    )
+    assert f"{summary}; 1 failed" in log
+    assert "holds a run with another config (trainer.epochs: 3 -> 2)" in log.split("failed: ")[-1]
+    assert "#0 start" not in log
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # console.log too
 
 
 def test_one_slot_per_gpu_or_cpu_worker() -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sdexp import runs
 from tests.conftest import ROOT, TINY
@@ -72,6 +73,7 @@ def test_two_by_two_sweep_completes_records_job_ids_and_a_rerun_submits_nothing(
     done = results(tmp_path / "sweep")
     assert len(done) == 4
     assert all(r["status"] == "completed" for r in done.values())
+    assert all(r["device_name"].endswith(", 1 threads)") for r in done.values())  # cpus_per_task=1
     job_ids = {r["slurm_job_id"] for r in done.values()}
     assert len(job_ids) == 4 and None not in job_ids
     assert sorted((r["seed"], r["stochastic_depth"]) for r in done.values()) == [
@@ -82,6 +84,16 @@ def test_two_by_two_sweep_completes_records_job_ids_and_a_rerun_submits_nothing(
     assert "4 jobs, 0 to submit" in again.stdout
     assert "4 jobs: 0 new, 0 resumed, 4 skipped (finished before); 0 failed" in again.stdout
     assert results(tmp_path / "sweep") == done
+    # A folder whose run has another config (as if conf/ had changed since) is refused, not submitted.
+    run_dir = next((tmp_path / "sweep").glob("*seed=1,stochastic_depth=off*"))
+    saved = runs.read_config(run_dir)
+    saved["trainer"]["epochs"] = 3
+    (run_dir / runs.CONFIG).write_text(yaml.safe_dump(saved))
+    changed = sweep(tmp_path, "seed=0,1", "stochastic_depth=off,linear")
+    assert changed.returncode != 0
+    assert "4 jobs, 0 to submit" in changed.stdout
+    assert "3 skipped (finished before), 1 refused (another config in the folder); 1 failed" in changed.stdout
+    assert "trainer.epochs: 3 -> 2" in changed.stdout.split("failed: ")[-1]
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 120) -> None:
@@ -89,6 +101,33 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 120) -> 
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
+
+
+def test_a_rerun_while_the_jobs_are_in_slurm_waits_for_them_instead_of_submitting_them_again(
+    tmp_path: Path,
+) -> None:
+    # The first launch is killed as soon as it has submitted the two jobs (60 tiny epochs, about 15 s
+    # each); the jobs go on, and the rerun must not submit them a second time.
+    overrides = ("seed=0,1", "trainer.epochs=60")
+    first = popen(sweep_command(*overrides), tmp_path)
+
+    def recorded() -> list[Path]:
+        return [p.parent for p in (tmp_path / "sweep").glob(f"*/{runs.SLURM_JOB}")]
+
+    try:
+        wait_for(lambda: len(recorded()) == 2, "the first launch's submission")
+    finally:
+        first.kill()
+        first.communicate()
+    submitted = {run_dir.name: runs.read_slurm_job(run_dir)["slurm_job_id"] for run_dir in recorded()}
+    again = sweep(tmp_path, *overrides)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "2 jobs, 0 to submit" in again.stdout
+    summary = "0 new, 0 resumed, 0 skipped (finished before), 2 queued (in SLURM from an earlier launch)"
+    assert f"2 jobs: {summary}; 0 failed" in again.stdout
+    done = results(tmp_path / "sweep")
+    assert {name: r["slurm_job_id"] for name, r in done.items()} == submitted  # the first launch's jobs
+    assert all(r["status"] == "completed" and r["resumed_from"] == [] for r in done.values())
 
 
 def test_cancelled_job_is_reported_failed_while_the_other_completes(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """What sdexp's launchers share: each job's run folder and state before the launch, the summary after.
 
 A job whose run folder holds a finished run with the same config is not launched again: it is
-``skipped``. The others are ``resumed`` (the folder has a checkpoint) or ``new``.
+``skipped``; one whose folder holds a run with another config is ``refused`` (it would fail at once).
+The others are ``resumed`` (the folder has a checkpoint) or ``new``; the SLURM launcher marks those whose
+job from an earlier launch is still in the queue ``queued`` and waits for that job instead.
 """
 
 from __future__ import annotations
@@ -26,20 +28,25 @@ class Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs modules outs
     idx: int
     overrides: list[str]
     run_dir: Path
-    state: str  # "new", "resumed" or "skipped" (see run_state)
+    state: str  # "new", "resumed", "skipped", "refused" (see run_state) or "queued"
+    reason: str = ""  # why it is refused
 
     @property
     def shown(self) -> str:
         return " ".join(filter_overrides(self.overrides))
 
 
-def run_state(run_dir: Path, cfg: DictConfig) -> str:
-    """``skipped`` (a finished run with this config), ``resumed`` (a checkpoint) or ``new``."""
+def run_state(run_dir: Path, cfg: DictConfig) -> tuple[str, str]:
+    """``(state, reason)``: ``skipped`` (a finished run with this config), ``refused`` (a run with another
+    config; the reason says which keys differ), ``resumed`` (a checkpoint) or ``new``."""
+    try:
+        runs.check_config(run_dir, cfg)
+    except runs.RunFolderError as exc:
+        return "refused", str(exc)
     previous = runs.previous_result(run_dir)
-    finished = previous is not None and previous.get("status") in runs.FINISHED
-    if finished and not runs.config_changes(run_dir, cfg):
-        return "skipped"
-    return "resumed" if (run_dir / runs.CHECKPOINT).exists() else "new"
+    if previous is not None and previous.get("status") in runs.FINISHED:
+        return "skipped", ""
+    return ("resumed" if (run_dir / runs.CHECKPOINT).exists() else "new"), ""
 
 
 def plan_jobs(
@@ -51,8 +58,19 @@ def plan_jobs(
         sweep = hydra_context.config_loader.load_sweep_config(config, list(overrides))
         run_dir = Path(str(sweep.hydra.sweep.dir)) / str(sweep.hydra.sweep.subdir)
         task = OmegaConf.masked_copy(sweep, [key for key in sweep if key != "hydra"])
-        jobs.append(Job(idx, list(overrides), run_dir, run_state(run_dir, task)))
+        jobs.append(Job(idx, list(overrides), run_dir, *run_state(run_dir, task)))
     return jobs
+
+
+def settled(job: Job) -> JobReturn | None:
+    """The outcome of a job that is not to be launched (skipped or refused), else None."""
+    if job.state == "skipped":
+        log.info("#%d skipped (finished before): %s", job.idx, job.shown)
+        return job_return(job)
+    if job.state == "refused":
+        log.error("#%d refused: %s", job.idx, job.reason)
+        return job_return(job, job.reason)
+    return None
 
 
 def job_return(job: Job, error: str | None = None) -> JobReturn:
@@ -66,12 +84,23 @@ def job_return(job: Job, error: str | None = None) -> JobReturn:
 
 
 def log_summary(launcher: str, jobs: Sequence[Job], results: Sequence[JobReturn]) -> None:
-    """One line counting the jobs by state and failure, then one line per failed job."""
+    """One line counting the jobs by state and failure, then one line per failed job.
+
+    ``queued`` and ``refused`` jobs are counted only where there are any.
+    """
     states = [job.state for job in jobs]
+    new, resumed, skipped = (states.count(state) for state in ("new", "resumed", "skipped"))
+    counts = f"{new} new, {resumed} resumed, {skipped} skipped (finished before)"
+    for state, meaning in (
+        ("queued", "in SLURM from an earlier launch"),
+        ("refused", "another config in the folder"),
+    ):
+        if state in states:
+            counts += f", {states.count(state)} {state} ({meaning})"
     failed = [(job, r) for job, r in zip(jobs, results, strict=True) if r.status == JobStatus.FAILED]
     log.log(
         logging.ERROR if failed else logging.INFO,
-        "%s: %d jobs: %d new, %d resumed, %d skipped (finished before); %d failed%s",
-        launcher, len(jobs), states.count("new"), states.count("resumed"), states.count("skipped"),
-        len(failed), "".join(f"\n  failed: #{job.idx} {job.shown}: {r._return_value}" for job, r in failed),
+        "%s: %d jobs: %s; %d failed%s",
+        launcher, len(jobs), counts, len(failed),
+        "".join(f"\n  failed: #{job.idx} {job.shown}: {r._return_value}" for job, r in failed),
     )  # fmt: skip

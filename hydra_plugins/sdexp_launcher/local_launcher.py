@@ -4,7 +4,8 @@ Each job is ``python run.py <its overrides> hydra.run.dir=<sweep dir>/<subdir>``
 frees: one slot per GPU (the job sees only that GPU through ``CUDA_VISIBLE_DEVICES``) or, without GPUs,
 ``cpu_workers`` slots that divide the cores (``OMP_NUM_THREADS``). A job's console output goes to
 ``console.log`` in its run folder. A failing job does not stop the others; the sweep then ends with an
-error naming the failed jobs. Runs already finished are not started again; the summary counts them.
+error naming the failed jobs. Runs already finished are not started again, nor runs whose folder holds
+another config (they count as failed); the summary counts both.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from hydra_plugins.sdexp_launcher.jobs import Job, job_return, log_summary, plan_jobs
+from hydra_plugins.sdexp_launcher.jobs import Job, job_return, log_summary, plan_jobs, settled
 from sdexp.config import quote_override
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,9 @@ class LocalLauncher(Launcher):
         )
 
         def run(job: Job) -> JobReturn:
-            if job.state == "skipped":
-                log.info("#%d skipped (finished before): %s", job.idx, job.shown)
-                return job_return(job)
+            outcome = settled(job)
+            if outcome is not None:
+                return outcome
             env = slots.get()
             try:
                 return self._run_job(job, env)

@@ -3,6 +3,9 @@
 Differences from ``submitit_slurm``, whose settings and job code it keeps:
 
 - runs already finished (same config) are not submitted again, so rerunning a sweep costs no queue time;
+- a run whose job from an earlier launch is still pending or running (the launch was interrupted, e.g.
+  by Ctrl-C, while its jobs went on) is not submitted a second time: the sweep waits for that job;
+- a run whose folder holds another config is not submitted: it would fail at once;
 - the sweep waits for every job: a failed or cancelled job (``scancel``) does not end it early, and the
   others keep being watched to their end;
 - it ends with the summary of the local launcher: how many jobs were new, resumed, skipped and failed,
@@ -14,7 +17,9 @@ mid-epoch checkpoint and submitit requeues the job (at most ``max_num_timeout`` 
 
 from __future__ import annotations
 
+import getpass
 import logging
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +30,8 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
-from hydra_plugins.sdexp_launcher.jobs import Job, job_return, log_summary, plan_jobs
+from hydra_plugins.sdexp_launcher.jobs import Job, job_return, log_summary, plan_jobs, settled
+from sdexp import runs
 
 if TYPE_CHECKING:
     import submitit
@@ -37,24 +43,29 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
-        jobs = plan_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx)
-        results = {job.idx: job_return(job) for job in jobs if job.state == "skipped"}
-        todo = [job for job in jobs if job.state != "skipped"]
+        jobs = _mark_queued(plan_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx))
+        results = {job.idx: outcome for job in jobs if (outcome := settled(job)) is not None}
+        todo = [job for job in jobs if job.state in ("new", "resumed")]
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(
             "slurm launcher: %d jobs, %d to submit, sweep folder %s",
             len(jobs), len(todo), self.config.hydra.sweep.dir,
         )  # fmt: skip
+        handles = {job.idx: _earlier_job(job) for job in jobs if job.state == "queued"}
         if todo:
+            executor = self._executor()
             arguments = [
                 (job.overrides, "hydra.sweep.dir", job.idx, f"job_id_for_{job.idx}", Singleton.get_state())
                 for job in todo
             ]
-            submitted = self._executor().map_array(self, *zip(*arguments, strict=True))
+            submitted = executor.map_array(self, *zip(*arguments, strict=True))
             for job, handle in zip(todo, submitted, strict=True):
+                runs.write_slurm_job(job.run_dir, handle.job_id, str(executor.folder))
                 log.info("#%d SLURM job %s (%s): %s", job.idx, handle.job_id, job.state, job.shown)
-            for job, handle in zip(todo, submitted, strict=True):
-                results[job.idx] = _wait(job, handle)
+                handles[job.idx] = handle
+        for job in jobs:
+            if job.idx in handles:
+                results[job.idx] = _wait(job, handles[job.idx])
         ordered = [results[job.idx] for job in jobs]
         log_summary("slurm launcher", jobs, ordered)
         return ordered
@@ -72,6 +83,43 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         queue_keys = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in queue_keys else f"slurm_{k}": v for k, v in params.items()})
         return executor
+
+
+def _active_slurm_jobs() -> set[str]:
+    """Ids (``<array id>_<task>`` for array tasks) of this user's jobs that SLURM has not ended."""
+    command = ["squeue", "--noheader", "--array", "--user", getpass.getuser(), "--format=%i"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({done.stderr.strip()}): cannot tell which runs still have a "
+            "job in SLURM, so nothing was submitted; try again"
+        )
+    return set(done.stdout.split())
+
+
+def _mark_queued(jobs: list[Job]) -> list[Job]:
+    """``jobs`` with those to launch whose job from an earlier launch SLURM still runs or holds marked
+    ``queued``. squeue is asked only where a run folder records a job."""
+    recorded = {
+        job.idx: record["slurm_job_id"]
+        for job in jobs
+        if job.state in ("new", "resumed") and (record := runs.read_slurm_job(job.run_dir)) is not None
+    }
+    active = _active_slurm_jobs() if recorded else set()
+    return [job._replace(state="queued") if recorded.get(job.idx) in active else job for job in jobs]
+
+
+def _earlier_job(job: Job) -> submitit.Job:
+    """A handle on the job an earlier launch submitted for ``job``'s run, to wait for it."""
+    from submitit.slurm.slurm import SlurmJob
+
+    record = runs.read_slurm_job(job.run_dir)
+    assert record is not None
+    log.info(
+        "#%d SLURM job %s, submitted by an earlier launch, is still in the queue: waiting for it, not "
+        "submitting again: %s", job.idx, record["slurm_job_id"], job.shown,
+    )  # fmt: skip
+    return SlurmJob(folder=record["submitit_folder"], job_id=record["slurm_job_id"])
 
 
 def _wait(job: Job, handle: submitit.Job) -> JobReturn:
