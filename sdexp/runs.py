@@ -2,32 +2,43 @@
 
 A run folder holds ``.hydra/`` (config.yaml, overrides.yaml, hydra.yaml), ``metrics.csv`` (one row per
 epoch), ``result.json`` (status and summary), ``checkpoint.pt`` (the state after the last finished
-epoch) and ``train.log``; a run submitted to SLURM also ``slurm_job.json`` (its job id and submitit
-folder, written at submission, so a rerun of the sweep can tell that the job is still queued or
-running). Every file is written atomically (temp file + rename), so a reader never sees
-half a file.
+epoch), ``train.log`` and ``.lock`` (locked by the process training in it); a run submitted to SLURM
+also ``slurm_job.json`` (its job id and submitit folder, written at submission, so a rerun of the
+sweep can tell that the job is still queued or running). Every file is written atomically (temp file
++ rename), so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import io
 import json
+import logging
 import os
+import socket
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+try:
+    import fcntl
+except ImportError:  # Windows: run folders can be read there, and are not locked
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
 METRICS = "metrics.csv"
 RESULT = "result.json"
 LOG = "train.log"
 CHECKPOINT = "checkpoint.pt"
 SLURM_JOB = "slurm_job.json"
+LOCK = ".lock"
 HYDRA_DIR = ".hydra"
 CONFIG = Path(HYDRA_DIR) / "config.yaml"
 
@@ -91,6 +102,33 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
 
     atomic_write(path, write)
+
+
+@contextlib.contextmanager
+def exclusive(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` for this process: a second process that would train in it (the same command run
+    twice, a duplicate job) gets :class:`RunFolderError` instead of writing the same files.
+
+    The lock is ``flock`` on ``.lock``, which also names the holder; the kernel releases it however
+    the process ends, so a crash leaves no stale lock.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "a+", encoding="utf-8") as lock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                raise RunFolderError(
+                    f"{run_dir} is in use by another process ({lock.read().strip()}): let it finish or "
+                    "stop it, then run this again"
+                ) from None
+            except OSError as exc:  # a file system without flock (ENOLCK, EOPNOTSUPP)
+                log.warning("cannot lock %s (%s): a second process could train in it too", run_dir, exc)
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield
 
 
 def write_metrics(run_dir: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -338,30 +338,32 @@ def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> 
     """Train into ``run_dir``, or resume the run there, or say it is finished.
 
     The folder and the data are checked before anything is written: a finished run is returned as it
-    is; a run with another config or an unreadable checkpoint raises
-    :class:`~sdexp.runs.RunFolderError`, a missing or broken data set :class:`~sdexp.data.DatasetError`.
+    is; a run with another config, a folder another process is training in or an unreadable
+    checkpoint raises :class:`~sdexp.runs.RunFolderError`, a missing or broken data set
+    :class:`~sdexp.data.DatasetError`.
     Any exception during training is recorded as ``status: failed`` (with the error) and re-raised;
     Ctrl-C as ``status: interrupted``.
     """
     run_dir = Path(run_dir)
     runs.check_config(run_dir, cfg)
-    checkpoint_path = run_dir / runs.CHECKPOINT
-    previous = runs.previous_result(run_dir)
-    if previous is not None and previous["status"] in runs.FINISHED:
-        log.info("%s already holds a %s run: nothing to do", run_dir, previous["status"])
-        return previous
-    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
-    log.info("run folder: %s", run_dir)
-    data = build_data(cfg.dataset)
-    runs.write_config_files(run_dir, cfg, hydra_cfg)
-    try:
-        return train(cfg, run_dir, data, checkpoint)
-    except BaseException as exc:
-        if isinstance(exc, SystemExit):  # a forwarded stop signal: already recorded
+    with runs.exclusive(run_dir):  # a second process on this folder is refused here
+        checkpoint_path = run_dir / runs.CHECKPOINT
+        previous = runs.previous_result(run_dir)
+        if previous is not None and previous["status"] in runs.FINISHED:
+            log.info("%s already holds a %s run: nothing to do", run_dir, previous["status"])
+            return previous
+        checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
+        log.info("run folder: %s", run_dir)
+        data = build_data(cfg.dataset)
+        runs.write_config_files(run_dir, cfg, hydra_cfg)
+        try:
+            return train(cfg, run_dir, data, checkpoint)
+        except BaseException as exc:
+            if isinstance(exc, SystemExit):  # a forwarded stop signal: already recorded
+                raise
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            log.error("training %s:\n%s", status, traceback.format_exc())
+            result = runs.previous_result(run_dir) or {}
+            result.update(status=status, error_type=type(exc).__name__, error=str(exc))
+            runs.write_result(run_dir, result)
             raise
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        log.error("training %s:\n%s", status, traceback.format_exc())
-        result = runs.previous_result(run_dir) or {}
-        result.update(status=status, error_type=type(exc).__name__, error=str(exc))
-        runs.write_result(run_dir, result)
-        raise

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,6 +79,33 @@ def test_sigkill_then_rerun_resumes_exactly(tmp_path: Path, reference: list[dict
     result = runs.read_result(tmp_path)
     assert result["status"] == "completed"
     assert [r["step"] for r in result["resumed_from"]] == [0]
+
+
+def test_a_folder_another_process_trains_in_is_refused(tmp_path: Path) -> None:
+    proc = start(tmp_path, "trainer.epochs=100")
+    try:
+        wait_for_epochs(tmp_path, proc, 1)
+        code, out = finish(tmp_path, "trainer.epochs=100")
+        assert proc.poll() is None  # the first one trains on
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == 2, out
+    assert f"is in use by another process (pid {proc.pid} on {socket.gethostname()})" in out
+    with runs.exclusive(tmp_path):  # the lock went with the killed process
+        assert (tmp_path / runs.LOCK).read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
+
+
+def test_a_file_system_without_locks_trains_unlocked_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_locks(*_args: object) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(runs.fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING), runs.exclusive(tmp_path):
+        assert (tmp_path / runs.LOCK).exists()
+    assert f"cannot lock {tmp_path} ([Errno {errno.ENOLCK}] No locks available)" in caplog.text
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM])
