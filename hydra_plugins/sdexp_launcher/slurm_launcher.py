@@ -43,7 +43,9 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
-        jobs = _mark_queued(plan_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx))
+        jobs = plan_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx)
+        handles = _still_in_slurm(jobs)
+        jobs = [job._replace(state="queued") if job.idx in handles else job for job in jobs]
         results = {job.idx: outcome for job in jobs if (outcome := settled(job)) is not None}
         todo = [job for job in jobs if job.state in ("new", "resumed")]
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -51,7 +53,12 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             "slurm launcher: %d jobs, %d to submit, sweep folder %s",
             len(jobs), len(todo), self.config.hydra.sweep.dir,
         )  # fmt: skip
-        handles = {job.idx: _earlier_job(job) for job in jobs if job.state == "queued"}
+        for job in jobs:
+            if job.state == "queued":
+                log.info(
+                    "#%d SLURM job %s, submitted by an earlier launch, has not ended: waiting for it, not "
+                    "submitting again: %s", job.idx, handles[job.idx].job_id, job.shown,
+                )  # fmt: skip
         if todo:
             executor = self._executor()
             arguments = [
@@ -97,29 +104,22 @@ def _active_slurm_jobs() -> set[str]:
     return set(done.stdout.split())
 
 
-def _mark_queued(jobs: list[Job]) -> list[Job]:
-    """``jobs`` with those to launch whose job from an earlier launch SLURM still runs or holds marked
-    ``queued``. squeue is asked only where a run folder records a job."""
+def _still_in_slurm(jobs: Sequence[Job]) -> dict[int, submitit.Job]:
+    """Handles, by job number, on the jobs that earlier launches submitted for runs of ``jobs`` still to
+    launch and that SLURM has not ended. squeue is asked only where a run folder records a job."""
+    from submitit.slurm.slurm import SlurmJob
+
     recorded = {
-        job.idx: record["slurm_job_id"]
+        job.idx: record
         for job in jobs
         if job.state in ("new", "resumed") and (record := runs.read_slurm_job(job.run_dir)) is not None
     }
     active = _active_slurm_jobs() if recorded else set()
-    return [job._replace(state="queued") if recorded.get(job.idx) in active else job for job in jobs]
-
-
-def _earlier_job(job: Job) -> submitit.Job:
-    """A handle on the job an earlier launch submitted for ``job``'s run, to wait for it."""
-    from submitit.slurm.slurm import SlurmJob
-
-    record = runs.read_slurm_job(job.run_dir)
-    assert record is not None
-    log.info(
-        "#%d SLURM job %s, submitted by an earlier launch, is still in the queue: waiting for it, not "
-        "submitting again: %s", job.idx, record["slurm_job_id"], job.shown,
-    )  # fmt: skip
-    return SlurmJob(folder=record["submitit_folder"], job_id=record["slurm_job_id"])
+    return {
+        idx: SlurmJob(folder=record["submitit_folder"], job_id=record["slurm_job_id"])
+        for idx, record in recorded.items()
+        if record["slurm_job_id"] in active
+    }
 
 
 def _wait(job: Job, handle: submitit.Job) -> JobReturn:
