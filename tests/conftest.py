@@ -1,8 +1,12 @@
-"""Shared test settings: a tiny configuration that trains in seconds."""
+"""Shared test settings: a tiny configuration that trains in seconds, and a run folder's config edited."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import yaml
+
+from sdexp import runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,3 +25,10 @@ TINY = [
     "trainer.device=cpu",
     "trainer.progress=false",
 ]
+
+
+def change_saved_epochs(run_dir: Path, epochs: int) -> None:
+    """Rewrite ``trainer.epochs`` in the run's saved config, as if conf/ had changed since the run."""
+    saved = runs.read_config(run_dir)
+    saved["trainer"]["epochs"] = epochs
+    (run_dir / runs.CONFIG).write_text(yaml.safe_dump(saved))

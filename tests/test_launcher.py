@@ -9,11 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from hydra_plugins.sdexp_launcher.local_launcher import CONSOLE_LOG, slot_environments, visible_gpus
-from sdexp import runs
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, change_saved_epochs
 
 
 def sweep(cwd: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -58,9 +56,7 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
 def test_a_folder_holding_another_config_is_refused_without_starting_the_job(tmp_path: Path) -> None:
     assert sweep(tmp_path, "seed=0").returncode == 0
     [run_dir] = [p.parent for p in (tmp_path / "sweep").glob("*/result.json")]
-    saved = runs.read_config(run_dir)  # as if conf/ had changed since the run: 3 epochs then, 2 now
-    saved["trainer"]["epochs"] = 3
-    (run_dir / runs.CONFIG).write_text(yaml.safe_dump(saved))
+    change_saved_epochs(run_dir, 3)  # 3 epochs then, 2 now
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     again = sweep(tmp_path, "seed=0")
     assert again.returncode != 0

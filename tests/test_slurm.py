@@ -16,10 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
 from sdexp import runs
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, change_saved_epochs
 
 
 def _cluster_up() -> bool:
@@ -86,9 +85,7 @@ def test_two_by_two_sweep_completes_records_job_ids_and_a_rerun_submits_nothing(
     assert results(tmp_path / "sweep") == done
     # A folder whose run has another config (as if conf/ had changed since) is refused, not submitted.
     run_dir = next((tmp_path / "sweep").glob("*seed=1,stochastic_depth=off*"))
-    saved = runs.read_config(run_dir)
-    saved["trainer"]["epochs"] = 3
-    (run_dir / runs.CONFIG).write_text(yaml.safe_dump(saved))
+    change_saved_epochs(run_dir, 3)
     changed = sweep(tmp_path, "seed=0,1", "stochastic_depth=off,linear")
     assert changed.returncode != 0
     assert "4 jobs, 0 to submit" in changed.stdout
