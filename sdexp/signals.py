@@ -15,8 +15,8 @@ STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
 class StopSignals:
     """Context manager: while active, a stop signal only sets :attr:`received`; on exit the previous
-    handlers are back. :meth:`forward` then delivers the signal to them (submitit's handler requeues
-    the job; the default handler ends the process)."""
+    handlers are back. :meth:`forward` then logs the signal and delivers it to them (submitit's handler
+    requeues the job; the default handler ends the process)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -29,7 +29,8 @@ class StopSignals:
         return self
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        log.warning("received %s: stopping after the current step", signal.Signals(signum).name)
+        # Nothing else here: a handler that logs can interrupt another log call mid-write (submitit logs
+        # the SIGCONT that SLURM sends with SIGUSR2), and that write then fails and loses the message.
         self.received = signum
 
     def __exit__(self, _type: type | None, _value: BaseException | None, _tb: TracebackType | None) -> None:
@@ -39,5 +40,6 @@ class StopSignals:
     def forward(self) -> None:
         """Re-raise the received signal for the previous handler; exit with 128 + signal if it returns."""
         if self.received is not None:
+            log.warning("received %s: training stopped; passing it on", signal.Signals(self.received).name)
             signal.raise_signal(self.received)
             raise SystemExit(128 + self.received)
