@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from sdexp import plots, report, runs
+from sdexp import plots, report
+from sdexp.errors import SdexpError, reported
+from sdexp.files import atomic_write_text
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
@@ -26,6 +28,33 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     return table.to_markdown(index=False)
 
 
+def _check_keys(table: pd.DataFrame, by: list[str], metric: str) -> None:
+    unknown = [k for k in [*by, metric] if k not in table.columns]
+    if unknown:
+        raise SdexpError(f"{', '.join(unknown)} not found in the runs; columns: {', '.join(table.columns)}")
+    if pd.to_numeric(table[metric], errors="coerce").isna().all():
+        raise SdexpError(f"--metric {metric}: no run has a number there; try test_error_at_best_val")
+
+
+def _write_outputs(out: Path, loaded: report.Runs, summary: pd.DataFrame, shown: pd.DataFrame,
+                   by: list[str], metric: str) -> list[str]:  # fmt: skip
+    """The tables and figures, each written atomically; the names written."""
+    texts = {
+        "summary.csv": summary.to_csv(index=False),
+        "runs.csv": loaded.table.to_csv(index=False),
+        "epochs.csv": loaded.epochs.to_csv(index=False),
+        "summary.tex": render(shown, "latex"),
+        "summary.md": render(shown, "md") + "\n",
+    }
+    for name, text in texts.items():
+        atomic_write_text(out / name, text)
+    figures = plots.final_errors(loaded.table, by, metric, out)
+    if len(loaded.epochs):
+        figures += plots.error_curves(loaded.table, loaded.epochs, by, out)
+        figures += plots.epoch_times(loaded.table, loaded.epochs, by, out)
+    return [*texts, *(p.name for p in figures)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="sweep folders, run folders or globs (searched recursively)")
@@ -34,40 +63,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="folder for the CSV/LaTeX/markdown files and plots")
     parser.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="printed format")
     args = parser.parse_args(argv)
-    try:
-        table, epochs = report.load_runs(args.paths)
-    except runs.RunFolderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    by = args.by.split(",") if args.by else report.experiment_keys(table)
-    unknown = [k for k in [*by, args.metric] if k not in table.columns]
-    if unknown:
-        print(f"error: {', '.join(unknown)} not found in the runs; columns: {', '.join(table.columns)}",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    summary = report.summarize(table, epochs, by, args.metric)
-    shown = report.display_table(summary, by, args.metric)
-    unfinished = report.problems(table)
-    print(f"{len(table)} runs in {summary.shape[0]} groups\n")
-    print(render(shown, args.format))
+    loaded = report.load_runs(args.paths)
+    table = loaded.table
+    completed = table[table["status"] == "completed"] if len(table) else table
+    if len(completed) == 0:
+        statuses = table["status"].value_counts().to_dict() if len(table) else {}
+        found = ", ".join(f"{n} {status}" for status, n in statuses.items()) or "none readable"
+        print(
+            f"nothing to show yet: {len(table) + len(loaded.unusable)} run folders, none completed ({found})"
+        )
+    else:
+        by = args.by.split(",") if args.by else report.experiment_keys(table)
+        _check_keys(table, by, args.metric)
+        summary = report.summarize(table, loaded.epochs, by, args.metric)
+        shown = report.display_table(summary, by, args.metric)
+        print(f"{len(table)} runs in {summary.shape[0]} groups\n")
+        print(render(shown, args.format))
+    unfinished = report.problems(table) if len(table) else table
     if len(unfinished):
         print(f"\nNot completed ({len(unfinished)}):\n")
         print(render(unfinished, args.format))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        summary.to_csv(args.out / "summary.csv", index=False)
-        table.to_csv(args.out / "runs.csv", index=False)
-        epochs.to_csv(args.out / "epochs.csv", index=False)
-        (args.out / "summary.tex").write_text(render(shown, "latex"))
-        (args.out / "summary.md").write_text(render(shown, "md") + "\n")
-        written = plots.final_errors(table, by, args.metric, args.out)
-        if len(epochs):
-            written += plots.error_curves(table, epochs, by, args.out)
-            written += plots.epoch_times(table, epochs, by, args.out)
-        print(f"\nwrote {args.out}/: summary.csv runs.csv epochs.csv summary.tex summary.md "
-              + " ".join(p.name for p in written))  # fmt: skip
+    if len(loaded.unusable):
+        print(f"\nCould not use ({len(loaded.unusable)}):\n")
+        print(render(loaded.unusable, args.format))
+    if args.out and len(completed):
+        written = _write_outputs(args.out, loaded, summary, shown, by, args.metric)
+        print(f"\nwrote {args.out}/: {' '.join(written)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with reported():
+        sys.exit(main())

@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from sdexp import report, runs
+from sdexp.errors import reported
 
 
 def synthesise(root: Path, n_runs: int, n_epochs: int) -> None:
@@ -54,7 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         synthesise(Path(tmp), args.runs, args.epochs)
         start = time.perf_counter()
-        table, epochs = report.load_runs([tmp])
+        table, epochs, _ = report.load_runs([tmp])
         loaded = time.perf_counter()
         summary = report.summarize(table, epochs)
         done = time.perf_counter()
@@ -65,4 +66,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():  # one line and an exit status on failure, as every sdexp command
+        main()

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from sdexp.config import compose_config
 from sdexp.environment import seed_everything
+from sdexp.errors import reported
 from sdexp.optim import build_optimizer
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
 from sdexp.train import prepare_model
@@ -82,4 +83,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with reported():  # one line and an exit status on failure, as every sdexp command
+        sys.exit(main())

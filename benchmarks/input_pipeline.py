@@ -17,6 +17,7 @@ from train_speed import sync  # a sibling script: benchmarks/ is on sys.path whe
 
 from sdexp.data import DeviceLoader, TorchLoader
 from sdexp.environment import resolve_device
+from sdexp.errors import reported
 
 
 def images_per_second(loader: DeviceLoader | TorchLoader, device: torch.device, repeats: int) -> float:
@@ -57,4 +58,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():  # one line and an exit status on failure, as every sdexp command
+        main()

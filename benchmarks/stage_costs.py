@@ -30,6 +30,7 @@ from train_speed import sync  # a sibling script: benchmarks/ is on sys.path whe
 
 from sdexp.config import compose_config, register_configs
 from sdexp.environment import resolve_device, speed_settings
+from sdexp.errors import reported
 from sdexp.models import ResNet
 from sdexp.optim import build_optimizer
 from sdexp.stochastic_depth import StochasticDepthBlock, set_survival_probs, survival_probs
@@ -178,4 +179,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():  # one line and an exit status on failure, as every sdexp command
+        main()

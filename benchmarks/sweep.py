@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sdexp.errors import reported
+
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ["model=resnet20", "dataset=synthetic", "model.widths=[8,16,32]", "model.stem_width=8",
        "dataset.train_size=1024", "dataset.val_size=128", "dataset.test_size=128", "trainer.epochs=2",
@@ -54,4 +56,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():  # one line and an exit status on failure, as every sdexp command
+        main()

@@ -32,6 +32,7 @@ from sdexp.config import compose_config, register_configs
 from sdexp.cuda_graphs import branch_inputs
 from sdexp.data import DeviceLoader, Loader, TorchLoader
 from sdexp.environment import resolve_device, speed_settings
+from sdexp.errors import reported
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
@@ -236,4 +237,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():  # one line and an exit status on failure, as every sdexp command
+        main()

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdexp.runs import RunFolderError, atomic_write
+from sdexp.files import atomic_write
+from sdexp.runs import RunFolderError
 
 
 class CheckpointError(RunFolderError):

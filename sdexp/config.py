@@ -20,6 +20,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
+from sdexp.errors import SdexpError
+
 
 class Rule(StrEnum):
     off = "off"
@@ -181,7 +183,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
-class ConfigError(ValueError):
+class ConfigError(SdexpError):
     """A config value outside its allowed range; the message names the key."""
 
 

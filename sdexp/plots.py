@@ -16,6 +16,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import ticker
 
+from sdexp.files import atomic_write
+
 FIGSIZE = (8.0, 4.5)
 DPI = 150
 
@@ -30,7 +32,7 @@ def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=DPI)
+        atomic_write(path, lambda tmp, path=path: fig.savefig(tmp, dpi=DPI, format=path.suffix[1:]))
     plt.close(fig)
     return paths
 

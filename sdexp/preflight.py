@@ -1,7 +1,8 @@
 """Checks Hydra runs before it creates or writes any folder (``hydra.callbacks`` in conf/config.yaml).
 
 A bad value or an unwritable output folder then ends the command with one line and exit status 2,
-before anything is created; values swept with ``-m`` are checked again by each job in run.py.
+before anything is created. A sweep's jobs are each composed and checked before the first one starts,
+whatever the launcher, so a bad swept value cannot stop a sweep half-way.
 A sweep folder named by the time (the default, ``multirun/<date>/<time>``) is made new for each
 command, so two sweeps started in the same second do not share it.
 """
@@ -9,28 +10,27 @@ command, so two sweeps started in the same second do not share it.
 from __future__ import annotations
 
 import itertools
-import sys
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf.errors import OmegaConfBaseException
 
 from sdexp.config import ConfigError, quote_override, validate
+from sdexp.errors import SdexpError, reported
 
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+log = logging.getLogger(__name__)
 
 
 def _validate(config: DictConfig) -> None:
-    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    try:
-        validate(task)
-    except ConfigError as exc:
-        _fail(str(exc))
+    validate(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
 
 
 def _check_writable(config: DictConfig, folder_key: str) -> None:
@@ -39,7 +39,33 @@ def _check_writable(config: DictConfig, folder_key: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as exc:
-        _fail(f"cannot write the output folder {folder} ({exc.strerror}): set {folder_key}=...")
+        raise ConfigError(
+            f"cannot write the output folder {folder} ({exc.strerror}): set {folder_key}=..."
+        ) from None
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """Each job's overrides, expanded from ``hydra.sweeper.params`` and the command line as Hydra's
+    basic sweeper expands them."""
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def check_sweep_jobs(config: DictConfig, config_name: str | None) -> None:
+    """Compose and validate every job of the sweep; the first bad one raises, naming the job."""
+    jobs = sweep_jobs(config)
+    if len(jobs) > 1:
+        log.info("checking the configs of %d jobs", len(jobs))
+    swept = {o.split("=")[0] for o in itertools.chain(*jobs) if sum(o in job for job in jobs) < len(jobs)}
+    for idx, overrides in enumerate(jobs):
+        try:
+            validate(compose(config_name=config_name, overrides=overrides))
+        except (SdexpError, HydraException, OmegaConfBaseException) as exc:
+            shown = " ".join(o for o in overrides if o.split("=")[0] in swept)
+            exc.add_note(f"in job #{idx} ({shown}); no job was started")
+            raise
 
 
 def claim_timed_sweep_folder(config: DictConfig) -> None:
@@ -60,7 +86,9 @@ def claim_timed_sweep_folder(config: DictConfig) -> None:
             except FileExistsError:
                 folder = base.with_name(f"{base.name}-{n}")
     except OSError as exc:
-        _fail(f"cannot write the output folder {folder} ({exc.strerror}): set hydra.sweep.dir=...")
+        raise ConfigError(
+            f"cannot write the output folder {folder} ({exc.strerror}): set hydra.sweep.dir=..."
+        ) from None
     with read_write(config.hydra):
         config.hydra.sweep.dir = str(folder)
         config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quote_override(str(folder))}")
@@ -69,11 +97,16 @@ def claim_timed_sweep_folder(config: DictConfig) -> None:
 class Preflight(Callback):
     """Validate the config and check the run (or sweep) folder is writable."""
 
+    # Hydra turns a callback's exception into a warning and goes on, so each check ends the command here.
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _validate(config)
-        _check_writable(config, "hydra.run.dir")
+        with reported():
+            _validate(config)
+            _check_writable(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _validate(config)
-        claim_timed_sweep_folder(config)
-        _check_writable(config, "hydra.sweep.dir")
+        with reported():
+            _validate(config)
+            check_sweep_jobs(config, kwargs.get("config_name"))
+            claim_timed_sweep_folder(config)
+            _check_writable(config, "hydra.sweep.dir")

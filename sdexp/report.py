@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy.stats import ttest_rel
 
 from sdexp import runs
+from sdexp.files import read_file
 
 # Config keys that never tell experiments apart (where or how fast a run ran, not what it computed).
 NOT_EXPERIMENT_KEYS = {
@@ -36,28 +38,62 @@ IDENTITY_KEYS = ["dataset.name", "model.name", "stochastic_depth.rule"]
 PAPER_RESULTS = Path(__file__).with_name("paper_results.csv")
 
 
-def load_runs(paths: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Two tidy tables of every run folder at or under ``paths``.
+class Runs(NamedTuple):
+    """What :func:`load_runs` found."""
 
-    ``runs``: one row per run, the config flattened into dotted columns (``model.name``,
-    ``stochastic_depth.rule``, ``seed``, ...) plus every ``result.json`` field and ``run_dir``.
-    ``epochs``: every ``metrics.csv`` row, with ``run_dir``.
-    """
-    rows, epoch_tables = [], []
+    table: pd.DataFrame  # one row per run: the config flattened, every result.json field, run_dir
+    epochs: pd.DataFrame  # every metrics.csv row, with run_dir
+    unusable: pd.DataFrame  # run_dir and reason, for each folder (or file) that could not be read
+
+
+def _hashable(value: Any) -> Any:
+    """Lists (``model.blocks_per_stage``, ``optimizer.milestones``) as their text, so that they can be
+    compared and grouped by like any other value."""
+    return str(value) if isinstance(value, list) else value
+
+
+def _run_row(run_dir: Path) -> dict[str, Any]:
+    """The run's config and result as one flat row; a damaged or foreign folder raises RunFolderError."""
+    result = runs.read_result(run_dir)
+    if result.get("status") not in runs.STATUSES:
+        allowed = ", ".join(runs.STATUSES)
+        raise runs.RunFolderError(
+            f"{run_dir / runs.RESULT}: status {result.get('status')!r} is not one of {allowed}"
+        )
+    row = {**runs.flatten(runs.read_config(run_dir)), **runs.flatten(result), "run_dir": str(run_dir)}
+    return {key: _hashable(value) for key, value in row.items()}
+
+
+def _epochs(run_dir: Path) -> pd.DataFrame:
+    """The run's metrics.csv (empty if it has none yet); a damaged one raises RunFolderError."""
+    path = run_dir / runs.METRICS
+    if not path.exists():
+        return pd.DataFrame()
+
+    def parse(path: Path) -> pd.DataFrame:
+        epochs = pd.read_csv(path)
+        missing = {"epoch", "test_error", "epoch_time_s"} - set(epochs.columns)
+        if missing:
+            raise ValueError(f"no column {', '.join(sorted(missing))}")
+        return epochs.assign(run_dir=str(run_dir))
+
+    return read_file(path, parse, runs.RunFolderError, "its epochs are left out of the curves")
+
+
+def load_runs(paths: Sequence[str | Path]) -> Runs:
+    """Every run folder at or under ``paths`` (globs expanded) as tidy tables; folders whose
+    ``result.json`` or config cannot be read, and unreadable ``metrics.csv`` files, are listed in
+    ``unusable`` with the reason instead."""
+    rows, epoch_tables, unusable = [], [], []
     for run_dir in runs.find_run_dirs(paths):
-        config_file = run_dir / runs.CONFIG
-        config = runs.flatten(runs.read_config(run_dir)) if config_file.exists() else {}
-        result = runs.read_result(run_dir)
-        result = {k: v for k, v in result.items() if not isinstance(v, dict)} | {
-            f"{k}.{sub}": v for k, d in result.items() if isinstance(d, dict) for sub, v in d.items()
-        }
-        rows.append({**config, **result, "run_dir": str(run_dir)})
-        if (run_dir / runs.METRICS).exists():
-            epochs = pd.read_csv(run_dir / runs.METRICS)
-            epoch_tables.append(epochs.assign(run_dir=str(run_dir)))
+        try:
+            rows.append(_run_row(run_dir))
+            epoch_tables.append(_epochs(run_dir))  # if this fails, the run is kept without its epochs
+        except runs.RunFolderError as exc:
+            unusable.append({"run_dir": str(run_dir), "reason": str(exc)})
     table = pd.DataFrame(rows)
     epochs = pd.concat(epoch_tables, ignore_index=True) if epoch_tables else pd.DataFrame()
-    return table, epochs
+    return Runs(table, epochs, pd.DataFrame(unusable, columns=["run_dir", "reason"]))
 
 
 def experiment_keys(table: pd.DataFrame) -> list[str]:

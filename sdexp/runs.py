@@ -18,13 +18,15 @@ import json
 import logging
 import os
 import socket
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
+
+from sdexp.errors import SdexpError
+from sdexp.files import atomic_write_text, read_file
 
 try:
     import fcntl
@@ -67,41 +69,8 @@ RESUMABLE_CHANGES = (
 )
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(SdexpError):
     """A run folder that cannot be used as asked; the message names it and says what to do."""
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(temp_path)`` for a temp file beside ``path``, then rename it over ``path``.
-
-    A reader (or a crash) sees the old file or the new one, never half of one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for the whole group
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`), synced to disk."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    atomic_write(path, write)
 
 
 @contextlib.contextmanager
@@ -156,7 +125,12 @@ def write_slurm_job(run_dir: Path, job_id: str, submitit_folder: str) -> None:
 def read_slurm_job(run_dir: Path) -> dict[str, str] | None:
     """The run's ``slurm_job.json`` (``slurm_job_id``, ``submitit_folder``), or None if it has none."""
     path = Path(run_dir) / SLURM_JOB
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    if not path.exists():
+        return None
+    return read_file(
+        path, _json_object, RunFolderError,
+        "remove it if no SLURM job of this run is queued or running, then launch again",
+    )  # fmt: skip
 
 
 def write_config_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig | None = None) -> None:
@@ -198,8 +172,19 @@ def check_config(run_dir: Path, cfg: DictConfig) -> None:
         )
 
 
+def _json_object(path: Path) -> dict[str, Any]:
+    value = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(value, dict):
+        raise ValueError(f"holds a {type(value).__name__}, not a JSON object")
+    return value
+
+
 def read_result(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / RESULT).read_text(encoding="utf-8"))
+    """The run's ``result.json``; a damaged one raises :class:`RunFolderError` naming it."""
+    return read_file(
+        Path(run_dir) / RESULT, _json_object, RunFolderError,
+        "restore it, or move it away to rebuild it from the checkpoint (run the same command again)",
+    )  # fmt: skip
 
 
 def previous_result(run_dir: Path) -> dict[str, Any] | None:
@@ -209,16 +194,33 @@ def previous_result(run_dir: Path) -> dict[str, Any] | None:
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     """The rows of ``metrics.csv`` as floats (``epoch`` as int)."""
-    with open(Path(run_dir) / METRICS, newline="", encoding="utf-8") as f:
-        return [
-            {k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(f)
-        ]
+
+    def parse(path: Path) -> list[dict[str, float]]:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [
+                {k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(f)
+            ]
+
+    return read_file(
+        Path(run_dir) / METRICS, parse, RunFolderError,
+        "restore it, or move it away: rerunning the command writes it again from the checkpoint",
+    )  # fmt: skip
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's resolved config (``.hydra/config.yaml``) as plain nested dicts."""
-    with open(Path(run_dir) / CONFIG, encoding="utf-8") as f:
-        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+    def parse(path: Path) -> dict[str, Any]:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        if not isinstance(config, dict):
+            raise ValueError("not a YAML mapping")
+        return config
+
+    return read_file(
+        Path(run_dir) / CONFIG, parse, RunFolderError,
+        "restore it, or choose another run folder with hydra.run.dir=...",
+    )  # fmt: skip
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Turn SIGUSR2 (sent by SLURM/submitit before a time limit or preemption) and SIGTERM into a request
-to stop training after the current step."""
+"""Turn SIGUSR2 (sent by SLURM/submitit before a time limit or preemption), SIGTERM and Ctrl-C (SIGINT)
+into a request to stop training after the current step; a second Ctrl-C stops at once."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import FrameType, TracebackType
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
 
 class StopSignals:
@@ -31,6 +31,8 @@ class StopSignals:
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         # Nothing else here: a handler that logs can interrupt another log call mid-write (submitit logs
         # the SIGCONT that SLURM sends with SIGUSR2), and that write then fails and loses the message.
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: the user does not want to wait for the step
         self.received = signum
 
     def __exit__(self, _type: type | None, _value: BaseException | None, _tb: TracebackType | None) -> None:
@@ -38,8 +40,12 @@ class StopSignals:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
     def forward(self) -> None:
-        """Re-raise the received signal for the previous handler; exit with 128 + signal if it returns."""
-        if self.received is not None:
-            log.warning("received %s: training stopped; passing it on", signal.Signals(self.received).name)
+        """Re-raise the received signal for the previous handler; exit with 128 + signal if it returns.
+
+        Ctrl-C is not passed on (Python's handler would raise KeyboardInterrupt): the process exits."""
+        if self.received is None:
+            return
+        if self.received != signal.SIGINT:
+            log.warning("passing %s on", signal.Signals(self.received).name)
             signal.raise_signal(self.received)
-            raise SystemExit(128 + self.received)
+        raise SystemExit(128 + self.received)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from sdexp.environment import (
     slurm_job_id,
     speed_settings,
 )
+from sdexp.errors import SdexpError
 from sdexp.models import ResNet, build_model
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
@@ -264,8 +265,8 @@ def train(
                 save(progress)
                 runs.write_result(run_dir, result)
                 log.warning(
-                    "interrupted in epoch %d after step %d, checkpoint written: run the same command "
-                    "again to resume", epoch, progress.step,
+                    "received %s: stopped in epoch %d after step %d, checkpoint written: run the same "
+                    "command again to resume", signal.Signals(stop.received).name, epoch, progress.step,
                 )  # fmt: skip
                 break
             first_bad_step = stats.pop("first_bad_step")
@@ -334,36 +335,60 @@ def _record_epoch(result: dict[str, Any], row: dict[str, Any]) -> None:
         result["test_error"] = row["test_error"]
 
 
+def _finished(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """The result of a finished run in ``run_dir``, or None if there is one to train (or resume);
+    a run with another config raises :class:`~sdexp.runs.RunFolderError`."""
+    runs.check_config(run_dir, cfg)
+    previous = runs.previous_result(run_dir)
+    if previous is not None and previous.get("status") in runs.FINISHED:
+        log.info("%s already holds a %s run: nothing to do", run_dir, previous["status"])
+        return previous
+    return None
+
+
+def _record_failure(run_dir: Path, exc: BaseException) -> None:
+    """Write ``status: failed`` (or ``interrupted`` for Ctrl-C) with the error to ``result.json``, and
+    add notes to ``exc`` saying where it is recorded and how to go on."""
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    try:
+        result = runs.previous_result(run_dir) or {}
+        result.update(status=status, error_type=type(exc).__name__, error=str(exc))
+        runs.write_result(run_dir, result)
+        exc.add_note(f"recorded in {run_dir / runs.RESULT} (status: {status})")
+    except SdexpError as unrecorded:  # a full disk, or a result.json damaged meanwhile
+        exc.add_note(f"{runs.RESULT} could not record it either ({unrecorded})")
+    if (run_dir / runs.CHECKPOINT).exists():
+        exc.add_note("the last checkpoint is intact: run the same command again to resume from it")
+    else:
+        exc.add_note("run the same command again to start over")
+
+
 def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> dict[str, Any]:
     """Train into ``run_dir``, or resume the run there, or say it is finished.
 
     The folder and the data are checked before anything is written: a finished run is returned as it
-    is; a run with another config, a folder another process is training in or an unreadable
-    checkpoint raises :class:`~sdexp.runs.RunFolderError`, a missing or broken data set
-    :class:`~sdexp.data.DatasetError`.
-    Any exception during training is recorded as ``status: failed`` (with the error) and re-raised;
-    Ctrl-C as ``status: interrupted``.
+    is; a run with another config, a damaged file in the folder, a folder another process is training
+    in or an unreadable checkpoint raises :class:`~sdexp.runs.RunFolderError`, a missing or broken data
+    set :class:`~sdexp.data.DatasetError`, and the folder is left as it was.
+    Any exception during training is recorded as ``status: failed`` (with the error; Ctrl-C pressed
+    twice as ``status: interrupted``) and re-raised with notes saying where and how to go on.
     """
     run_dir = Path(run_dir)
-    runs.check_config(run_dir, cfg)
+    finished = _finished(run_dir, cfg)
+    if finished is not None:
+        return finished
+    data = build_data(cfg.dataset)  # before the folder is claimed: a data error leaves it as it was
     with runs.exclusive(run_dir):  # a second process on this folder is refused here
+        finished = _finished(run_dir, cfg)  # another process may have finished it while data loaded
+        if finished is not None:
+            return finished
         checkpoint_path = run_dir / runs.CHECKPOINT
-        previous = runs.previous_result(run_dir)
-        if previous is not None and previous["status"] in runs.FINISHED:
-            log.info("%s already holds a %s run: nothing to do", run_dir, previous["status"])
-            return previous
         checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
         log.info("run folder: %s", run_dir)
-        data = build_data(cfg.dataset)
         runs.write_config_files(run_dir, cfg, hydra_cfg)
         try:
             return train(cfg, run_dir, data, checkpoint)
         except BaseException as exc:
-            if isinstance(exc, SystemExit):  # a forwarded stop signal: already recorded
-                raise
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            log.error("training %s:\n%s", status, traceback.format_exc())
-            result = runs.previous_result(run_dir) or {}
-            result.update(status=status, error_type=type(exc).__name__, error=str(exc))
-            runs.write_result(run_dir, result)
+            if not isinstance(exc, SystemExit):  # SystemExit: a forwarded stop signal, already recorded
+                _record_failure(run_dir, exc)
             raise

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # each test runs whole commands: the full suite only
 
 
 def benchmark(name: str, *args: str) -> str:

@@ -17,6 +17,7 @@ from sdexp.stochastic_depth import set_survival_probs
 from tests.conftest import TINY
 
 
+@pytest.mark.slow
 def test_compiled_branches_match_eager_in_training_and_eval() -> None:
     torch.manual_seed(0)  # the weights: the same in any test order
     eager = train.prepare_model(compose_config(TINY), 10, torch.device("cpu"))

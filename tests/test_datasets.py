@@ -127,6 +127,7 @@ def test_corrupt_file_is_named(tmp_path: Path) -> None:
         build_data(data_cfg("cifar10", tmp_path / "data", tmp_path / "cache", "dataset.val_size=2"))
 
 
+@pytest.mark.slow
 def test_run_py_missing_data_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
@@ -148,6 +149,7 @@ def test_run_py_missing_data_is_one_line_and_writes_nothing(tmp_path: Path) -> N
     assert not (tmp_path / "out" / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_run_py_trains_on_an_image_folder(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "tree", {"train": 20, "test": 5}, ("a", "b", "c"))
     proc = subprocess.run(

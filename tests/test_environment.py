@@ -36,6 +36,7 @@ def faults_per_cycle(mode: str) -> float:
     return float(proc.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc setting")
 def test_kept_memory_is_reused_without_page_faults() -> None:
     pages = 40 * (8 << 20) // 4096

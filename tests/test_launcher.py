@@ -20,6 +20,7 @@ def sweep(cwd: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_jobs_run_two_at_a_time_and_a_rerun_skips_them(tmp_path: Path) -> None:
     proc = sweep(tmp_path, "seed=0,1", "stochastic_depth=off,linear")
     assert proc.returncode == 0, proc.stderr
@@ -42,17 +43,7 @@ def test_jobs_run_two_at_a_time_and_a_rerun_skips_them(tmp_path: Path) -> None:
     assert "4 jobs: 0 new, 0 resumed, 4 skipped" in again.stderr + again.stdout
 
 
-def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
-    proc = sweep(tmp_path, "stochastic_depth.final_survival=0.5,1.5")
-    assert proc.returncode != 0
-    log = proc.stderr + proc.stdout
-    assert "1 failed" in log and "final_survival=1.5" in log.split("failed:")[-1]
-    statuses = [json.loads(p.read_text())["status"] for p in (tmp_path / "sweep").glob("*/result.json")]
-    assert statuses == ["completed"]  # the good job ran; the bad one stopped before writing anything
-    bad = next(p for p in (tmp_path / "sweep").iterdir() if "1.5" in p.name)
-    assert "stochastic_depth.final_survival=1.5 is not allowed" in (bad / CONSOLE_LOG).read_text()
-
-
+@pytest.mark.slow
 def test_a_folder_holding_another_config_is_refused_without_starting_the_job(tmp_path: Path) -> None:
     assert sweep(tmp_path, "seed=0").returncode == 0
     [run_dir] = [p.parent for p in (tmp_path / "sweep").glob("*/result.json")]
@@ -62,7 +53,8 @@ def test_a_folder_holding_another_config_is_refused_without_starting_the_job(tmp
     assert again.returncode != 0
     log = again.stderr + again.stdout
     summary = (
-        "1 jobs: 0 new, 0 resumed, 0 skipped (finished before), 1 refused (another config in the folder)"
+        "1 jobs: 0 new, 0 resumed, 0 skipped (finished before), "
+        "1 refused (another config or a damaged file in the folder)"
     )
     assert f"{summary}; 1 failed" in log
     assert "holds a run with another config (trainer.epochs: 3 -> 2)" in log.split("failed: ")[-1]
@@ -86,6 +78,7 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatc
     assert visible_gpus() == []
 
 
+@pytest.mark.slow
 def test_sweeps_named_by_the_time_do_not_share_a_folder(tmp_path: Path) -> None:
     # Both sweeps start in the same year, as two default-named sweeps may start in the same second.
     command = [sys.executable, str(ROOT / "run.py"), "-m", *TINY, "trainer.epochs=1",

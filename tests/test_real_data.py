@@ -17,6 +17,8 @@ import pytest
 from sdexp import runs
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # each test runs whole commands: the full suite only
+
 ARCHIVE = os.environ.get("SDEXP_CIFAR10_JPEG", "")
 
 

@@ -62,7 +62,7 @@ def sweep(tmp_path: Path) -> Path:
 
 
 def test_tables(sweep: Path) -> None:
-    table, epochs = report.load_runs([sweep])
+    table, epochs, _ = report.load_runs([sweep])
     assert len(table) == 10 and len(epochs) == 30
     assert {"model.name", "stochastic_depth.rule", "seed", "status", "run_dir"} <= set(table.columns)
     assert report.experiment_keys(table) == ["dataset.name", "model.name", "stochastic_depth.rule",
@@ -70,7 +70,7 @@ def test_tables(sweep: Path) -> None:
 
 
 def test_summary_statistics_are_exact(sweep: Path) -> None:
-    table, epochs = report.load_runs([sweep])
+    table, epochs, _ = report.load_runs([sweep])
     summary = report.summarize(table, epochs).set_index("stochastic_depth.rule")
     off, linear, uniform = summary.loc["off"], summary.loc["linear"], summary.loc["uniform"]
     assert (off["seeds"], linear["seeds"], uniform["seeds"]) == (3, 3, 2)
@@ -92,7 +92,7 @@ def test_summary_statistics_are_exact(sweep: Path) -> None:
 
 
 def test_problems_list_status_and_reason(sweep: Path) -> None:
-    table, _ = report.load_runs([sweep])
+    table, _, _ = report.load_runs([sweep])
     listed = report.problems(table).set_index("status")
     assert set(listed.index) == {"failed", "diverged"}
     assert listed.loc["failed", "error"] == "CUDA out of memory"
@@ -100,7 +100,7 @@ def test_problems_list_status_and_reason(sweep: Path) -> None:
 
 
 def test_group_by_override(sweep: Path) -> None:
-    table, epochs = report.load_runs([sweep])
+    table, epochs, _ = report.load_runs([sweep])
     summary = report.summarize(table, epochs, by=["model.name"])
     assert len(summary) == 1 and summary.loc[0, "seeds"] == 3  # seeds 0, 1, 2 (uniform has 0, 1)
     assert summary.loc[0, "mean"] == pytest.approx((sum(CONSTANT) + sum(STOCHASTIC) + 5.9 + 6.1) / 8)
@@ -113,6 +113,7 @@ def aggregate(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_command_line_writes_files_that_parse_back(sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     proc = aggregate(str(sweep), "--out", str(out))
@@ -131,6 +132,7 @@ def test_command_line_writes_files_that_parse_back(sweep: Path, tmp_path: Path) 
         assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["csv", "latex"])
 def test_printed_formats(sweep: Path, fmt: str) -> None:
     proc = aggregate(str(sweep), "--format", fmt)
@@ -138,12 +140,14 @@ def test_printed_formats(sweep: Path, fmt: str) -> None:
     assert ("\\begin{tabular}" in proc.stdout) == (fmt == "latex")
 
 
+@pytest.mark.slow
 def test_glob_paths(sweep: Path) -> None:
     proc = aggregate(str(sweep / "linear,seed=*"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("4 runs in 1 groups")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "empty", "unknown_key"])
 def test_bad_paths_and_keys_fail_clearly(tmp_path: Path, sweep: Path, case: str) -> None:
     (tmp_path / "empty").mkdir()
@@ -154,6 +158,7 @@ def test_bad_paths_and_keys_fail_clearly(tmp_path: Path, sweep: Path, case: str)
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_notebook_executes_on_a_real_tiny_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sweep = tmp_path / "sweep"
     proc = subprocess.run(

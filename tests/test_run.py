@@ -113,6 +113,7 @@ def test_failure_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert result["error_type"] == "FloatingPointError" and result["error"] == "boom"
 
 
+@pytest.mark.slow
 def test_run_py_single_run(tmp_path: Path) -> None:
     proc = run_py(*TINY, "hydra.run.dir=out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -125,6 +126,7 @@ def test_run_py_single_run(tmp_path: Path) -> None:
     assert "epoch 2/2" in log and "done: best val error" in log
 
 
+@pytest.mark.slow
 def test_run_py_multirun_writes_one_folder_per_job(tmp_path: Path) -> None:
     proc = run_py("-m", *TINY, "trainer.epochs=1", "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -133,6 +135,7 @@ def test_run_py_multirun_writes_one_folder_per_job(tmp_path: Path) -> None:
     assert sorted(json.loads(p.read_text())["seed"] for p in results) == [0, 1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -18,6 +18,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
 from sdexp import runs
+from sdexp.errors import SweepFailed
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,13 @@ class Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs modules outs
 
 def run_state(run_dir: Path, cfg: DictConfig) -> tuple[str, str]:
     """``(state, reason)``: ``skipped`` (a finished run with this config), ``refused`` (a run with another
-    config; the reason says which keys differ), ``resumed`` (a checkpoint) or ``new``."""
+    config, or a damaged file; the reason says which keys differ or which file), ``resumed`` (a
+    checkpoint) or ``new``."""
     try:
         runs.check_config(run_dir, cfg)
-    except runs.RunFolderError as exc:
+        previous = runs.previous_result(run_dir)
+    except runs.RunFolderError as exc:  # another config, or a damaged file in the folder
         return "refused", str(exc)
-    previous = runs.previous_result(run_dir)
     if previous is not None and previous.get("status") in runs.FINISHED:
         return "skipped", ""
     return ("resumed" if (run_dir / runs.CHECKPOINT).exists() else "new"), ""
@@ -83,8 +85,9 @@ def job_return(job: Job, error: str | None = None) -> JobReturn:
     return result
 
 
-def log_summary(launcher: str, jobs: Sequence[Job], results: Sequence[JobReturn]) -> None:
-    """One line counting the jobs by state and failure, then one line per failed job.
+def end_sweep(launcher: str, jobs: Sequence[Job], results: Sequence[JobReturn]) -> Sequence[JobReturn]:
+    """Log one line counting the jobs by state and failure, then one line per failed job; return
+    ``results``, or raise :class:`~sdexp.errors.SweepFailed` if any job failed.
 
     ``queued`` and ``refused`` jobs are counted only where there are any.
     """
@@ -93,7 +96,7 @@ def log_summary(launcher: str, jobs: Sequence[Job], results: Sequence[JobReturn]
     counts = f"{new} new, {resumed} resumed, {skipped} skipped (finished before)"
     for state, meaning in (
         ("queued", "in SLURM from an earlier launch"),
-        ("refused", "another config in the folder"),
+        ("refused", "another config or a damaged file in the folder"),
     ):
         if state in states:
             counts += f", {states.count(state)} {state} ({meaning})"
@@ -104,3 +107,9 @@ def log_summary(launcher: str, jobs: Sequence[Job], results: Sequence[JobReturn]
         launcher, len(jobs), counts, len(failed),
         "".join(f"\n  failed: #{job.idx} {job.shown}: {r._return_value}" for job, r in failed),
     )  # fmt: skip
+    if failed:
+        raise SweepFailed(
+            f"{len(failed)} of {len(jobs)} jobs failed (listed above); run the same command again to "
+            "retry them: finished runs are skipped"
+        )
+    return results

@@ -15,6 +15,7 @@ import os
 import queue
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,8 +24,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from hydra_plugins.sdexp_launcher.jobs import Job, job_return, log_summary, plan_jobs, settled
-from sdexp.config import quote_override
+from hydra_plugins.sdexp_launcher.jobs import Job, end_sweep, job_return, plan_jobs, settled
+from sdexp.config import ConfigError, quote_override
 
 log = logging.getLogger(__name__)
 CONSOLE_LOG = "console.log"
@@ -63,7 +64,9 @@ class LocalLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         if self.cpu_workers < 1:
-            raise ValueError(f"hydra.launcher.cpu_workers={self.cpu_workers}: must be >= 1")
+            raise ConfigError(
+                f"hydra.launcher.cpu_workers={self.cpu_workers} is not allowed: an integer >= 1"
+            )
         gpus = visible_gpus() if self.gpus is None else self.gpus
         slots: queue.Queue[dict[str, str]] = queue.Queue()
         for env in slot_environments(gpus, self.cpu_workers, os.cpu_count() or 1):
@@ -74,20 +77,30 @@ class LocalLauncher(Launcher):
             "local launcher: %d jobs on %s, sweep folder %s", len(jobs), kind, self.config.hydra.sweep.dir
         )
 
-        def run(job: Job) -> JobReturn:
+        stopping = threading.Event()  # Ctrl-C: start no more jobs
+
+        def run(job: Job) -> JobReturn | None:
             outcome = settled(job)
             if outcome is not None:
                 return outcome
             env = slots.get()
             try:
-                return self._run_job(job, env)
+                return None if stopping.is_set() else self._run_job(job, env)
             finally:
                 slots.put(env)
 
-        with ThreadPoolExecutor(max_workers=slots.qsize()) as pool:
-            results = list(pool.map(run, jobs))
-        log_summary("local launcher", jobs, results)
-        return results
+        pool = ThreadPoolExecutor(max_workers=slots.qsize())
+        futures = [pool.submit(run, job) for job in jobs]
+        try:
+            results = [future.result() for future in futures]
+        except KeyboardInterrupt as exc:
+            stopping.set()
+            log.warning("Ctrl-C: starting no more jobs; the running ones checkpoint and stop")
+            pool.shutdown(wait=True, cancel_futures=True)
+            exc.add_note("running jobs wrote checkpoints: run the same command again to resume the sweep")
+            raise
+        pool.shutdown()
+        return end_sweep("local launcher", jobs, results)
 
     def _run_job(self, job: Job, env: dict[str, str]) -> JobReturn:
         log.info("#%d start (%s): %s", job.idx, ", ".join(f"{k}={v}" for k, v in env.items()), job.shown)

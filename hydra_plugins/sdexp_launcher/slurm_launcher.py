@@ -30,7 +30,7 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
-from hydra_plugins.sdexp_launcher.jobs import Job, job_return, log_summary, plan_jobs, settled
+from hydra_plugins.sdexp_launcher.jobs import Job, end_sweep, job_return, plan_jobs, settled
 from sdexp import runs
 
 if TYPE_CHECKING:
@@ -73,9 +73,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         for job in jobs:
             if job.idx in handles:
                 results[job.idx] = _wait(job, handles[job.idx])
-        ordered = [results[job.idx] for job in jobs]
-        log_summary("slurm launcher", jobs, ordered)
-        return ordered
+        return end_sweep("slurm launcher", jobs, [results[job.idx] for job in jobs])
 
     def _executor(self) -> submitit.AutoExecutor:
         """submitit's SLURM executor with this preset's settings (as hydra-submitit-launcher maps them)."""

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from sdexp.data.sources import Arrays
-from sdexp.runs import atomic_write
+from sdexp.errors import WriteError
+from sdexp.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,11 @@ def cached(
             log.warning("data: ignoring unreadable cache %s (%s); rebuilding", path, exc)
     log.info("data: decoding %s (%d source files) into %s", name, len(files), path)
     splits, classes = build()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save({"splits": splits, "classes": classes}, tmp))
+    try:
+        atomic_write(path, lambda tmp: torch.save({"splits": splits, "classes": classes}, tmp))
+    except WriteError as exc:  # only a cache: train without it, and say how to keep it next time
+        log.warning("data: %s; going on without a cache (set dataset.cache_dir=PATH to keep one)", exc)
+        return splits, classes
     for stale in cache_dir.glob(f"{name}-{source_key}-*.pt"):
         if stale != path:
             stale.unlink(missing_ok=True)

@@ -20,10 +20,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from sdexp.errors import SdexpError
+
 Arrays = tuple[torch.Tensor, torch.Tensor]  # images uint8 N×3×H×W, labels int64 N
 
 
-class DatasetError(RuntimeError):
+class DatasetError(SdexpError):
     """A data set that is missing or unreadable; the message names the path and the fix."""
 
 
@@ -144,7 +146,13 @@ def read_image_folder(
     for split, sub in split_dirs.items():
         if not (root / sub).is_dir():
             continue
-        folder = ImageFolder(root / sub)
+        try:
+            folder = ImageFolder(root / sub)
+        except (FileNotFoundError, OSError) as exc:  # no class folders, or one without images
+            raise DatasetError(
+                f"dataset {name}: {root / sub} is not an ImageFolder tree ({exc}); it needs "
+                f"{sub}/<class>/<image> with at least one image in every class folder"
+            ) from None
         if classes is not None and folder.classes != classes:
             raise DatasetError(
                 f"{root / sub} has classes {folder.classes}, {split_dirs['train']} has {classes}"

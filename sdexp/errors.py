@@ -1,0 +1,121 @@
+"""What every sdexp command prints when it fails: one line, a non-zero exit, and no traceback.
+
+Errors a user can fix (a config value, a file, a folder) are :class:`SdexpError` and end the command
+with exit status 2; a failure of the machine (a full disk), of sweep jobs or of the code ends it with 1,
+the last saying where its traceback is; Ctrl-C with 130. ``SDEXP_TRACEBACK=1`` (or Hydra's own
+``HYDRA_FULL_ERROR=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+TRACEBACK_VARIABLE = "SDEXP_TRACEBACK"
+BAD_INPUT = 2
+FAILED = 1
+INTERRUPTED = 128 + signal.SIGINT
+
+
+# The failure line (and the traceback of an unexpected error) goes to this logger: conf/config.yaml sends
+# it to the run's train.log only, since the console gets the line from reported().
+failure_log = logging.getLogger("sdexp.failure")
+failure_log.addHandler(logging.NullHandler())
+failure_log.propagate = False
+
+
+class SdexpError(Exception):
+    """An error whose message says it all, printed as one line. By default bad input (exit status 2):
+    the message names the key, file or folder and says what is allowed or what to do."""
+
+    exit_code = BAD_INPUT
+
+
+class WriteError(SdexpError):
+    """A file that could not be written (full disk, no permission); what was there before is intact."""
+
+    exit_code = FAILED
+
+
+class SweepFailed(SdexpError):
+    """Jobs of a sweep failed; the launcher's summary above names them."""
+
+    exit_code = FAILED
+
+
+def tracebacks_wanted() -> bool:
+    return os.environ.get(TRACEBACK_VARIABLE, "0") not in ("", "0")
+
+
+def let_hydra_raise() -> None:
+    """Make Hydra raise its errors to :func:`reported` instead of printing them (``HYDRA_FULL_ERROR=1``).
+
+    The user's own ``HYDRA_FULL_ERROR`` is kept as ``SDEXP_TRACEBACK``, set either way, so that child
+    processes (which inherit both) do not take the forced value for the user's.
+    """
+    if TRACEBACK_VARIABLE not in os.environ:
+        os.environ[TRACEBACK_VARIABLE] = "1" if os.environ.get("HYDRA_FULL_ERROR", "0") != "0" else "0"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def _config_message(exc: Exception) -> str:
+    """One line from a Hydra or OmegaConf composition error: what was wrong and what is allowed."""
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options is not None:
+        group, _, option = str(exc.missing_cfg_file).rpartition("/")
+        return f"{group}={option}: no such option; {group} is one of {', '.join(sorted(exc.options))}"
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse the override {exc.override!r} ({_first_line(exc.message)})"
+    cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, ConfigKeyError | ConfigAttributeError) and key:
+        parent = getattr(cause, "parent_node", None)
+        known = f"; {key.rpartition('.')[0] or 'the config'} has {', '.join(parent)}" if parent else ""
+        return f"{key} is not a config key{known}"
+    detail = _first_line(getattr(cause, "msg", None) or cause)
+    return f"{key}: {detail}" if key else _first_line(exc)
+
+
+def message(exc: BaseException) -> tuple[str, int]:
+    """The line to print for ``exc`` and the exit status."""
+    notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
+    if isinstance(exc, SdexpError):
+        return f"error: {exc}{notes}", exc.exit_code
+    if isinstance(exc, HydraException | OmegaConfBaseException):
+        return f"error: {_config_message(exc)}{notes}", BAD_INPUT
+    if isinstance(exc, KeyboardInterrupt):
+        return f"stopped (Ctrl-C){notes}", INTERRUPTED
+    logs = [h.baseFilename for h in failure_log.handlers if isinstance(h, logging.FileHandler)]
+    where = f"the traceback is in {logs[0]}, or set" if logs else "set"
+    hint = f" ({where} {TRACEBACK_VARIABLE}=1 to print it)"
+    return f"error: {type(exc).__name__}: {_first_line(exc)}{notes}{hint}", FAILED
+
+
+@contextlib.contextmanager
+def reported() -> Iterator[None]:
+    """Turn any exception raised inside into one line on stderr and ``sys.exit`` with its status
+    (see :func:`message`); with ``SDEXP_TRACEBACK=1`` the exception is raised as it is."""
+    try:
+        yield
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:
+        if tracebacks_wanted():
+            raise
+        line, code = message(exc)
+        unexpected = not isinstance(
+            exc, SdexpError | KeyboardInterrupt | HydraException | OmegaConfBaseException
+        )
+        failure_log.error("%s", line, exc_info=exc if unexpected else None)
+        print(line, file=sys.stderr, flush=True)
+        sys.exit(code)

@@ -1,0 +1,301 @@
+"""Every bad input or broken environment: one line naming the problem, a non-zero exit, no traceback,
+and nothing already written changed. One table per command line tool: a new case is one row.
+
+Each case starts from a copy of one finished tiny run (``run``) in a folder of its own, damages what
+its ``setup`` damages, runs the command there and checks the exit status, that the last line of stderr
+holds the expected text, that no traceback was printed, and that every file that was there before
+(the logs apart) is unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import yaml
+
+from analysis import aggregate
+from sdexp import errors, runs, train
+from sdexp.config import compose_config
+from sdexp.errors import WriteError
+from tests.conftest import ROOT, TINY
+
+LOGS = {runs.LOG, "console.log", runs.LOCK}  # appended to, or naming the process, by design
+
+
+class Case(NamedTuple):
+    name: str
+    setup: Callable[[Path], None]  # damages the copy of the finished run in ``run/``
+    args: list[str]  # the command's arguments (``run.py``'s come after TINY)
+    code: int
+    says: str  # part of the last line of stderr
+    then: Callable[[Path], bool] = lambda _: True  # anything else that must hold afterwards
+
+
+def nothing(_: Path) -> None:
+    pass
+
+
+def write(relative: str, text: str) -> Callable[[Path], None]:
+    return lambda cwd: (cwd / relative).write_text(text)
+
+
+def image_tree(*classes: tuple[str, int]) -> Callable[[Path], None]:
+    """``images/train/<class>/`` with that many (tiny, valid) PNG files each."""
+
+    def make(cwd: Path) -> None:
+        from PIL import Image
+
+        (cwd / "images" / "train").mkdir(parents=True)
+        for name, count in classes:
+            (cwd / "images" / "train" / name).mkdir()
+            for i in range(count):
+                Image.new("RGB", (32, 32)).save(cwd / "images" / "train" / name / f"{i}.png")
+
+    return make
+
+
+def both(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
+    return lambda cwd: [setup(cwd) for setup in setups] and None
+
+
+def statuses(sweep: Path) -> list[str]:
+    return [runs.read_result(p.parent)["status"] for p in sweep.glob(f"*/{runs.RESULT}")]
+
+
+def remove(relative: str) -> Callable[[Path], None]:
+    return lambda cwd: (cwd / relative).unlink()
+
+
+def running(cwd: Path) -> None:
+    result = runs.read_result(cwd / "run")
+    runs.write_result(cwd / "run", {**result, "status": "running"})
+
+
+IMAGES = ["dataset=imagefolder", "dataset.root=images", "dataset.cache_dir=cache", "hydra.run.dir=new"]
+RUN = ["hydra.run.dir=run"]  # the finished run's folder
+RESULT, CONFIG = f"run/{runs.RESULT}", f"run/{runs.CONFIG}"
+RUN_PY = [
+    Case("unknown option", nothing, ["model=resnet999"], 2, "model=resnet999: no such option; model is one"),
+    Case("unknown key", nothing, ["trainer.epochz=3"], 2, "trainer.epochz is not a config key; trainer has"),
+    Case("wrong type", nothing, ["trainer.epochs=abc"], 2, "trainer.epochs: Value 'abc'"),
+    Case("unparsable", nothing, ["seed=["], 2, "cannot parse the override 'seed=['"),
+    Case("value out of range", nothing, ["optimizer.lr=-1"], 2, "optimizer.lr=-1.0 is not allowed"),
+    Case(
+        "bad swept value",
+        nothing,
+        ["-m", "stochastic_depth.final_survival=0.5,1.5", "hydra.sweep.dir=sweep"],
+        2,
+        "final_survival=1.5 is not allowed: 0 < final_survival <= 1; in job #1",
+        then=lambda cwd: not (cwd / "sweep").exists(),  # no job started, not even the good one
+    ),
+    Case("no class folders", image_tree(), IMAGES, 2, "images/train is not an ImageFolder tree"),
+    Case(
+        "empty class folder",
+        image_tree(("cat", 2), ("dog", 0)),
+        IMAGES,
+        2,
+        "no valid file for the classes dog",
+    ),
+    Case("empty result.json", write(RESULT, ""), RUN, 2, "run/result.json (JSONDecodeError"),
+    Case("corrupt result.json", write(RESULT, '{"sta'), RUN, 2, "cannot read"),
+    Case("result.json not an object", write(RESULT, "[]"), RUN, 2, "not a JSON object"),
+    Case("corrupt config.yaml", write(CONFIG, "a: [b"), RUN, 2, "config.yaml"),
+    Case(
+        "corrupt checkpoint", both(running, write("run/checkpoint.pt", "x")), RUN, 2, "cannot read checkpoint"
+    ),
+    Case("another config", nothing, [*RUN, "seed=5"], 2, "holds a run with another config (seed: 0 -> 5)"),
+    Case(
+        "output is a file", write("file", ""), ["hydra.run.dir=file/run"], 2, "cannot write the output folder"
+    ),
+    Case(
+        "a sweep job fails",
+        nothing,
+        [
+            "-m",
+            "hydra/launcher=local",
+            "dataset=synthetic,cifar10",
+            "dataset.root=none",
+            "hydra.sweep.dir=sweep",
+        ],
+        1,
+        "1 of 2 jobs failed (listed above)",
+        then=lambda cwd: (
+            statuses(cwd / "sweep") == ["completed"]  # the other job ran to its end
+            and "error: dataset cifar10: nothing found at"
+            in next((cwd / "sweep").glob("*cifar10*/console.log")).read_text()
+        ),
+    ),
+]
+AGGREGATE = [
+    Case("no such folder", nothing, ["nowhere"], 2, "nowhere: no such file or folder"),
+    Case("unknown --by key", nothing, ["run", "--by", "model.nme"], 2, "model.nme not found in the runs"),
+    Case("text --metric", nothing, ["run", "--metric", "model"], 2, "--metric model: no run has a number"),
+    Case("--out is a file", write("out", ""), ["run", "--out", "out/report"], 1, "cannot write out/report"),
+]  # fmt: skip
+
+
+def files(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name not in LOGS}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    train.run(compose_config([*TINY, "trainer.epochs=1", "seed=0"]), run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, finished_run: Path) -> Path:
+    shutil.copytree(finished_run, tmp_path / "run")
+    return tmp_path
+
+
+def check(case: Case, cwd: Path, command: list[str]) -> subprocess.CompletedProcess:
+    case.setup(cwd)
+    before = files(cwd)
+    env = {k: v for k, v in os.environ.items() if k not in ("SDEXP_TRACEBACK", "HYDRA_FULL_ERROR")}
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == case.code, proc.stderr
+    assert case.says in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    after = files(cwd)
+    assert {p: after.get(p) for p in before} == before  # nothing that was there changed
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", RUN_PY, ids=[c.name for c in RUN_PY])
+def test_run_py(case: Case, workspace: Path) -> None:
+    flags = [arg for arg in case.args if arg.startswith("-")]  # -m goes before the overrides
+    overrides = [arg for arg in case.args if arg not in flags]
+    command = [sys.executable, str(ROOT / "run.py"), *flags, *TINY, "trainer.epochs=1", *overrides]
+    proc = check(case, workspace, command)
+    if "-m" not in case.args:
+        assert len(proc.stderr.strip().splitlines()) == 1
+    new = workspace / "new"  # a data error leaves no lock and no result, only train.log with the error
+    assert sorted(p.name for p in new.iterdir()) == [runs.LOG] if new.exists() else True
+    assert case.then(workspace)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", AGGREGATE, ids=[c.name for c in AGGREGATE])
+def test_aggregate(case: Case, workspace: Path) -> None:
+    check(case, workspace, [sys.executable, str(ROOT / "analysis" / "aggregate.py"), *case.args])
+
+
+# The analysis never fails on what a sweep folder can hold: each damaged run is listed with the reason.
+DAMAGED_RUNS = [
+    ("empty result.json", write("run/result.json", ""), "JSONDecodeError"),
+    ("result.json not an object", write("run/result.json", "3"), "not a JSON object"),
+    ("unknown status", write("run/result.json", '{"status": "weird"}'), "status 'weird' is not one of"),
+    ("no config", remove("run/.hydra/config.yaml"), "config.yaml (No such file or directory)"),
+    ("corrupt metrics.csv", write("run/metrics.csv", "epoch\n1,2,3\n"), "its epochs are left out"),
+]
+
+
+@pytest.mark.parametrize(("name", "damage", "reason"), DAMAGED_RUNS, ids=[d[0] for d in DAMAGED_RUNS])
+def test_aggregate_lists_damaged_runs(
+    name: str, damage: Callable[[Path], None], reason: str, workspace: Path, capsys: pytest.CaptureFixture
+) -> None:
+    shutil.copytree(workspace / "run", workspace / "good")
+    damage(workspace)
+    assert aggregate.main([str(workspace)]) == 0
+    out = capsys.readouterr().out
+    assert "Could not use (1)" in out and reason in out
+    assert "| synthetic" in out  # the good run's row
+
+
+def test_aggregate_with_nothing_completed_says_so(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    running(workspace)
+    assert aggregate.main([str(workspace)]) == 0
+    assert "nothing to show yet: 1 run folders, none completed (1 running)" in capsys.readouterr().out
+
+
+def test_aggregate_groups_by_list_valued_keys(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    """A sweep over models: their blocks_per_stage lists differ and become a grouping key."""
+    config = runs.read_config(workspace / "run")
+    shutil.copytree(workspace / "run", workspace / "other")
+    config["model"].update(name="resnet32", blocks_per_stage=[5, 5, 5])
+    (workspace / "other" / runs.CONFIG).write_text(yaml.safe_dump(config))
+    assert aggregate.main([str(workspace)]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs in 2 groups" in out and "[5, 5, 5]" in out and "[3, 3, 3]" in out
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint and the failure record both fail to write, as on a full disk: the message says
+    both, and that the last checkpoint is intact."""
+
+    disk_full = []
+
+    def full(path: Path, *args: object) -> None:
+        disk_full.append(path)
+        raise WriteError(f"cannot write {path} (No space left on device; 0.0 MiB free there)")
+
+    write_result = runs.write_result
+    train.run(compose_config([*TINY, "trainer.epochs=1"]), tmp_path / "run")
+    (tmp_path / "run" / runs.RESULT).unlink()  # so that a 2-epoch run resumes from the checkpoint
+    (tmp_path / "run" / runs.CONFIG).unlink()
+    before = (tmp_path / "run" / runs.CHECKPOINT).read_bytes()
+    monkeypatch.setattr(train, "save_checkpoint", full)
+    monkeypatch.setattr(runs, "write_result", lambda *a: full(a[0]) if disk_full else write_result(*a))
+    cfg = compose_config([*TINY, "trainer.epochs=2"])
+    with pytest.raises(WriteError) as caught:
+        train.run(cfg, tmp_path / "run")
+    line, code = errors.message(caught.value)
+    assert code == 1 and "\n" not in line
+    assert "checkpoint.pt (No space left on device" in line
+    assert "result.json could not record it either" in line
+    assert "the last checkpoint is intact: run the same command again to resume from it" in line
+    assert (tmp_path / "run" / runs.CHECKPOINT).read_bytes() == before
+
+
+@pytest.mark.slow
+def test_an_unexpected_error_is_one_line_with_the_traceback_in_train_log(tmp_path: Path) -> None:
+    """A bug (here: a checkpoint whose content is not what the trainer wrote) prints one line; the
+    traceback is in train.log, and SDEXP_TRACEBACK=1 prints it."""
+    command = [sys.executable, str(ROOT / "run.py"), *TINY, "trainer.epochs=1", "hydra.run.dir=run"]
+    assert subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=300).returncode == 0
+    import torch
+
+    torch.save({"model": {}}, tmp_path / "run" / runs.CHECKPOINT)
+    (tmp_path / "run" / runs.RESULT).unlink()
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "the traceback is in" in line and "SDEXP_TRACEBACK=1" in line
+    assert "Traceback" in (tmp_path / "run" / runs.LOG).read_text()
+    shown = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "SDEXP_TRACEBACK": "1"})  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" in shown.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_and_says_how_to_resume(tmp_path: Path) -> None:
+    slow = [*TINY, "dataset.train_size=1024", "trainer.epochs=6"]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *slow, "hydra.run.dir=run"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / runs.METRICS).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err
+    last = out.strip().splitlines()[-1]
+    assert "received SIGINT: stopped in epoch" in last and "run the same command again to resume" in last
+    result = runs.read_result(tmp_path / "run")
+    assert result["status"] == "interrupted"
+    assert (tmp_path / "run" / runs.CHECKPOINT).exists()
