@@ -141,7 +141,7 @@ def test_cancelled_job_is_reported_failed_while_the_other_completes(tmp_path: Pa
     def long_run_trained_an_epoch() -> bool:
         try:
             return runs.read_result(run_dir(60))["epochs_completed"] >= 1
-        except (ValueError, FileNotFoundError):  # not there yet, or half written
+        except (ValueError, runs.RunFolderError):  # no folder yet, or no result.json in it yet
             return False
 
     try:
@@ -181,7 +181,7 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes(tmp_path: Path) -> N
     def interrupted() -> bool:
         try:
             return runs.read_result(run_dir())["status"] == "interrupted"
-        except ValueError:  # not there yet, or half written
+        except (ValueError, runs.RunFolderError):  # no folder yet, or no result.json in it yet
             return False
 
     try:
