@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from sdexp.files import atomic_write
-from sdexp.runs import RunFolderError
+from sdexp.runs import RunFolderError, RunRecord
 
 
 class CheckpointError(RunFolderError):
@@ -58,3 +59,35 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"cannot read checkpoint {path} ({type(exc).__name__}: {reason}); "
             "nothing was changed: move it away to restart this run from scratch"
         ) from exc
+
+
+@dataclass
+class TrainState:
+    """Everything a run needs to continue exactly: the model, the optimizer and its schedule, and the
+    random streams (``generators`` by name, besides the global ones)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generators: dict[str, torch.Generator]
+
+    def save(self, path: Path, record: RunRecord, epoch_in_progress: dict[str, Any] | None = None) -> None:
+        """Write the checkpoint: this state, the run's record, and the state of an epoch stopped
+        part-way (None after a finished epoch)."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng(self.generators),
+            "rows": record.rows,
+            "result": record.result,
+            "epoch_in_progress": epoch_in_progress,
+        }
+        save_checkpoint(path, state)
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Put back what :meth:`save` wrote (the record and the epoch in progress are the caller's)."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        restore_rng(checkpoint["rng"], self.generators)

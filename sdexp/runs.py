@@ -16,6 +16,7 @@ import glob
 import io
 import json
 import logging
+import math
 import os
 import socket
 from collections.abc import Iterator, Sequence
@@ -114,6 +115,90 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> None:
     if result.get("status") not in STATUSES:
         raise ValueError(f"result status {result.get('status')!r} not in {STATUSES}")
     atomic_write_text(run_dir / RESULT, json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+class RunRecord:
+    """A run's ``result.json`` and ``metrics.csv`` as training goes: each method is one change of the
+    run's state, written at once (atomically)."""
+
+    def __init__(self, run_dir: Path, result: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        self.run_dir, self.result, self.rows = Path(run_dir), result, rows
+
+    @classmethod
+    def new(cls, run_dir: Path, fields: dict[str, Any]) -> RunRecord:
+        """A run starting from scratch, with ``fields`` (model, seed, versions, ...) in its result."""
+        result = {
+            "status": "running",
+            "epochs_completed": 0,
+            "train_time_s": 0.0,
+            "resumed_from": [],
+            **fields,
+        }
+        record = cls(run_dir, result, [])
+        record._write()
+        return record
+
+    @classmethod
+    def resumed(
+        cls, run_dir: Path, result: dict[str, Any], rows: list[dict[str, Any]], step: int, **updates: Any
+    ) -> RunRecord:
+        """A run resumed from its checkpoint's ``result`` and ``rows`` at ``step`` of the next epoch;
+        ``updates`` are the fields that describe this process (device, SLURM job)."""
+        record = cls(run_dir, {**result, **updates, "status": "running"}, rows)
+        record.result.setdefault("resumed_from", []).append({"epoch": record.next_epoch, "step": step})
+        record._write()
+        return record
+
+    @property
+    def next_epoch(self) -> int:
+        return self.result["epochs_completed"] + 1
+
+    def epoch_done(self, row: dict[str, Any]) -> None:
+        """Add a finished epoch's metrics. The paper reports the test error at the epoch of the best
+        validation error (the first such epoch on ties)."""
+        self.rows.append(row)
+        result = self.result
+        result["epochs_completed"] = row["epoch"]
+        result["train_time_s"] += row["epoch_time_s"]
+        if row["val_error"] < result.get("best_val_error", math.inf):
+            result.update(best_val_error=row["val_error"], best_epoch=row["epoch"],
+                          test_error_at_best_val=row["test_error"])  # fmt: skip
+        if not math.isnan(row["val_error"]):  # evaluated (the test split may be empty: NaN)
+            result["test_error"] = row["test_error"]
+        write_metrics(self.run_dir, self.rows)
+        self._write()
+
+    def interrupted(self, epoch: int) -> None:
+        self.result.update(status="interrupted", interrupted_in_epoch=epoch)
+        self._write()
+
+    def diverged(self, epoch: int, step: int) -> None:
+        self.result.update(status="diverged", diverged_at={"epoch": epoch, "step": step})
+        self._write()
+
+    def completed(self) -> None:
+        self.result["status"] = "completed"
+        self._write()
+
+    def _write(self) -> None:
+        write_result(self.run_dir, self.result)
+
+
+def record_failure(run_dir: Path, exc: BaseException) -> None:
+    """Write ``status: failed`` (``interrupted`` for Ctrl-C) with the error to ``result.json``, and add
+    notes to ``exc`` saying where it is recorded and how to go on."""
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    try:
+        result = previous_result(run_dir) or {}
+        result.update(status=status, error_type=type(exc).__name__, error=str(exc))
+        write_result(run_dir, result)
+        exc.add_note(f"recorded in {run_dir / RESULT} (status: {status})")
+    except SdexpError as unrecorded:  # a full disk, or a result.json damaged meanwhile
+        exc.add_note(f"{RESULT} could not record it either ({unrecorded})")
+    if (run_dir / CHECKPOINT).exists():
+        exc.add_note("the last checkpoint is intact: run the same command again to resume from it")
+    else:
+        exc.add_note("run the same command again to start over")
 
 
 def write_slurm_job(run_dir: Path, job_id: str, submitit_folder: str) -> None:

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from sdexp import runs
-from sdexp.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from sdexp.checkpoint import TrainState, load_checkpoint
 from sdexp.compiled import compile_residual_branches, compiled_graph_count
 from sdexp.cuda_graphs import graph_residual_branches
 from sdexp.data import ImageSplits, Loader, build_data, build_loaders
@@ -34,7 +34,6 @@ from sdexp.environment import (
     slurm_job_id,
     speed_settings,
 )
-from sdexp.errors import SdexpError
 from sdexp.models import ResNet, build_model
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
@@ -168,10 +167,9 @@ def evaluate(model: ResNet, loader: Loader, amp_dtype: torch.dtype | None = None
     return 100.0 * wrong.item() / len(loader.labels)
 
 
-def _new_result(cfg: DictConfig, model: ResNet, device: torch.device) -> dict[str, Any]:
+def _run_fields(cfg: DictConfig, model: ResNet, device: torch.device) -> dict[str, Any]:
+    """What a new run's ``result.json`` says about it besides its progress."""
     return {
-        "status": "running",
-        "epochs_completed": 0,
         "model": str(cfg.model.name),
         "dataset": str(cfg.dataset.name),
         "stochastic_depth": str(cfg.stochastic_depth.rule),
@@ -182,88 +180,83 @@ def _new_result(cfg: DictConfig, model: ResNet, device: torch.device) -> dict[st
         "device_name": device_name(device),
         "git_revision": git_revision(),
         "slurm_job_id": slurm_job_id(),
-        "resumed_from": [],  # {epoch, step} of every resumption (after a stop, crash or requeue)
-        "train_time_s": 0.0,
     }
+
+
+def _set_up(cfg: DictConfig) -> torch.device:
+    """CPU threads, the device, and every seed."""
+    threads = cfg.trainer.num_threads or slurm_cpu_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(cfg.trainer.device)
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    return device
+
+
+def _start_or_resume(
+    cfg: DictConfig, run_dir: Path, state: TrainState, checkpoint: dict[str, Any] | None, device: torch.device
+) -> tuple[runs.RunRecord, EpochProgress | None]:
+    """The run's record, new or resumed from ``checkpoint`` (whose state is restored into ``state``),
+    and the epoch the checkpoint stopped in the middle of, if any."""
+    if checkpoint is None:
+        return runs.RunRecord.new(run_dir, _run_fields(cfg, state.model, device)), None
+    state.restore(checkpoint)
+    in_progress = None
+    if checkpoint["epoch_in_progress"] is not None:
+        in_progress = EpochProgress.from_state_dict(checkpoint["epoch_in_progress"], device)
+    step = in_progress.step if in_progress else 0
+    record = runs.RunRecord.resumed(
+        run_dir, checkpoint["result"], checkpoint["rows"], step,
+        device_name=device_name(device), slurm_job_id=slurm_job_id(),
+    )  # fmt: skip
+    log.info("resuming epoch %d at step %d", record.next_epoch, step)
+    return record, in_progress
 
 
 def train(
     cfg: DictConfig, run_dir: Path, data: ImageSplits, checkpoint: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Train the configured model on ``data`` (from ``checkpoint`` if given), writing the run folder
-    as it goes.
+    as it goes; return the run's result.
 
     Ends with ``status`` completed, diverged (a non-finite loss; training stops) or interrupted (a
     stop signal: the step in progress finishes, a checkpoint of the epoch so far is written, and the
     signal is passed on to its previous handler, which ends the process or requeues the job).
     """
     tcfg, sd = cfg.trainer, cfg.stochastic_depth
-    threads = tcfg.num_threads or slurm_cpu_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    device = resolve_device(tcfg.device)
-    seed_everything(cfg.seed, tcfg.deterministic)
+    device = _set_up(cfg)
     amp_dtype, channels_last = speed_settings(tcfg, device)
     loaders = build_loaders(
         data, cfg.dataset, tcfg.batch_size, tcfg.eval_batch_size, device, cfg.seed, channels_last
     )
     model = prepare_model(cfg, len(data.classes), device)
     optimizer, scheduler = build_optimizer(model, cfg.optimizer, tcfg.epochs)
-    generators = {"gates": model.gate_generator, "loader": loaders["train"].generator}
+    state = TrainState(
+        model, optimizer, scheduler, {"gates": model.gate_generator, "loader": loaders["train"].generator}
+    )
+    checkpoint_path = run_dir / runs.CHECKPOINT
 
-    def save(progress: EpochProgress | None = None) -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": capture_rng(generators),
-            "rows": rows,
-            "result": result,
-            "epoch_in_progress": progress.state_dict() if progress else None,
-        }
-        save_checkpoint(run_dir / runs.CHECKPOINT, state)
-
-    in_progress = None
-    if checkpoint is None:
-        rows: list[dict[str, Any]] = []
-        result = _new_result(cfg, model, device)
-    else:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        restore_rng(checkpoint["rng"], generators)
-        rows, result = checkpoint["rows"], checkpoint["result"]
-        result.update(device_name=device_name(device), slurm_job_id=slurm_job_id())
-        if checkpoint["epoch_in_progress"] is not None:
-            in_progress = EpochProgress.from_state_dict(checkpoint["epoch_in_progress"], device)
-        step = in_progress.step if in_progress else 0
-        result.setdefault("resumed_from", []).append({"epoch": result["epochs_completed"] + 1, "step": step})
-        log.info("resuming epoch %d at step %d", result["epochs_completed"] + 1, step)
-    result["status"] = "running"
-    runs.write_result(run_dir, result)
+    record, in_progress = _start_or_resume(cfg, run_dir, state, checkpoint, device)
     log.info(
         "%s (%d params, %d residual blocks) on %s: %d train / %d val / %d test images, %s",
-        cfg.model.name, result["num_params"], len(model.sd_blocks), cfg.dataset.name,
-        len(data.train), len(data.val), len(data.test), result["device_name"],
+        cfg.model.name, record.result["num_params"], len(model.sd_blocks), cfg.dataset.name,
+        len(data.train), len(data.val), len(data.test), record.result["device_name"],
     )  # fmt: skip
+
     graphs = None  # torch.compile's graph count after the first epoch of this process
     with StopSignals() as stop:
-        for epoch in range(result["epochs_completed"] + 1, tcfg.epochs + 1):
+        for epoch in range(record.next_epoch, tcfg.epochs + 1):
             probs = survival_probs(sd.rule, len(model.sd_blocks), sd.final_survival, epoch - 1, tcfg.epochs)
             set_survival_probs(model.sd_blocks, probs)
             lr = optimizer.param_groups[0]["lr"]
-            desc = f"epoch {epoch}/{tcfg.epochs}"
-            if rows:
-                desc += f" (last: loss {rows[-1]['train_loss']:.3f}, val {rows[-1]['val_error']:.2f}%)"
-            progress = in_progress or EpochProgress.start(loaders["train"])
-            in_progress = None
+            progress, in_progress = in_progress or EpochProgress.start(loaders["train"]), None
+            desc = _epoch_description(epoch, tcfg.epochs, record.rows)
             stats = train_one_epoch(
                 model, loaders["train"], optimizer, progress, stop, tcfg.progress, desc, amp_dtype
             )
-            if stats is None:
-                result.update(status="interrupted", interrupted_in_epoch=epoch)
-                save(progress)
-                runs.write_result(run_dir, result)
+            if stats is None:  # a stop signal
+                record.interrupted(epoch)
+                state.save(checkpoint_path, record, progress.state_dict())
                 log.warning(
                     "received %s: stopped in epoch %d after step %d, checkpoint written: run the same "
                     "command again to resume", signal.Signals(stop.received).name, epoch, progress.step,
@@ -271,34 +264,24 @@ def train(
                 break
             first_bad_step = stats.pop("first_bad_step")
             if first_bad_step >= 0:
-                result.update(status="diverged", diverged_at={"epoch": epoch, "step": first_bad_step})
-                runs.write_result(run_dir, result)
+                record.diverged(epoch, first_bad_step)
                 log.warning("diverged: non-finite loss at epoch %d, step %d", epoch, first_bad_step)
-                return result
+                return record.result
             scheduler.step()
+            val_error = test_error = math.nan
             if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
                 val_error = evaluate(model, loaders["val"], amp_dtype)
                 test_error = evaluate(model, loaders["test"], amp_dtype)
-            else:
-                val_error = test_error = math.nan
-            rows.append({"epoch": epoch, "lr": lr, **stats, "val_error": val_error, "test_error": test_error})
-            _record_epoch(result, rows[-1])
-            runs.write_metrics(run_dir, rows)
-            runs.write_result(run_dir, result)
-            save()
-            log.info(
-                "epoch %d/%d  lr %.4g  loss %.4f  train %.2f%%  val %.2f%%  test %.2f%%  "
-                "blocks run %.1f%%  %.0f img/s  %.1f s",
-                epoch, tcfg.epochs, lr, stats["train_loss"], stats["train_error"], val_error,
-                test_error, 100 * stats["executed_block_fraction"], stats["images_per_s"],
-                stats["epoch_time_s"],
-            )  # fmt: skip
+            record.epoch_done(
+                {"epoch": epoch, "lr": lr, **stats, "val_error": val_error, "test_error": test_error}
+            )
+            state.save(checkpoint_path, record)
+            _log_epoch(record.rows[-1], tcfg.epochs)
             if tcfg.compile:
                 graphs = _report_compiles(epoch, graphs)
-    if stop.received is not None:
-        stop.forward()
-    result["status"] = "completed"
-    runs.write_result(run_dir, result)
+    stop.forward()  # ends the process after a stop signal
+    record.completed()
+    result = record.result
     log.info(
         "done: best val error %.2f%% at epoch %d, test error there %.2f%% (%.2f%% at the last), "
         "%.0f s of training",
@@ -306,6 +289,23 @@ def train(
         result["test_error"], result["train_time_s"],
     )  # fmt: skip
     return result
+
+
+def _log_epoch(row: dict[str, Any], epochs: int) -> None:
+    log.info(
+        "epoch %d/%d  lr %.4g  loss %.4f  train %.2f%%  val %.2f%%  test %.2f%%  "
+        "blocks run %.1f%%  %.0f img/s  %.1f s",
+        row["epoch"], epochs, row["lr"], row["train_loss"], row["train_error"], row["val_error"],
+        row["test_error"], 100 * row["executed_block_fraction"], row["images_per_s"], row["epoch_time_s"],
+    )  # fmt: skip
+
+
+def _epoch_description(epoch: int, epochs: int, rows: list[dict[str, Any]]) -> str:
+    """The progress bar's label: the epoch, and the last epoch's loss and validation error."""
+    desc = f"epoch {epoch}/{epochs}"
+    if rows:
+        desc += f" (last: loss {rows[-1]['train_loss']:.3f}, val {rows[-1]['val_error']:.2f}%)"
+    return desc
 
 
 def _report_compiles(epoch: int, before: int | None) -> int:
@@ -320,21 +320,6 @@ def _report_compiles(epoch: int, before: int | None) -> int:
     return graphs
 
 
-def _record_epoch(result: dict[str, Any], row: dict[str, Any]) -> None:
-    """Update the summary with a finished epoch: the paper reports the test error at the epoch of
-    the best validation error (the first such epoch on ties)."""
-    result["epochs_completed"] = row["epoch"]
-    result["train_time_s"] += row["epoch_time_s"]
-    if row["val_error"] < result.get("best_val_error", math.inf):
-        result.update(
-            best_val_error=row["val_error"],
-            best_epoch=row["epoch"],
-            test_error_at_best_val=row["test_error"],
-        )
-    if not math.isnan(row["val_error"]):  # evaluated (the test split may be empty: NaN)
-        result["test_error"] = row["test_error"]
-
-
 def _finished(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     """The result of a finished run in ``run_dir``, or None if there is one to train (or resume);
     a run with another config raises :class:`~sdexp.runs.RunFolderError`."""
@@ -344,23 +329,6 @@ def _finished(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
         log.info("%s already holds a %s run: nothing to do", run_dir, previous["status"])
         return previous
     return None
-
-
-def _record_failure(run_dir: Path, exc: BaseException) -> None:
-    """Write ``status: failed`` (or ``interrupted`` for Ctrl-C) with the error to ``result.json``, and
-    add notes to ``exc`` saying where it is recorded and how to go on."""
-    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-    try:
-        result = runs.previous_result(run_dir) or {}
-        result.update(status=status, error_type=type(exc).__name__, error=str(exc))
-        runs.write_result(run_dir, result)
-        exc.add_note(f"recorded in {run_dir / runs.RESULT} (status: {status})")
-    except SdexpError as unrecorded:  # a full disk, or a result.json damaged meanwhile
-        exc.add_note(f"{runs.RESULT} could not record it either ({unrecorded})")
-    if (run_dir / runs.CHECKPOINT).exists():
-        exc.add_note("the last checkpoint is intact: run the same command again to resume from it")
-    else:
-        exc.add_note("run the same command again to start over")
 
 
 def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> dict[str, Any]:
@@ -390,5 +358,5 @@ def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> 
             return train(cfg, run_dir, data, checkpoint)
         except BaseException as exc:
             if not isinstance(exc, SystemExit):  # SystemExit: a forwarded stop signal, already recorded
-                _record_failure(run_dir, exc)
+                runs.record_failure(run_dir, exc)
             raise

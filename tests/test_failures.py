@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from analysis import aggregate
-from sdexp import errors, runs, train
+from sdexp import checkpoint, errors, runs, train
 from sdexp.config import compose_config
 from sdexp.errors import WriteError
 from tests.conftest import ROOT, TINY
@@ -247,7 +247,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line(tmp_path: Path, monkeypatch
     (tmp_path / "run" / runs.RESULT).unlink()  # so that a 2-epoch run resumes from the checkpoint
     (tmp_path / "run" / runs.CONFIG).unlink()
     before = (tmp_path / "run" / runs.CHECKPOINT).read_bytes()
-    monkeypatch.setattr(train, "save_checkpoint", full)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", full)
     monkeypatch.setattr(runs, "write_result", lambda *a: full(a[0]) if disk_full else write_result(*a))
     cfg = compose_config([*TINY, "trainer.epochs=2"])
     with pytest.raises(WriteError) as caught:
