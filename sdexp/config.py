@@ -6,11 +6,9 @@ themselves live in the YAML files under ``conf/``. :func:`validate` then checks 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -20,60 +18,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
+from sdexp.data import DatasetName, LoaderKind
+from sdexp.environment import Precision
 from sdexp.errors import SdexpError
-
-
-class Rule(StrEnum):
-    off = "off"
-    linear = "linear"
-    uniform = "uniform"
-    linear_epochs = "linear_epochs"
-
-
-class Mode(StrEnum):
-    batch = "batch"
-    row = "row"
-
-
-class Scaling(StrEnum):
-    test_time = "test_time"
-    inverted = "inverted"
-    none = "none"
-
-
-class Block(StrEnum):
-    basic = "basic"
-    bottleneck = "bottleneck"
-
-
-class Shortcut(StrEnum):
-    pad = "pad"
-    projection = "projection"
-
-
-class Precision(StrEnum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
-class DatasetName(StrEnum):
-    synthetic = "synthetic"
-    cifar10 = "cifar10"
-    cifar100 = "cifar100"
-    svhn = "svhn"
-    cinic10 = "cinic10"
-    imagefolder = "imagefolder"
-
-
-class LoaderKind(StrEnum):
-    fast = "fast"
-    torch = "torch"
-
-
-class Schedule(StrEnum):
-    multistep = "multistep"
-    cosine = "cosine"
+from sdexp.models import Block, Shortcut
+from sdexp.optim import Schedule
+from sdexp.overrides import run_name
+from sdexp.stochastic_depth import Mode, Rule, Scaling
 
 
 @dataclass
@@ -149,20 +100,6 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     stochastic_depth: StochasticDepthConfig = field(default_factory=StochasticDepthConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-
-
-def run_name(override_dirname: str) -> str:
-    """A run folder's name from Hydra's ``override_dirname``: ``default`` when there are no overrides,
-    ``/`` replaced so that a path value stays one folder, long names shortened with a hash."""
-    name = override_dirname.replace("/", "_") or "default"
-    if len(name) > 200:
-        name = f"{name[:180]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
-    return name
-
-
-def quote_override(value: str) -> str:
-    """``value`` as a quoted Hydra override value (paths may hold ``=``, ``,`` or brackets)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def register_configs() -> None:

@@ -7,6 +7,7 @@ import os
 import platform
 import random
 import subprocess
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +34,21 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+class Precision(StrEnum):
+    """``trainer.precision``: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 def speed_settings(tcfg: DictConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """The autocast dtype (None: fp32) and whether to use channels-last memory: ``precision=auto``
     means bf16 on CUDA, fp32 elsewhere; ``channels_last=null`` means channels-last on CUDA and on the
     CPU (about 20 % faster there for ResNet-110; docs/performance.md), not on other devices."""
     on_cuda = device.type == "cuda"
-    bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and on_cuda)
+    precision = Precision(tcfg.precision)
+    bf16 = precision == Precision.bf16 or (precision == Precision.auto and on_cuda)
     channels_last = device.type in ("cuda", "cpu") if tcfg.channels_last is None else tcfg.channels_last
     return (torch.bfloat16 if bf16 else None), channels_last
 

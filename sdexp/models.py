@@ -12,6 +12,7 @@ One builder covers both families of ``conf/model/``:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 
 import torch
 from omegaconf import DictConfig
@@ -20,8 +21,19 @@ from torch.nn import functional as F
 
 from sdexp.stochastic_depth import StochasticDepthBlock, sample_gates
 
-BLOCKS = ("basic", "bottleneck")
-SHORTCUTS = ("pad", "projection")
+
+class Block(StrEnum):
+    """The residual branch (``model.block``): two 3×3 convolutions, or 1×1-3×3-1×1 with 4× output."""
+
+    basic = "basic"
+    bottleneck = "bottleneck"
+
+
+class Shortcut(StrEnum):
+    """The shortcut at a stage transition (``model.shortcut``): parameter-free or a 1×1 convolution."""
+
+    pad = "pad"
+    projection = "projection"
 
 
 def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
@@ -62,7 +74,7 @@ class PadShortcut(nn.Module):
 def _shortcut(kind: str, c_in: int, c_out: int, stride: int) -> nn.Module:
     if c_in == c_out and stride == 1:
         return nn.Identity()
-    if kind == "pad":
+    if kind == Shortcut.pad:
         return PadShortcut(c_in, c_out, stride)
     return nn.Sequential(*_conv_bn(c_in, c_out, 1, stride))
 
@@ -87,11 +99,8 @@ class ResNet(nn.Module):
         gate_seed: int = 0,
     ) -> None:
         super().__init__()
-        if block not in BLOCKS:
-            raise ValueError(f"unknown block {block!r}; allowed: {', '.join(BLOCKS)}")
-        if shortcut not in SHORTCUTS:
-            raise ValueError(f"unknown shortcut {shortcut!r}; allowed: {', '.join(SHORTCUTS)}")
-        residual_fn, expansion = (basic_residual, 1) if block == "basic" else (bottleneck_residual, 4)
+        block, shortcut = Block(block), Shortcut(shortcut)  # an unknown value raises ValueError
+        residual_fn, expansion = (basic_residual, 1) if block == Block.basic else (bottleneck_residual, 4)
         self.stem = nn.Sequential(*_conv_bn(3, stem_width, 3), nn.ReLU(inplace=True))
         stages, c_in = [], stem_width
         for stage, (n, width) in enumerate(zip(blocks_per_stage, widths, strict=True)):

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR
+
+
+class Schedule(StrEnum):
+    """``optimizer.schedule``: steps at ``milestones`` (the paper), or cosine decay to 0."""
+
+    multistep = "multistep"
+    cosine = "cosine"
 
 
 def build_optimizer(
@@ -38,7 +47,7 @@ def build_optimizer(
     )
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
-    if cfg.schedule == "cosine":
+    if Schedule(cfg.schedule) == Schedule.cosine:
         return optimizer, CosineAnnealingLR(optimizer, T_max=epochs)
     milestones = [max(1, round(m * epochs)) for m in cfg.milestones]
     return optimizer, MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)

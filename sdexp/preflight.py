@@ -23,8 +23,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from sdexp.config import ConfigError, quote_override, validate
+from sdexp.config import ConfigError, validate
 from sdexp.errors import SdexpError, reported
+from sdexp.overrides import quote_override
 
 log = logging.getLogger(__name__)
 

@@ -19,18 +19,14 @@ from scipy.stats import ttest_rel
 from sdexp import runs
 from sdexp.files import read_file
 
-# Config keys that never tell experiments apart (where or how fast a run ran, not what it computed).
+# Config keys that never tell experiments apart (where or how fast a run ran, not what it computed): the
+# keys a run may change when it is resumed, and these.
 NOT_EXPERIMENT_KEYS = {
     "seed",
-    "trainer.progress",
-    "trainer.device",
-    "trainer.num_threads",
+    *runs.RESUMABLE_CHANGES,
     "trainer.eval_batch_size",
     "dataset.root",
-    "dataset.cache_dir",
-    "dataset.download",
     "dataset.loader",
-    "dataset.num_workers",
 }
 _CONFIG_GROUPS = {"model", "dataset", "optimizer", "stochastic_depth", "trainer"}
 # Always shown first, varying or not.

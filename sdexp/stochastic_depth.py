@@ -7,14 +7,35 @@ A block computes ``ReLU(shortcut(x) + b · f(x))`` with the residual branch ``f`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-RULES = ("off", "linear", "uniform", "linear_epochs")
-MODES = ("batch", "row")
-SCALINGS = ("test_time", "inverted", "none")
+
+class Rule(StrEnum):
+    """How survival probabilities are set (see :func:`survival_probs`); ``stochastic_depth.rule``."""
+
+    off = "off"
+    linear = "linear"
+    uniform = "uniform"
+    linear_epochs = "linear_epochs"
+
+
+class Mode(StrEnum):
+    """One gate per mini-batch (``batch``, the paper) or per sample (``row``); ``stochastic_depth.mode``."""
+
+    batch = "batch"
+    row = "row"
+
+
+class Scaling(StrEnum):
+    """Where the branch is scaled by its survival probability; ``stochastic_depth.scaling``."""
+
+    test_time = "test_time"
+    inverted = "inverted"
+    none = "none"
 
 
 def survival_probs(
@@ -28,16 +49,16 @@ def survival_probs(
     - ``linear_epochs``: the tutorial's rule, one p for every block, decayed linearly over the epochs
       from 1 at the first epoch to p_L at the last.
     """
-    if rule == "off":
-        return [1.0] * num_blocks
-    if rule == "linear":
-        return [1.0 - (layer / num_blocks) * (1.0 - final_survival) for layer in range(1, num_blocks + 1)]
-    if rule == "uniform":
-        return [final_survival] * num_blocks
-    if rule == "linear_epochs":
-        progress = epoch / (epochs - 1) if epochs > 1 else 0.0
-        return [1.0 - progress * (1.0 - final_survival)] * num_blocks
-    raise ValueError(f"unknown stochastic-depth rule {rule!r}; allowed: {', '.join(RULES)}")
+    match Rule(rule):  # an unknown rule raises ValueError here
+        case Rule.off:
+            return [1.0] * num_blocks
+        case Rule.linear:
+            return [1.0 - (layer / num_blocks) * (1.0 - final_survival) for layer in range(1, num_blocks + 1)]
+        case Rule.uniform:
+            return [final_survival] * num_blocks
+        case Rule.linear_epochs:
+            progress = epoch / (epochs - 1) if epochs > 1 else 0.0
+            return [1.0 - progress * (1.0 - final_survival)] * num_blocks
 
 
 class StochasticDepthBlock(nn.Module):
@@ -68,14 +89,10 @@ class StochasticDepthBlock(nn.Module):
         nonnegative_shortcut: bool = False,
     ) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"unknown stochastic-depth mode {mode!r}; allowed: {', '.join(MODES)}")
-        if scaling not in SCALINGS:
-            raise ValueError(f"unknown scaling {scaling!r}; allowed: {', '.join(SCALINGS)}")
         self.residual = residual
         self.shortcut = shortcut
-        self.mode = mode
-        self.scaling = scaling
+        self.mode = Mode(mode)  # an unknown value raises ValueError
+        self.scaling = Scaling(scaling)
         self.nonnegative_shortcut = nonnegative_shortcut
         self.gate = True
         self.register_buffer("survival_prob", torch.tensor(1.0))

@@ -38,7 +38,7 @@ def test_other_rules() -> None:
     last = survival_probs("linear_epochs", 5, 0.5, epoch=9, epochs=10)
     assert first == [1.0] * 5 and last == pytest.approx([0.5] * 5)
     assert middle == pytest.approx([0.75] * 5)
-    with pytest.raises(ValueError, match="unknown stochastic-depth rule"):
+    with pytest.raises(ValueError, match="'cubic' is not a valid Rule"):
         survival_probs("cubic", 5, 0.5)
 
 

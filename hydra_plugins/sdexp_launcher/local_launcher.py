@@ -25,7 +25,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from hydra_plugins.sdexp_launcher.jobs import Job, end_sweep, job_return, plan_jobs, settled
-from sdexp.config import ConfigError, quote_override
+from sdexp.errors import SdexpError
+from sdexp.overrides import quote_override
 
 log = logging.getLogger(__name__)
 CONSOLE_LOG = "console.log"
@@ -64,9 +65,7 @@ class LocalLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         if self.cpu_workers < 1:
-            raise ConfigError(
-                f"hydra.launcher.cpu_workers={self.cpu_workers} is not allowed: an integer >= 1"
-            )
+            raise SdexpError(f"hydra.launcher.cpu_workers={self.cpu_workers} is not allowed: an integer >= 1")
         gpus = visible_gpus() if self.gpus is None else self.gpus
         slots: queue.Queue[dict[str, str]] = queue.Queue()
         for env in slot_environments(gpus, self.cpu_workers, os.cpu_count() or 1):
