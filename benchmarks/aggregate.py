@@ -60,9 +60,13 @@ def main() -> None:
         summary = report.summarize(table, epochs)
         done = time.perf_counter()
     print(f"\n{args.runs} runs × {args.epochs} epochs ({len(epochs):,} metric rows) -> {len(summary)} groups")
-    print("| step | seconds |\n|---|---|")
-    print(f"| load run folders | {loaded - start:.2f} |\n| summarise | {done - loaded:.2f} |")
-    print(f"| total | {done - start:.2f} |")
+    steps = {"load run folders": loaded - start, "summarise": done - loaded, "total": done - start}
+    print(
+        pd.Series(steps, name="seconds")
+        .rename_axis("step")
+        .reset_index()
+        .to_markdown(index=False, floatfmt=".2f")
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import argparse
 import statistics
 import time
 
+import pandas as pd
 import torch
 from train_speed import sync  # a sibling script: benchmarks/ is on sys.path when a benchmark runs
 
@@ -52,9 +53,9 @@ def main() -> None:
     )
     print(f"\n{args.images} images, batch {args.batch_size}, {device} ({torch.get_num_threads()} threads), "
           f"DataLoader workers {args.workers}, median of {args.repeats} epochs")  # fmt: skip
-    print("| loader | images/s | ratio |\n|---|---|---|")
-    print(f"| device-resident (fast) | {fast:,.0f} | {fast / torch_path:.1f} |")
-    print(f"| DataLoader + torchvision | {torch_path:,.0f} | 1.0 |")
+    table = pd.DataFrame({"loader": ["device-resident (fast)", "DataLoader + torchvision"],
+                          "images/s": [fast, torch_path], "ratio": [fast / torch_path, 1.0]})  # fmt: skip
+    print(table.to_markdown(index=False, floatfmt=(None, ",.0f", ".1f")))
 
 
 if __name__ == "__main__":

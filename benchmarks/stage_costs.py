@@ -23,6 +23,7 @@ import argparse
 import statistics
 import time
 
+import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -161,21 +162,25 @@ def main() -> None:
     batch = timer.cfg.trainer.batch_size
     print(f"\n{timer.cfg.model.name} on {timer.device}, torch {torch.__version__}, batch {batch}, "
           f"median of {args.repeats} rounds of {args.steps} steps")  # fmt: skip
-    print("| part | blocks | ms per step | ms per block | mean p |")
-    print("|---|---|---|---|---|")
-    for s, (blocks, cost, p) in enumerate(zip(timer.stages, costs, mean_p, strict=True)):
-        print(f"| stage {s + 1} branches | {len(blocks)} | {cost:.1f} | {cost / len(blocks):.2f} | {p:.3f} |")
-    print(f"| fixed (stem, shortcuts, head, loss, optimizer) | | {fixed:.1f} | | |")
-    print(f"| whole step | | {full:.1f} | | |")
+    parts = [
+        {"part": f"stage {s + 1} branches", "blocks": str(len(blocks)), "ms per step": f"{cost:.1f}",
+         "ms per block": f"{cost / len(blocks):.2f}", "mean p": f"{p:.3f}"}
+        for s, (blocks, cost, p) in enumerate(zip(timer.stages, costs, mean_p, strict=True))
+    ]  # fmt: skip
+    parts.append({"part": "fixed (stem, shortcuts, head, loss, optimizer)", "ms per step": f"{fixed:.1f}"})
+    parts.append({"part": "whole step", "ms per step": f"{full:.1f}"})
+    print(pd.DataFrame(parts).fillna("").to_markdown(index=False, disable_numparse=True))
     predicted = (fixed + sum(p * c for p, c in zip(mean_p, costs, strict=True))) / (fixed + sum(costs))
     print(f"\npredicted SD/constant step time ({rule}, p_L = {sd.final_survival}): {predicted:.3f}; "
           f"mean survival probability {statistics.mean(probs):.3f}")  # fmt: skip
 
-    print("\n| stage | 3×3 conv input | forward ms | GFLOP/s | backward ms | GFLOP/s |")
-    print("|---|---|---|---|---|---|")
-    for s, (shape, fwd, bwd, gflop) in enumerate(conv_rates(timer, 5 * args.repeats), start=1):
-        print(f"| {s} | {'×'.join(map(str, shape))} | {fwd:.2f} | {gflop / fwd * 1e3:.0f} | {bwd:.2f} | "
-              f"{2 * gflop / bwd * 1e3:.0f} |")  # fmt: skip
+    convs = [
+        {"stage": str(s), "3×3 conv input": "×".join(map(str, shape)), "forward ms": f"{fwd:.2f}",
+         "forward GFLOP/s": f"{gflop / fwd * 1e3:.0f}", "backward ms": f"{bwd:.2f}",
+         "backward GFLOP/s": f"{2 * gflop / bwd * 1e3:.0f}"}
+        for s, (shape, fwd, bwd, gflop) in enumerate(conv_rates(timer, 5 * args.repeats), start=1)
+    ]  # fmt: skip
+    print("\n" + pd.DataFrame(convs).to_markdown(index=False, disable_numparse=True))
 
 
 if __name__ == "__main__":

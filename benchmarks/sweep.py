@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from sdexp.errors import reported
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,11 +50,14 @@ def main() -> None:
                        "hydra.sweep.dir=local"], cwd)  # fmt: skip
     ideal = math.ceil(args.jobs / args.workers) * one
     print(f"\n{args.jobs} jobs; one job alone (a full process) {one:.1f} s; {args.workers} local workers")
-    print("| launcher | wall s | / ideal ⌈N/slots⌉ × one job |\n|---|---|---|")
-    print(
-        f"| basic (sequential, in-process) | {basic:.1f} | {basic / (args.jobs * one):.2f} of N × one job |"
-    )
-    print(f"| local ({args.workers} workers) | {local:.1f} | {local / ideal:.2f} |")
+    table = pd.DataFrame({
+        "launcher": ["basic (sequential, in-process)", f"local ({args.workers} workers)"],
+        "wall s": [f"{basic:.1f}", f"{local:.1f}"],
+        "/ ideal ⌈N/slots⌉ × one job": [
+            f"{basic / (args.jobs * one):.2f} of N × one job", f"{local / ideal:.2f}"
+        ],
+    })  # fmt: skip
+    print(table.to_markdown(index=False, disable_numparse=True))
 
 
 if __name__ == "__main__":

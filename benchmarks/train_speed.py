@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import pandas as pd
 import torch
 
 from sdexp.config import compose_config, register_configs
@@ -139,7 +140,7 @@ class Case:
         self.epochs.append(stats)
 
     def row(self) -> dict:
-        probs = [b._survival for b in self.model.sd_blocks]
+        probs = [b.survival for b in self.model.sd_blocks]
         expected = 1.0  # constant depth: every block runs
         if self.rule != "off":
             expected = expected_ratio(self.model, self.batch, self.amp_dtype, probs)
@@ -218,20 +219,18 @@ def main() -> None:
             print(json.dumps(row), file=sys.stderr, flush=True)
     print(f"\n{args.model} on {rows[0]['device']}, torch {torch.__version__}, "
           f"{args.images} images per timed epoch, median of {args.repeats}")  # fmt: skip
-    header = ("rule", "precision", "ch_last", "graphs", "compiled", "loader", "img/s", "45k-epoch s",
-              "SD/const", "blocks-only SD/const", "blocks run", "input %", "faults/step",
-              "500 ep. min")  # fmt: skip
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print(
-            f"| {r['rule']} | {r['precision']} | {r['channels_last']} | {r['cuda_graphs']} | "
-            f"{r['compiled']} | {r['loader']} | {r['images_per_s']:.0f} | "
-            f"{r['epoch_time_s']:.2f} | {r['ratio_to_constant']:.3f} | {r['cost_weighted_ratio']:.3f} | "
-            f"{100 * r['executed_block_fraction']:.1f}% | {100 * r['input_share']:.1f} | "
-            f"{r['page_faults_per_step']:.0f} | "
-            f"{r['paper_500_epochs_min']:.1f} |"
-        )
+    table = [
+        {"rule": r["rule"], "precision": r["precision"], "ch_last": r["channels_last"],
+         "graphs": r["cuda_graphs"], "compiled": r["compiled"], "loader": r["loader"],
+         "img/s": f"{r['images_per_s']:.0f}", "45k-epoch s": f"{r['epoch_time_s']:.2f}",
+         "SD/const": f"{r['ratio_to_constant']:.3f}",
+         "blocks-only SD/const": f"{r['cost_weighted_ratio']:.3f}",
+         "blocks run": f"{100 * r['executed_block_fraction']:.1f}%",
+         "input %": f"{100 * r['input_share']:.1f}",
+         "faults/step": f"{r['page_faults_per_step']:.0f}", "500 ep. min": f"{r['paper_500_epochs_min']:.1f}"}
+        for r in rows
+    ]  # fmt: skip
+    print(pd.DataFrame(table).to_markdown(index=False, disable_numparse=True))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

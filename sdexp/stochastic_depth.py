@@ -99,6 +99,11 @@ class StochasticDepthBlock(nn.Module):
         self._survival = 1.0  # host copy of the buffer, so drawing gates never waits on the device
         self.register_load_state_dict_post_hook(StochasticDepthBlock._sync_host_copy)
 
+    @property
+    def survival(self) -> float:
+        """The survival probability as a Python float: the host copy of the buffer."""
+        return self._survival
+
     def _sync_host_copy(self, _incompatible_keys: object = None) -> None:
         self._survival = float(self.survival_prob)
 

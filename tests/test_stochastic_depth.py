@@ -44,7 +44,7 @@ def test_other_rules() -> None:
 
 def test_gate_frequencies_match_survival_probabilities() -> None:
     model = _tiny()
-    probs = [b._survival for b in model.sd_blocks]
+    probs = [b.survival for b in model.sd_blocks]
     draws = 4000
     kept = torch.zeros(len(probs))
     for _ in range(draws):
@@ -64,7 +64,7 @@ def test_executed_block_count_is_reported() -> None:
     steps = 300
     for _ in range(steps):
         model(x)
-    expected = sum(b._survival for b in model.sd_blocks) / len(model.sd_blocks)
+    expected = sum(b.survival for b in model.sd_blocks) / len(model.sd_blocks)
     fraction = model.executed_blocks / model.total_blocks
     assert model.total_blocks == steps * len(model.sd_blocks)
     n = model.total_blocks
@@ -199,6 +199,6 @@ def test_survival_probabilities_are_in_the_state_dict() -> None:
     keys = [k for k in state if k.endswith("survival_prob")]
     assert len(keys) == len(model.sd_blocks)
     fresh = _tiny(rule="off")
-    assert all(b._survival == 1.0 for b in fresh.sd_blocks)
+    assert all(b.survival == 1.0 for b in fresh.sd_blocks)
     fresh.load_state_dict(state)
-    assert [b._survival for b in fresh.sd_blocks] == pytest.approx([b._survival for b in model.sd_blocks])
+    assert [b.survival for b in fresh.sd_blocks] == pytest.approx([b.survival for b in model.sd_blocks])
