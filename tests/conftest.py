@@ -1,7 +1,11 @@
-"""Shared test settings: a tiny configuration that trains in seconds, and a run folder's config edited."""
+"""Shared test settings: a tiny configuration that trains in seconds, run.py as a command, and a run
+folder's config edited."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -32,3 +36,14 @@ def change_saved_epochs(run_dir: Path, epochs: int) -> None:
     saved = runs.read_config(run_dir)
     saved["trainer"]["epochs"] = epochs
     (run_dir / runs.CONFIG).write_text(yaml.safe_dump(saved))
+
+
+def run_command(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``command`` in ``cwd`` as a user types it: without the variables that ask for tracebacks."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SDEXP_TRACEBACK", "HYDRA_FULL_ERROR")}
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def run_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` in ``cwd`` (see :func:`run_command`)."""
+    return run_command([sys.executable, str(ROOT / "run.py"), *args], cwd)

@@ -26,7 +26,7 @@ from analysis import aggregate
 from sdexp import checkpoint, errors, runs, train
 from sdexp.config import compose_config
 from sdexp.errors import WriteError
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, run_command
 
 LOGS = {runs.LOG, "console.log", runs.LOCK}  # appended to, or naming the process, by design
 
@@ -163,8 +163,7 @@ def workspace(tmp_path: Path, finished_run: Path) -> Path:
 def check(case: Case, cwd: Path, command: list[str]) -> subprocess.CompletedProcess:
     case.setup(cwd)
     before = files(cwd)
-    env = {k: v for k, v in os.environ.items() if k not in ("SDEXP_TRACEBACK", "HYDRA_FULL_ERROR")}
-    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    proc = run_command(command, cwd)
     assert proc.returncode == case.code, proc.stderr
     assert case.says in proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr + proc.stdout

@@ -19,7 +19,7 @@ import yaml
 from sdexp import runs, train
 from sdexp.config import compose_config
 from sdexp.runs import RunFolderError
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, run_py
 
 TIMING = ("epoch_time_s", "images_per_s")
 # Long enough (about 0.5 s an epoch here) to be stopped in the middle, deterministic on the CPU.
@@ -57,11 +57,44 @@ def without_timing(rows: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """The metrics of an uninterrupted run."""
+    """The metrics of an uninterrupted run (in this process: the same numbers as run.py's)."""
     run_dir = tmp_path_factory.mktemp("reference")
-    code, out = finish(run_dir)
-    assert code == 0, out
+    train.run(compose_config(SLOW), run_dir)
     return runs.read_metrics(run_dir)
+
+
+def test_a_stop_in_mid_epoch_resumes_exactly(
+    tmp_path: Path, reference: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In this process: SIGUSR2 arrives during step 5 of epoch 3 (raised from the loss), the run
+    checkpoints there and ends, and the rerun ends with the uninterrupted run's metrics. The subprocess
+    tests above do the same with real signals from outside."""
+    losses, cross_entropy = [], train.F.cross_entropy
+
+    def loss_that_signals(*args: object, **kwargs: object) -> object:
+        losses.append(None)
+        if len(losses) == 2 * 32 + 5:  # 1024 images in batches of 32: 32 steps an epoch
+            signal.raise_signal(signal.SIGUSR2)
+        return cross_entropy(*args, **kwargs)
+
+    previous = signal.signal(signal.SIGUSR2, lambda *_: None)  # what the signal is passed on to
+    try:
+        monkeypatch.setattr(train.F, "cross_entropy", loss_that_signals)
+        with pytest.raises(SystemExit) as stopped:
+            train.run(compose_config(SLOW), tmp_path)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert stopped.value.code == 128 + signal.SIGUSR2
+    result = runs.read_result(tmp_path)
+    assert (result["status"], result["epochs_completed"], result["interrupted_in_epoch"]) == (
+        "interrupted",
+        2,
+        3,
+    )
+    monkeypatch.undo()
+    train.run(compose_config(SLOW), tmp_path)
+    assert runs.read_result(tmp_path)["resumed_from"] == [{"epoch": 3, "step": 5}]
+    assert without_timing(runs.read_metrics(tmp_path)) == without_timing(reference)
 
 
 @pytest.mark.slow
@@ -208,21 +241,11 @@ def test_ctrl_c_is_recorded_as_interrupted(tmp_path: Path, monkeypatch: pytest.M
     assert runs.read_result(tmp_path)["status"] == "interrupted"
 
 
-def run_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *TINY, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_bad_value_leaves_an_existing_run_untouched(tmp_path: Path) -> None:
-    assert run_py("hydra.run.dir=run", cwd=tmp_path).returncode == 0
+    assert run_py(*TINY, "hydra.run.dir=run", cwd=tmp_path).returncode == 0
     before = _files(tmp_path / "run")
-    proc = run_py("optimizer.lr=-1", "hydra.run.dir=run", cwd=tmp_path)
+    proc = run_py(*TINY, "optimizer.lr=-1", "hydra.run.dir=run", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: optimizer.lr=-1.0 is not allowed: a number > 0"
     assert _files(tmp_path / "run") == before
@@ -248,12 +271,12 @@ def test_unwritable_output_folder_is_one_line(tmp_path: Path, args: list[str], k
 
 @pytest.mark.slow
 def test_default_run_folder_is_named_from_the_overrides(tmp_path: Path) -> None:
-    proc = run_py("seed=3", cwd=tmp_path)
+    proc = run_py(*TINY, "seed=3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     (folder,) = (tmp_path / "outputs").iterdir()
     assert "seed=3" in folder.name and "model=resnet20" in folder.name
     assert "trainer.progress" not in folder.name  # keys that do not change results are left out
-    again = run_py("seed=3", cwd=tmp_path)
+    again = run_py(*TINY, "seed=3", cwd=tmp_path)
     assert again.returncode == 0
     assert "already holds a completed run" in again.stdout + again.stderr
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from sdexp import runs, train
 from sdexp.config import compose_config
 from sdexp.environment import speed_settings
-from tests.conftest import ROOT, TINY
+from tests.conftest import TINY, run_py
 
 RESULT_KEYS = {
     "status",
@@ -34,18 +33,6 @@ RESULT_KEYS = {
     "device_name",
     "git_revision",
 }
-
-
-def run_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
 
 
 def test_train_writes_the_run_folder_contract(tmp_path: Path) -> None:
