@@ -54,7 +54,7 @@ def run(model_name: str, graphs: bool, steps: int, precision: str) -> tuple[list
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    executed = model.executed_blocks
+        executed += model.executed_last
     weights = torch.cat([p.detach().float().flatten() for p in model.parameters()])
     buffers = torch.cat([b.float().flatten() for n, b in model.named_buffers() if "running" in n])
     return losses, torch.cat([weights, buffers]), executed

@@ -82,8 +82,8 @@ def _shortcut(kind: str, c_in: int, c_out: int, stride: int) -> nn.Module:
 class ResNet(nn.Module):
     """3×3 stem → stages of stochastic-depth residual blocks → global average pool → linear.
 
-    In training, :meth:`forward` draws the gates of all blocks for the mini-batch at once and adds
-    to :attr:`executed_blocks` / :attr:`total_blocks`, which the trainer reads and resets per epoch.
+    In training, :meth:`forward` draws the gates of all blocks for the mini-batch at once and keeps
+    the number of branches that ran in :attr:`executed_last`; the trainer adds these up per epoch.
     """
 
     def __init__(
@@ -119,8 +119,7 @@ class ResNet(nn.Module):
         self.head = nn.Linear(c_in, num_classes)
         self.sd_blocks = [m for m in self.stages.modules() if isinstance(m, StochasticDepthBlock)]
         self.gate_generator = torch.Generator().manual_seed(gate_seed)
-        self.executed_blocks = 0
-        self.total_blocks = 0
+        self.executed_last = 0  # residual branches the last training forward ran
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -133,8 +132,7 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            self.executed_blocks += sample_gates(self.sd_blocks, self.gate_generator)
-            self.total_blocks += len(self.sd_blocks)
+            self.executed_last = sample_gates(self.sd_blocks, self.gate_generator)
         x = self.stages(self.stem(x))
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 

@@ -108,7 +108,6 @@ def train_one_epoch(
     first step whose loss was not finite (``first_bad_step``, -1 if none).
     """
     model.train()
-    model.executed_blocks, model.total_blocks = epoch.executed_blocks, epoch.total_blocks
     device = loader.device
     bar = tqdm(
         total=len(loader) * loader.batch_size,
@@ -128,6 +127,8 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         loss = loss.detach()
+        epoch.executed_blocks += model.executed_last
+        epoch.total_blocks += len(model.sd_blocks)
         epoch.step += 1
         epoch.loss_sum += loss * len(y)
         epoch.wrong += (logits.argmax(1) != y).sum()
@@ -138,7 +139,6 @@ def train_one_epoch(
         if stop.received is not None:
             break
     bar.close()
-    epoch.executed_blocks, epoch.total_blocks = model.executed_blocks, model.total_blocks
     train_loss, train_wrong = epoch.loss_sum.item(), epoch.wrong.item()  # waits for the device
     epoch.elapsed_s += time.perf_counter() - start
     if epoch.step < len(loader):
