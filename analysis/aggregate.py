@@ -32,8 +32,10 @@ def _check_keys(table: pd.DataFrame, by: list[str], metric: str) -> None:
     unknown = [k for k in [*by, metric] if k not in table.columns]
     if unknown:
         raise SdexpError(f"{', '.join(unknown)} not found in the runs; columns: {', '.join(table.columns)}")
-    if pd.to_numeric(table[metric], errors="coerce").isna().all():
-        raise SdexpError(f"--metric {metric}: no run has a number there; try test_error_at_best_val")
+    numbers = [k for k in report.NUMBER_FIELDS if k in table.columns and k != "seed"]
+    values = table[metric].dropna()
+    if metric not in numbers and (report.is_config_key(metric) or not pd.api.types.is_numeric_dtype(values)):
+        raise SdexpError(f"--metric {metric} is not a result.json number; choose one of {', '.join(numbers)}")
 
 
 def _write_outputs(out: Path, loaded: report.Runs, summary: pd.DataFrame, shown: pd.DataFrame,
@@ -60,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", help="sweep folders, run folders or globs (searched recursively)")
     parser.add_argument("--by", help="comma-separated config keys to group by (default: the keys that vary)")
     parser.add_argument("--metric", default="test_error_at_best_val", help="result.json field to report")
-    parser.add_argument("--out", type=Path, help="folder for the CSV/LaTeX/markdown files and plots")
+    parser.add_argument("--out", help="folder for the CSV/LaTeX/markdown files and plots")
     parser.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="printed format")
     args = parser.parse_args(argv)
+    if args.out is not None and not args.out.strip():
+        raise SdexpError("--out is empty: give a folder for the files, e.g. --out report")
     loaded = report.load_runs(args.paths)
     table = loaded.table
     completed = table[table["status"] == "completed"] if len(table) else table
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nCould not use ({len(loaded.unusable)}):\n")
         print(render(loaded.unusable, args.format))
     if args.out and len(completed):
-        written = _write_outputs(args.out, loaded, summary, shown, by, args.metric)
+        written = _write_outputs(Path(args.out), loaded, summary, shown, by, args.metric)
         print(f"\nwrote {args.out}/: {' '.join(written)}")
     return 0
 

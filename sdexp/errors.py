@@ -88,6 +88,8 @@ def _config_message(exc: Exception) -> str:
 
 def message(exc: BaseException) -> tuple[str, int]:
     """The line to print for ``exc`` and the exit status."""
+    if isinstance(exc, HydraException) and isinstance(exc.__cause__, SdexpError):
+        exc = exc.__cause__  # e.g. a launcher's own check, wrapped by Hydra's instantiate
     notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
     if isinstance(exc, SdexpError):
         return f"error: {exc}{notes}", exc.exit_code

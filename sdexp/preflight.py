@@ -35,6 +35,8 @@ def _validate(config: DictConfig) -> None:
 
 
 def _check_writable(config: DictConfig, folder_key: str) -> None:
+    if not str(OmegaConf.select(config, folder_key) or "").strip():
+        raise ConfigError(f"{folder_key} is empty: give a folder, e.g. {folder_key}=outputs/mine")
     folder = Path(OmegaConf.select(config, folder_key))
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -48,14 +48,32 @@ def _hashable(value: Any) -> Any:
     return str(value) if isinstance(value, list) else value
 
 
+# result.json fields that must be numbers where present, and those a completed run must have.
+NUMBER_FIELDS = (
+    "seed",
+    "epochs_completed",
+    "train_time_s",
+    "test_error",
+    "best_val_error",
+    "test_error_at_best_val",
+)
+COMPLETED_FIELDS = ("train_time_s", "test_error", "test_error_at_best_val")
+
+
 def _run_row(run_dir: Path) -> dict[str, Any]:
     """The run's config and result as one flat row; a damaged or foreign folder raises RunFolderError."""
     result = runs.read_result(run_dir)
+    path = run_dir / runs.RESULT
     if result.get("status") not in runs.STATUSES:
         allowed = ", ".join(runs.STATUSES)
-        raise runs.RunFolderError(
-            f"{run_dir / runs.RESULT}: status {result.get('status')!r} is not one of {allowed}"
-        )
+        raise runs.RunFolderError(f"{path}: status {result.get('status')!r} is not one of {allowed}")
+    for key in NUMBER_FIELDS:
+        value = result.get(key, 0.0)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise runs.RunFolderError(f"{path}: {key} is {value!r}, not a number")
+    missing = [key for key in COMPLETED_FIELDS if result["status"] == "completed" and key not in result]
+    if missing:
+        raise runs.RunFolderError(f"{path}: a completed run without {', '.join(missing)}")
     row = {**runs.flatten(runs.read_config(run_dir)), **runs.flatten(result), "run_dir": str(run_dir)}
     return {key: _hashable(value) for key, value in row.items()}
 
@@ -80,8 +98,12 @@ def load_runs(paths: Sequence[str | Path]) -> Runs:
     """Every run folder at or under ``paths`` (globs expanded) as tidy tables; folders whose
     ``result.json`` or config cannot be read, and unreadable ``metrics.csv`` files, are listed in
     ``unusable`` with the reason instead."""
-    rows, epoch_tables, unusable = [], [], []
-    for run_dir in runs.find_run_dirs(paths):
+    rows, epoch_tables = [], []
+    run_dirs, empty = runs.find_run_dirs(paths)
+    unusable = [
+        {"run_dir": path, "reason": f"no run folders (folders with {runs.RESULT}) there"} for path in empty
+    ]
+    for run_dir in run_dirs:
         try:
             rows.append(_run_row(run_dir))
             epoch_tables.append(_epochs(run_dir))  # if this fails, the run is kept without its epochs
@@ -92,9 +114,14 @@ def load_runs(paths: Sequence[str | Path]) -> Runs:
     return Runs(table, epochs, pd.DataFrame(unusable, columns=["run_dir", "reason"]))
 
 
+def is_config_key(column: str) -> bool:
+    """Whether a column of :func:`load_runs`' table comes from the config (not from result.json)."""
+    return column == "seed" or column.split(".")[0] in _CONFIG_GROUPS
+
+
 def experiment_keys(table: pd.DataFrame) -> list[str]:
     """The identity keys, then every other config key whose value differs between runs (not the seed)."""
-    config_keys = [c for c in table.columns if "." in c and c.split(".")[0] in _CONFIG_GROUPS]
+    config_keys = [c for c in table.columns if "." in c and is_config_key(c)]
     varying = [
         k
         for k in config_keys

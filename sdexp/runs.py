@@ -83,7 +83,13 @@ def exclusive(run_dir: Path) -> Iterator[None]:
     the process ends, so a crash leaves no stale lock.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK, "a+", encoding="utf-8") as lock:
+    try:
+        lock = open(run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (closed by the with below)
+    except OSError as exc:
+        raise RunFolderError(
+            f"cannot open {run_dir / LOCK} ({exc.strerror}): remove it and run this again"
+        ) from None
+    with lock:
         if fcntl is not None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -249,6 +255,12 @@ def config_changes(run_dir: Path, cfg: DictConfig) -> list[str]:
 def check_config(run_dir: Path, cfg: DictConfig) -> None:
     """Raise :class:`RunFolderError` if ``run_dir`` holds a run whose config differs from ``cfg``
     (see :func:`config_changes`), naming the differing keys."""
+    has_run = any((Path(run_dir) / name).exists() for name in (RESULT, CHECKPOINT))
+    if has_run and not (Path(run_dir) / CONFIG).exists():
+        raise RunFolderError(
+            f"{run_dir} holds a run without its {CONFIG}, so its config cannot be compared with this one: "
+            "restore the file, or choose another folder with hydra.run.dir=..."
+        )
     changes = config_changes(run_dir, cfg)
     if changes:
         raise RunFolderError(
@@ -318,19 +330,25 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
-    """Every run folder (one holding ``result.json``) at or under each path; globs are expanded.
+def find_run_dirs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """Every run folder (one holding ``result.json``) at or under each path, globs expanded; and the
+    paths (or globs) under which there is none.
 
-    Raises :class:`RunFolderError` for a path that matches nothing or holds no run.
+    Raises :class:`RunFolderError` for a path that is empty or matches nothing, or when no path holds
+    a run.
     """
     found: set[Path] = set()
+    empty = []
     for pattern in map(str, paths):
+        if not pattern.strip():
+            raise RunFolderError("an empty path was given: name sweep folders, run folders or globs")
         matches = [Path(p) for p in glob.glob(pattern)] if glob.has_magic(pattern) else [Path(pattern)]
         if not matches or not all(m.exists() for m in matches):
             raise RunFolderError(f"{pattern}: no such file or folder")
-        for match in matches:
-            runs = [p.parent for p in match.rglob(RESULT)] if match.is_dir() else []
-            if not runs:
-                raise RunFolderError(f"{pattern}: no run folders (folders with {RESULT}) there")
-            found.update(runs)
-    return sorted(found)
+        here = {p.parent for match in matches if match.is_dir() for p in match.rglob(RESULT)}
+        if not here:
+            empty.append(pattern)
+        found |= here
+    if not found:
+        raise RunFolderError(f"{', '.join(empty)}: no run folders (folders with {RESULT}) there")
+    return sorted(found), empty

@@ -26,7 +26,7 @@ from analysis import aggregate
 from sdexp import checkpoint, errors, runs, train
 from sdexp.config import compose_config
 from sdexp.errors import WriteError
-from tests.conftest import ROOT, TINY, run_command
+from tests.conftest import ROOT, TINY, change_saved_epochs, run_command
 
 LOGS = {runs.LOG, "console.log", runs.LOCK}  # appended to, or naming the process, by design
 
@@ -69,6 +69,11 @@ def both(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
 
 def statuses(sweep: Path) -> list[str]:
     return [runs.read_result(p.parent)["status"] for p in sweep.glob(f"*/{runs.RESULT}")]
+
+
+def lock_folder(cwd: Path) -> None:
+    (cwd / "run" / runs.LOCK).unlink()
+    (cwd / "run" / runs.LOCK).mkdir()
 
 
 def remove(relative: str) -> Callable[[Path], None]:
@@ -116,6 +121,24 @@ RUN_PY = [
     Case(
         "output is a file", write("file", ""), ["hydra.run.dir=file/run"], 2, "cannot write the output folder"
     ),
+    Case("empty output folder", nothing, ["hydra.run.dir="], 2, "hydra.run.dir is empty: give a folder"),
+    Case("run without its config", remove(CONFIG), RUN, 2, "holds a run without its .hydra/config.yaml"),
+    Case("lock is a folder", both(running, lock_folder), RUN, 2, "run/.lock (Is a directory): remove it"),
+    Case(
+        "cpu_workers not a number",
+        nothing,
+        ["-m", "hydra/launcher=local", "hydra.launcher.cpu_workers=abc", "seed=0,1", "hydra.sweep.dir=sweep"],
+        2,
+        "hydra.launcher.cpu_workers=abc is not allowed: an integer >= 1",
+        then=lambda cwd: not (cwd / "sweep" / "multirun.yaml").exists(),  # Hydra wrote nothing
+    ),
+    Case(
+        "GPU not visible",
+        nothing,
+        ["-m", "hydra/launcher=local", "hydra.launcher.gpus=[99]", "seed=0,1", "hydra.sweep.dir=sweep"],
+        2,
+        "hydra.launcher.gpus: GPU 99 is not visible here",
+    ),
     Case(
         "a sweep job fails",
         nothing,
@@ -138,7 +161,10 @@ RUN_PY = [
 AGGREGATE = [
     Case("no such folder", nothing, ["nowhere"], 2, "nowhere: no such file or folder"),
     Case("unknown --by key", nothing, ["run", "--by", "model.nme"], 2, "model.nme not found in the runs"),
-    Case("text --metric", nothing, ["run", "--metric", "model"], 2, "--metric model: no run has a number"),
+    Case("text --metric", nothing, ["run", "--metric", "model"], 2, "--metric model is not a result.json"),
+    Case("config --metric", nothing, ["run", "--metric", "seed"], 2, "--metric seed is not a result.json"),
+    Case("empty --out", nothing, ["run", "--out", ""], 2, "--out is empty"),
+    Case("empty path", nothing, ["run", ""], 2, "an empty path was given"),
     Case("--out is a file", write("out", ""), ["run", "--out", "out/report"], 1, "cannot write out/report"),
 ]  # fmt: skip
 
@@ -199,6 +225,16 @@ DAMAGED_RUNS = [
     ("unknown status", write("run/result.json", '{"status": "weird"}'), "status 'weird' is not one of"),
     ("no config", remove("run/.hydra/config.yaml"), "config.yaml (No such file or directory)"),
     ("corrupt metrics.csv", write("run/metrics.csv", "epoch\n1,2,3\n"), "its epochs are left out"),
+    (
+        "text number",
+        write(RESULT, '{"status": "completed", "test_error_at_best_val": "abc"}'),
+        "is 'abc', not a",
+    ),
+    (
+        "completed without numbers",
+        write(RESULT, '{"status": "completed"}'),
+        "a completed run without train_time_s",
+    ),
 ]
 
 
@@ -212,6 +248,13 @@ def test_aggregate_lists_damaged_runs(
     out = capsys.readouterr().out
     assert "Could not use (1)" in out and reason in out
     assert "| synthetic" in out  # the good run's row
+
+
+def test_aggregate_lists_a_path_without_runs(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    (workspace / "empty").mkdir()
+    assert aggregate.main([str(workspace / "run"), str(workspace / "empty")]) == 0
+    out = capsys.readouterr().out
+    assert "1 runs in 1 groups" in out and "no run folders (folders with result.json) there" in out
 
 
 def test_aggregate_with_nothing_completed_says_so(workspace: Path, capsys: pytest.CaptureFixture) -> None:
@@ -244,7 +287,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line(tmp_path: Path, monkeypatch
     write_result = runs.write_result
     train.run(compose_config([*TINY, "trainer.epochs=1"]), tmp_path / "run")
     (tmp_path / "run" / runs.RESULT).unlink()  # so that a 2-epoch run resumes from the checkpoint
-    (tmp_path / "run" / runs.CONFIG).unlink()
+    change_saved_epochs(tmp_path / "run", 2)
     before = (tmp_path / "run" / runs.CHECKPOINT).read_bytes()
     monkeypatch.setattr(checkpoint, "save_checkpoint", full)
     monkeypatch.setattr(runs, "write_result", lambda *a: full(a[0]) if disk_full else write_result(*a))

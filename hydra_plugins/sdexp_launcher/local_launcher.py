@@ -52,6 +52,18 @@ def slot_environments(gpus: Sequence[str], cpu_workers: int, cores: int) -> list
 
 class LocalLauncher(Launcher):
     def __init__(self, gpus: Sequence[int | str] | None = None, cpu_workers: int = 2) -> None:
+        # Checked here, before Hydra writes anything into the sweep folder (multirun.yaml).
+        if not isinstance(cpu_workers, int) or isinstance(cpu_workers, bool) or cpu_workers < 1:
+            raise SdexpError(f"hydra.launcher.cpu_workers={cpu_workers} is not allowed: an integer >= 1")
+        if gpus is not None:
+            if isinstance(gpus, str) or not all(str(g).isdigit() for g in gpus):
+                raise SdexpError(f"hydra.launcher.gpus={gpus} is not allowed: a list of GPU ids, e.g. [0,2]")
+            unknown = [str(g) for g in gpus if str(g) not in visible_gpus()]
+            if unknown:
+                raise SdexpError(
+                    f"hydra.launcher.gpus: GPU {', '.join(unknown)} is not visible here "
+                    f"(visible: {', '.join(visible_gpus()) or 'none'})"
+                )
         self.gpus = None if gpus is None else [str(g) for g in gpus]
         self.cpu_workers = cpu_workers
         self.config: DictConfig | None = None
@@ -64,8 +76,6 @@ class LocalLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        if self.cpu_workers < 1:
-            raise SdexpError(f"hydra.launcher.cpu_workers={self.cpu_workers} is not allowed: an integer >= 1")
         gpus = visible_gpus() if self.gpus is None else self.gpus
         slots: queue.Queue[dict[str, str]] = queue.Queue()
         for env in slot_environments(gpus, self.cpu_workers, os.cpu_count() or 1):
