@@ -45,6 +45,7 @@ def test_compiled_branches_match_eager_in_training_and_eval() -> None:
     torch.testing.assert_close(eval_c, eval_e, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_compiled_run_builds_its_graphs_in_the_first_epoch_only(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

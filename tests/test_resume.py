@@ -63,17 +63,18 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     return runs.read_metrics(run_dir)
 
 
-def test_a_stop_in_mid_epoch_resumes_exactly(
-    tmp_path: Path, reference: list[dict], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_stop_in_mid_epoch_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In this process: SIGUSR2 arrives during step 5 of epoch 3 (raised from the loss), the run
     checkpoints there and ends, and the rerun ends with the uninterrupted run's metrics. The subprocess
-    tests above do the same with real signals from outside."""
+    tests do the same with real signals from outside."""
+    cfg = compose_config([*TINY, "trainer.epochs=4", "trainer.deterministic=true"])
+    train.run(cfg, tmp_path / "reference")
+    reference = runs.read_metrics(tmp_path / "reference")
     losses, cross_entropy = [], train.F.cross_entropy
 
     def loss_that_signals(*args: object, **kwargs: object) -> object:
         losses.append(None)
-        if len(losses) == 2 * 32 + 5:  # 1024 images in batches of 32: 32 steps an epoch
+        if len(losses) == 2 * 8 + 5:  # 256 images in batches of 32: 8 steps an epoch
             signal.raise_signal(signal.SIGUSR2)
         return cross_entropy(*args, **kwargs)
 
@@ -81,20 +82,20 @@ def test_a_stop_in_mid_epoch_resumes_exactly(
     try:
         monkeypatch.setattr(train.F, "cross_entropy", loss_that_signals)
         with pytest.raises(SystemExit) as stopped:
-            train.run(compose_config(SLOW), tmp_path)
+            train.run(cfg, tmp_path / "run")
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert stopped.value.code == 128 + signal.SIGUSR2
-    result = runs.read_result(tmp_path)
+    result = runs.read_result(tmp_path / "run")
     assert (result["status"], result["epochs_completed"], result["interrupted_in_epoch"]) == (
         "interrupted",
         2,
         3,
     )
     monkeypatch.undo()
-    train.run(compose_config(SLOW), tmp_path)
-    assert runs.read_result(tmp_path)["resumed_from"] == [{"epoch": 3, "step": 5}]
-    assert without_timing(runs.read_metrics(tmp_path)) == without_timing(reference)
+    train.run(cfg, tmp_path / "run")
+    assert runs.read_result(tmp_path / "run")["resumed_from"] == [{"epoch": 3, "step": 5}]
+    assert without_timing(runs.read_metrics(tmp_path / "run")) == without_timing(reference)
 
 
 @pytest.mark.slow
