@@ -50,6 +50,10 @@ class SweepFailed(SdexpError):
     exit_code = FAILED
 
 
+# Exceptions whose message explains them; any other is unexpected (a bug) and gets its traceback logged.
+EXPLAINED = (SdexpError, KeyboardInterrupt, HydraException, OmegaConfBaseException)
+
+
 def tracebacks_wanted() -> bool:
     return os.environ.get(TRACEBACK_VARIABLE, "0") not in ("", "0")
 
@@ -97,6 +101,7 @@ def message(exc: BaseException) -> tuple[str, int]:
         return f"error: {_config_message(exc)}{notes}", BAD_INPUT
     if isinstance(exc, KeyboardInterrupt):
         return f"stopped (Ctrl-C){notes}", INTERRUPTED
+    # not EXPLAINED: say where its traceback is
     logs = [h.baseFilename for h in failure_log.handlers if isinstance(h, logging.FileHandler)]
     where = f"the traceback is in {logs[0]}, or set" if logs else "set"
     hint = f" ({where} {TRACEBACK_VARIABLE}=1 to print it)"
@@ -115,9 +120,6 @@ def reported() -> Iterator[None]:
         if tracebacks_wanted():
             raise
         line, code = message(exc)
-        unexpected = not isinstance(
-            exc, SdexpError | KeyboardInterrupt | HydraException | OmegaConfBaseException
-        )
-        failure_log.error("%s", line, exc_info=exc if unexpected else None)
+        failure_log.error("%s", line, exc_info=None if isinstance(exc, EXPLAINED) else exc)
         print(line, file=sys.stderr, flush=True)
         sys.exit(code)
