@@ -1,5 +1,6 @@
 """Training speed, measured in one process: stochastic vs constant depth, precision, memory format,
-CUDA graphs and torch.compile of the residual branches, the fast loader vs DataLoader.
+the training step (``trainer.step``), CUDA graphs and torch.compile of the residual branches, the fast
+loader vs DataLoader.
 
 Times the trainer's own ``train_one_epoch`` (gate sampling, the loader with its augmentation,
 optimizer step, one device sync per epoch) on random CIFAR-shaped data, after a warm-up epoch, and
@@ -9,6 +10,7 @@ cancels out. Also times the input pipeline alone, and counts page faults per ste
 handed back to the kernel and faulted in again costs time that varies from run to run).
 
     python benchmarks/train_speed.py --model resnet110              # the paper's network
+    python benchmarks/train_speed.py --step autograd,segments        # the two training steps
     python benchmarks/train_speed.py --compile false,true            # eager vs compiled branches
     python benchmarks/train_speed.py --loader fast,torch             # device-resident vs DataLoader
     python benchmarks/train_speed.py --quick                         # seconds; what CI runs
@@ -28,6 +30,7 @@ from typing import NamedTuple
 
 import pandas as pd
 import torch
+from plain_peer import images_per_s  # a sibling script: benchmarks/ is on sys.path when a benchmark runs
 
 from sdexp.config import compose_config, register_configs
 from sdexp.cuda_graphs import branch_inputs
@@ -36,6 +39,7 @@ from sdexp.environment import resolve_device, speed_settings
 from sdexp.errors import reported
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
+from sdexp.step import build_step
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
 from sdexp.train import EpochProgress, prepare_model, train_one_epoch
 
@@ -57,6 +61,7 @@ class Setting(NamedTuple):
 
     precision: str  # fp32 or bf16
     channels_last: bool
+    step: str  # trainer.step: autograd or segments
     graphs: bool  # CUDA-graphed branches
     compiled: bool  # torch.compile'd branches
     loader: str  # fast (device-resident) or torch (DataLoader + torchvision)
@@ -110,6 +115,7 @@ class Case:
             f"trainer.device={args.device}",
             f"trainer.precision={setting.precision}",
             f"trainer.channels_last={str(setting.channels_last).lower()}",
+            f"trainer.step={setting.step}",
             f"trainer.cuda_graphs={str(setting.graphs).lower()}",
             f"trainer.compile={str(setting.compiled).lower()}",
         ]
@@ -122,7 +128,8 @@ class Case:
         sd = cfg.stochastic_depth
         probs = survival_probs(sd.rule, len(self.model.sd_blocks), sd.final_survival)
         set_survival_probs(self.model.sd_blocks, probs)
-        self.optimizer, _ = build_optimizer(self.model, cfg.optimizer, cfg.trainer.epochs)
+        optimizer, _ = build_optimizer(self.model, cfg.optimizer, cfg.trainer.epochs)
+        self.step = build_step(setting.step, self.model, optimizer, self.amp_dtype)
         self.batch = cfg.trainer.batch_size
         loader_args = (self.batch, self.device, self.channels_last, args.workers)
         self.loader = make_loader(setting.loader, args.images, *loader_args)
@@ -131,7 +138,7 @@ class Case:
 
     def _train(self, data: Loader) -> dict:
         progress, stop = EpochProgress.start(data), StopSignals()
-        return train_one_epoch(self.model, data, self.optimizer, progress, stop, False, "", self.amp_dtype)
+        return train_one_epoch(self.model, self.step, data, progress, stop, False, "")
 
     def time_epoch(self) -> None:
         faults = page_faults()
@@ -159,6 +166,7 @@ class Case:
             "rule": self.rule,
             "precision": "bf16" if self.amp_dtype is not None else "fp32",
             "channels_last": self.channels_last,
+            "step": self.setting.step,
             "cuda_graphs": self.setting.graphs,
             "compiled": self.setting.compiled,
             "loader": self.setting.loader,
@@ -181,10 +189,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per case (median)")
     parser.add_argument("--precision", default=None, help="comma list of fp32,bf16")
     parser.add_argument("--channels-last", default=None, help="comma list of false,true")
+    parser.add_argument("--step", default="autograd", help="comma list of autograd,segments (trainer.step)")
     parser.add_argument("--cuda-graphs", default="false", help="comma list of false,true (CUDA only)")
     parser.add_argument("--compile", default="false", help="comma list of false,true: torch.compile branches")
     parser.add_argument("--loader", default="fast", help="comma list of fast,torch (DataLoader)")
     parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes (torch loader)")
+    parser.add_argument("--peer", default=None, help="true/false: time the plain PyTorch peer too")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
     args = parser.parse_args()
@@ -196,15 +206,16 @@ def main() -> None:
     args.images = args.images or (20_000 if on_cuda else 2_048)
     precisions = (args.precision or ("fp32,bf16" if on_cuda else "fp32")).split(",")
     layouts = [s == "true" for s in (args.channels_last or ("false,true" if on_cuda else "true")).split(",")]
+    steps = args.step.split(",")
     graph_modes = [s == "true" for s in args.cuda_graphs.split(",")]
     compile_modes = [s == "true" for s in args.compile.split(",")]
     loaders = args.loader.split(",")
     rows = []
     for setting in map(
-        Setting._make, itertools.product(precisions, layouts, graph_modes, compile_modes, loaders)
+        Setting._make, itertools.product(precisions, layouts, steps, graph_modes, compile_modes, loaders)
     ):
-        if setting.graphs and setting.compiled:
-            continue  # one or the other (trainer.cuda_graphs, trainer.compile)
+        if setting.graphs + setting.compiled + (setting.step == "segments") > 1:
+            continue  # one of them at most (config.validate)
         constant, sd = (Case(args, rule, setting) for rule in ("off", "linear"))
         for _ in range(args.repeats):
             constant.time_epoch()
@@ -221,6 +232,7 @@ def main() -> None:
           f"{args.images} images per timed epoch, median of {args.repeats}")  # fmt: skip
     table = [
         {"rule": r["rule"], "precision": r["precision"], "ch_last": r["channels_last"],
+         "step": r["step"],
          "graphs": r["cuda_graphs"], "compiled": r["compiled"], "loader": r["loader"],
          "img/s": f"{r['images_per_s']:.0f}", "45k-epoch s": f"{r['epoch_time_s']:.2f}",
          "SD/const": f"{r['ratio_to_constant']:.3f}",
@@ -231,8 +243,31 @@ def main() -> None:
         for r in rows
     ]  # fmt: skip
     print(pd.DataFrame(table).to_markdown(index=False, disable_numparse=True))
+    if args.peer == "true" or (args.peer is None and on_cuda):
+        peer = peer_rows(args, rows)
+        print(f"\nplain PyTorch peer (benchmarks/plain_peer.py), {peer[0]['steps']} steps per case")
+        print(pd.DataFrame(peer).to_markdown(index=False, floatfmt=".3f"))
+        rows += peer
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+
+
+def peer_rows(args: argparse.Namespace, rows: list[dict]) -> list[dict]:
+    """The plain peer's speed for each precision, eager with both rules and as one whole-step CUDA
+    graph at constant depth; ``sdexp/peer``: the speed of the first sdexp row of the same rule and
+    precision over the peer's."""
+    device = resolve_device(args.device)
+    depth = int(args.model.removeprefix("resnet"))
+    steps = max(3, args.images // 128)
+    cases = [("eager", "off"), ("eager", "linear")] + ([("graph", "off")] if device.type == "cuda" else [])
+    peer = []
+    for precision in dict.fromkeys(r["precision"] for r in rows):
+        for mode, rule in cases:
+            speed = images_per_s(depth, mode, rule == "linear", precision == "bf16", 128, steps, device)
+            ours = next(r["images_per_s"] for r in rows if (r["rule"], r["precision"]) == (rule, precision))
+            peer.append({"peer": mode, "rule": rule, "precision": precision, "img/s": round(speed),
+                         "sdexp/peer": ours / speed, "steps": steps})  # fmt: skip
+    return peer
 
 
 if __name__ == "__main__":

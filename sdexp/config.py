@@ -24,6 +24,7 @@ from sdexp.errors import SdexpError
 from sdexp.models import Block, Shortcut
 from sdexp.optim import Schedule
 from sdexp.overrides import run_name
+from sdexp.step import StepKind
 from sdexp.stochastic_depth import Mode, Rule, Scaling
 
 
@@ -87,6 +88,7 @@ class TrainerConfig:
     progress: bool = MISSING
     precision: Precision = MISSING
     channels_last: bool | None = None
+    step: StepKind = MISSING
     cuda_graphs: bool = MISSING
     compile: bool = MISSING
     num_threads: int | None = None
@@ -197,5 +199,20 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("trainer.cuda_graphs=true and trainer.compile=true: choose one of the two")
     if cfg.trainer.cuda_graphs and (cfg.trainer.device == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("trainer.cuda_graphs=true needs a CUDA device: set trainer.cuda_graphs=false")
+    if cfg.trainer.step == StepKind.segments:
+        _check_segments(cfg)
     if cfg.optimizer.nesterov and (cfg.optimizer.momentum == 0 or cfg.optimizer.dampening != 0):
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0")
+
+
+def _check_segments(cfg: DictConfig) -> None:
+    """The segment-wise step replaces what ``cuda_graphs`` and ``compile`` do to the branches, and
+    captures branches without random numbers in them."""
+    for key in ("cuda_graphs", "compile"):
+        if cfg.trainer[key]:
+            raise ConfigError(f"trainer.step=segments and trainer.{key}=true: choose one of the two")
+    if cfg.stochastic_depth.mode != "batch":
+        raise ConfigError(
+            f"trainer.step=segments needs stochastic_depth.mode=batch (it is {cfg.stochastic_depth.mode}): "
+            "per-sample masks draw random numbers inside the branch"
+        )

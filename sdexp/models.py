@@ -82,8 +82,9 @@ def _shortcut(kind: str, c_in: int, c_out: int, stride: int) -> nn.Module:
 class ResNet(nn.Module):
     """3×3 stem → stages of stochastic-depth residual blocks → global average pool → linear.
 
-    In training, :meth:`forward` draws the gates of all blocks for the mini-batch at once and keeps
-    the number of branches that ran in :attr:`executed_last`; the trainer adds these up per epoch.
+    In training, :meth:`forward` draws the gates of all blocks for the mini-batch at once
+    (:meth:`draw_gates`) and keeps the number of branches that ran in :attr:`executed_last`; the
+    trainer adds these up per epoch.
     """
 
     def __init__(
@@ -130,11 +131,18 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def draw_gates(self) -> None:
+        """Draw every block's gate for the next training mini-batch (from :attr:`gate_generator`)."""
+        self.executed_last = sample_gates(self.sd_blocks, self.gate_generator)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """The logits for the last stage's output: global average pool, then the linear head."""
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(features, 1), 1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            self.executed_last = sample_gates(self.sd_blocks, self.gate_generator)
-        x = self.stages(self.stem(x))
-        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+            self.draw_gates()
+        return self.classify(self.stages(self.stem(x)))
 
 
 def build_model(cfg: DictConfig, sd_cfg: DictConfig, num_classes: int, seed: int) -> ResNet:

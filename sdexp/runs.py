@@ -64,6 +64,7 @@ RESUMABLE_CHANGES = (
     "trainer.progress",
     "trainer.device",
     "trainer.num_threads",
+    "trainer.step",  # the same step computed another way (tests/test_step.py)
     "dataset.download",
     "dataset.cache_dir",
     "dataset.num_workers",

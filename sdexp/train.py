@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from sdexp import runs
@@ -37,6 +36,7 @@ from sdexp.environment import (
 from sdexp.models import ResNet, build_model
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
+from sdexp.step import Step, build_step
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
 
 log = logging.getLogger(__name__)
@@ -93,22 +93,20 @@ class EpochProgress:
 
 def train_one_epoch(
     model: ResNet,
+    step: Step,
     loader: Loader,
-    optimizer: torch.optim.Optimizer,
     epoch: EpochProgress,
     stop: StopSignals,
     progress: bool,
     desc: str,
-    amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float] | None:
-    """Train the rest of ``epoch``; return its statistics, or None if a stop signal came first (then
-    ``epoch`` holds the progress so far).
+    """Train the rest of ``epoch`` with ``step``; return its statistics, or None if a stop signal came
+    first (then ``epoch`` holds the progress so far).
 
     Losses and errors are summed on the device and read once at the end (no per-step sync), as is the
     first step whose loss was not finite (``first_bad_step``, -1 if none).
     """
     model.train()
-    device = loader.device
     bar = tqdm(
         total=len(loader) * loader.batch_size,
         initial=epoch.seen,
@@ -120,13 +118,7 @@ def train_one_epoch(
     )
     start = time.perf_counter()
     for x, y in loader.batches(epoch.order, epoch.step):
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=False)  # see build_optimizer
-        loss.backward()
-        optimizer.step()
-        loss = loss.detach()
+        loss, logits = step(x, y)
         epoch.executed_blocks += model.executed_last
         epoch.total_blocks += len(model.sd_blocks)
         epoch.step += 1
@@ -237,6 +229,7 @@ def train(
     checkpoint_path = run_dir / runs.CHECKPOINT
 
     record, in_progress = _start_or_resume(cfg, run_dir, state, checkpoint, device)
+    step = build_step(tcfg.step, model, optimizer, amp_dtype)  # after the restore: see SegmentStep
     log.info(
         "%s (%d params, %d residual blocks) on %s: %d train / %d val / %d test images, %s",
         cfg.model.name, record.result["num_params"], len(model.sd_blocks), cfg.dataset.name,
@@ -251,9 +244,7 @@ def train(
             lr = optimizer.param_groups[0]["lr"]
             progress, in_progress = in_progress or EpochProgress.start(loaders["train"]), None
             desc = _epoch_description(epoch, tcfg.epochs, record.rows)
-            stats = train_one_epoch(
-                model, loaders["train"], optimizer, progress, stop, tcfg.progress, desc, amp_dtype
-            )
+            stats = train_one_epoch(model, step, loaders["train"], progress, stop, tcfg.progress, desc)
             if stats is None:  # a stop signal
                 record.interrupted(epoch)
                 state.save(checkpoint_path, record, progress.state_dict())

@@ -37,17 +37,26 @@ def cells(printed: str) -> list[list[str]]:
 
 def test_train_speed_quick(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
-    printed = benchmark("train_speed", "--device=cpu", "--loader=fast,torch", "--workers=1", f"--json={out}")
-    assert cells(printed)[0][:2] == ["rule", "precision"]
+    printed = benchmark(
+        "train_speed", "--device=cpu", "--step=autograd,segments", "--peer=true", f"--json={out}"
+    )
+    assert cells(printed)[0][:4] == ["rule", "precision", "ch_last", "step"]
     rows = json.loads(out.read_text())
-    assert [(r["rule"], r["loader"]) for r in rows] == [
-        ("off", "fast"), ("linear", "fast"), ("off", "torch"), ("linear", "torch")
+    ours, peer = rows[:4], rows[4:]
+    assert [(r["rule"], r["step"]) for r in ours] == [
+        ("off", "autograd"), ("linear", "autograd"), ("off", "segments"), ("linear", "segments")
     ]  # fmt: skip
-    for constant, sd in (rows[:2], rows[2:]):
+    for constant, sd in (ours[:2], ours[2:]):
         assert constant["executed_block_fraction"] == 1.0
         assert 0.5 < sd["executed_block_fraction"] < 1.0
         assert 0.5 < sd["cost_weighted_ratio"] < 1.0
-    assert all(r["images_per_s"] > 0 for r in rows)
+    assert all(r["images_per_s"] > 0 for r in ours)
+    assert [(r["peer"], r["rule"]) for r in peer] == [
+        ("eager", "off"),
+        ("eager", "linear"),
+    ]  # no graph on the CPU
+    assert all(r["img/s"] > 0 and r["sdexp/peer"] > 0 for r in peer)
+    assert cells(printed)[-1][:3] == ["eager", "linear", "fp32"]
 
 
 def test_stage_costs_quick() -> None:

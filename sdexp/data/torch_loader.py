@@ -8,17 +8,18 @@ Resuming in the middle of an epoch is exact only with the device loader.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from sdexp.data.loader import PAD, Batch, SplitLoader
 
 
 class _Images(Dataset):
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: v2.Transform) -> None:
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
         self.images, self.labels, self.transform = images, labels, transform
 
     def __len__(self) -> int:
@@ -47,6 +48,10 @@ class TorchLoader(SplitLoader):
     ) -> None:
         super().__init__(labels, batch_size, device, train, seed, channels_last, torch.device("cpu"))
         self.num_workers = num_workers
+        # imported here, not at the top: importing torchvision loads torch._dynamo, about 3 s that every
+        # start of run.py would pay, for a loader few runs use
+        from torchvision.transforms import v2
+
         steps = [v2.RandomCrop(images.shape[-1], padding=PAD), v2.RandomHorizontalFlip()] if augment else []
         transform = v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
         self.dataset = _Images(images, labels, transform)

@@ -1,0 +1,99 @@
+"""A plain PyTorch peer for ``train_speed.py``: the CIFAR ResNet written as a user would write it,
+timed in the same process, so that sdexp's figures are read against it on the same machine.
+
+- ``eager``: autograd over the model; stochastic depth as the tutorial's wrapper that skips a block
+  (no scaling), with the paper's linear survival probabilities so that it skips as many blocks.
+- ``graph``: forward, backward and the SGD step captured as one CUDA graph and replayed (constant
+  depth only: every drop pattern would need a graph of its own). Where the GPU would be with no host
+  in the way.
+
+Batches are random and already on the device (no loader, no augmentation): the peer is the model's
+step alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class PlainBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus a shortcut that subsamples and pads with zero channels."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, survival: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.stride, self.pad, self.survival = stride, c_out - c_in, survival
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.pad))
+        if self.training and torch.rand(()).item() >= self.survival:
+            return shortcut
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + shortcut)
+
+
+def plain_resnet(depth: int, stochastic_depth: bool) -> nn.Sequential:
+    """The CIFAR ResNet of ``depth`` = 6n+2 layers; linear survival p_l = 1 − l/L·0.5 if asked."""
+    n = (depth - 2) // 6
+    layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    c_in, total = 16, 3 * n
+    for stage, width in enumerate((16, 32, 64)):
+        for i in range(n):
+            index = stage * n + i + 1
+            survival = 1 - index / total * 0.5 if stochastic_depth else 1.0
+            layers.append(PlainBlock(c_in, width, 2 if stage and not i else 1, survival))
+            c_in = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
+    return nn.Sequential(*layers)
+
+
+def images_per_s(
+    depth: int, mode: str, stochastic_depth: bool, bf16: bool, batch: int, steps: int, device: torch.device
+) -> float:
+    """Train ``steps`` steps of the peer (``mode`` eager or graph) after a warm-up; images per second."""
+    torch.manual_seed(0)
+    model = plain_resnet(depth, stochastic_depth).to(device, memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        optimizer.step()
+
+    on_cuda = device.type == "cuda"
+    side = torch.cuda.Stream() if on_cuda else None
+    if side:
+        side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side) if side else contextlib.nullcontext():  # warm-up (off the capture stream)
+        for _ in range(5):
+            step()
+    if side:
+        torch.cuda.current_stream().wait_stream(side)
+    if mode == "graph":
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        step = graph.replay
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
