@@ -34,6 +34,7 @@ class Trace(NamedTuple):
     losses: list[float]
     gates: list[list[bool]]
     state: torch.Tensor  # weights, BatchNorm statistics and momentum buffers, flattened
+    peak_gib: float  # the most GPU memory the caching allocator held (0 on the CPU)
 
 
 def run(model_name: str, device: str, overrides: list[str], steps: int, precision: str) -> Trace:
@@ -49,6 +50,9 @@ def run(model_name: str, device: str, overrides: list[str], steps: int, precisio
     validate(cfg)
     seed_everything(0, deterministic=True)
     device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     amp_dtype, _ = speed_settings(cfg.trainer, device)
     model = prepare_model(cfg, 10, device)
     sd = cfg.stochastic_depth
@@ -68,7 +72,8 @@ def run(model_name: str, device: str, overrides: list[str], steps: int, precisio
         gates.append([b.gate for b in model.sd_blocks])
     momentum = [s["momentum_buffer"] for s in optimizer.state.values()]
     tensors = [*model.parameters(), *(b for n, b in model.named_buffers() if "running" in n), *momentum]
-    return Trace(losses, gates, torch.cat([t.detach().float().flatten() for t in tensors]))
+    peak = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else 0.0
+    return Trace(losses, gates, torch.cat([t.detach().float().flatten() for t in tensors]), peak)
 
 
 def main() -> int:
@@ -91,7 +96,8 @@ def main() -> int:
                 {"path": path, "precision": precision, "same gates": same_gates,
                  "blocks run": sum(map(sum, fast.gates)), "of": sum(map(len, fast.gates)),
                  "max |loss diff|": f"{loss_diff:.2e}", "relative state diff": f"{state_diff:.2e}",
-                 "tolerance": tolerance, "result": "PASS" if passed else "FAIL"}
+                 "tolerance": tolerance, "GiB (eager)": f"{fast.peak_gib:.2f} ({eager.peak_gib:.2f})",
+                 "result": "PASS" if passed else "FAIL"}
             )  # fmt: skip
             print(f"  {path}, {precision}: losses eager {[round(v, 5) for v in eager.losses]}")
             print(f"  {path}, {precision}: losses fast  {[round(v, 5) for v in fast.losses]}")

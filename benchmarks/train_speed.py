@@ -4,10 +4,11 @@ loader vs DataLoader.
 
 Times the trainer's own ``train_one_epoch`` (gate sampling, the loader with its augmentation,
 optimizer step, one device sync per epoch) on random CIFAR-shaped data, after a warm-up epoch, and
-reports the median of several epochs per case. Constant and stochastic depth are timed in alternate
-epochs, and SD/const is the median of the ratios of neighbouring epochs, so drift on a shared machine
-cancels out. Also times the input pipeline alone, and counts page faults per step (on the CPU, memory
-handed back to the kernel and faulted in again costs time that varies from run to run).
+reports the median of several epochs per case, and the trainer's ``evaluate`` on the same images
+(the paper's 500 epochs include 15,000 evaluated images each). Constant and stochastic depth are timed
+in alternate epochs, and SD/const is the median of the ratios of neighbouring epochs, so drift on a
+shared machine cancels out. Also times the input pipeline alone, and counts page faults per step (on
+the CPU, memory handed back to the kernel and faulted in again costs time that varies from run to run).
 
     python benchmarks/train_speed.py --model resnet110              # the paper's network
     python benchmarks/train_speed.py --step autograd,segments        # the two training steps
@@ -41,9 +42,10 @@ from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
 from sdexp.step import build_step
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
-from sdexp.train import EpochProgress, prepare_model, train_one_epoch
+from sdexp.train import EpochProgress, evaluate, prepare_model, train_one_epoch
 
 PAPER_EPOCHS, PAPER_TRAIN_IMAGES = 500, 45_000
+PAPER_EVAL_IMAGES, EVAL_BATCH = 15_000, 1000  # validation and test images per epoch (5,000 + 10,000)
 
 
 def sync(device: torch.device) -> None:
@@ -146,6 +148,19 @@ class Case:
         stats["page_faults_per_step"] = (page_faults() - faults) / len(self.loader)
         self.epochs.append(stats)
 
+    def eval_images_per_s(self) -> float:
+        """The trainer's ``evaluate`` over the timed epoch's images (batches of 1,000), after a warm-up."""
+        images = self.loader.images if isinstance(self.loader, DeviceLoader) else self.loader.dataset.images
+        loader = DeviceLoader(images, self.loader.labels, EVAL_BATCH, [0.5] * 3, [0.25] * 3, self.device,
+                              channels_last=self.channels_last)  # fmt: skip
+        times = []
+        for _ in range(2):
+            sync(self.device)
+            start = time.perf_counter()
+            evaluate(self.model, loader, self.amp_dtype)  # ends with a device sync
+            times.append(time.perf_counter() - start)
+        return len(loader.labels) / times[-1]
+
     def row(self) -> dict:
         probs = [b.survival for b in self.model.sd_blocks]
         expected = 1.0  # constant depth: every block runs
@@ -161,6 +176,7 @@ class Case:
             input_times.append(time.perf_counter() - start)
         images_per_s = statistics.median(e["images_per_s"] for e in self.epochs)
         epoch_s = PAPER_TRAIN_IMAGES / images_per_s
+        eval_s = PAPER_EVAL_IMAGES / self.eval_images_per_s()
         train_s = statistics.median(e["epoch_time_s"] for e in self.epochs)
         return {
             "rule": self.rule,
@@ -172,7 +188,8 @@ class Case:
             "loader": self.setting.loader,
             "images_per_s": images_per_s,
             "epoch_time_s": epoch_s,
-            "paper_500_epochs_min": PAPER_EPOCHS * epoch_s / 60,
+            "eval_time_s": eval_s,
+            "paper_500_epochs_min": PAPER_EPOCHS * (epoch_s + eval_s) / 60,
             "executed_block_fraction": statistics.mean(e["executed_block_fraction"] for e in self.epochs),
             "cost_weighted_ratio": expected,
             "input_share": statistics.median(input_times) / train_s,
@@ -239,7 +256,8 @@ def main() -> None:
          "blocks-only SD/const": f"{r['cost_weighted_ratio']:.3f}",
          "blocks run": f"{100 * r['executed_block_fraction']:.1f}%",
          "input %": f"{100 * r['input_share']:.1f}",
-         "faults/step": f"{r['page_faults_per_step']:.0f}", "500 ep. min": f"{r['paper_500_epochs_min']:.1f}"}
+         "faults/step": f"{r['page_faults_per_step']:.0f}", "15k eval s": f"{r['eval_time_s']:.2f}",
+         "500 ep. min": f"{r['paper_500_epochs_min']:.1f}"}
         for r in rows
     ]  # fmt: skip
     print(pd.DataFrame(table).to_markdown(index=False, disable_numparse=True))

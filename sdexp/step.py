@@ -121,15 +121,33 @@ class Segment:
             for p, g in zip(self.params, grads, strict=True):
                 p.grad.copy_(g)
 
-    def capture(self, amp_dtype: torch.dtype | None) -> None:
-        """Capture :meth:`forward` and :meth:`backward` as CUDA graphs; from now on they replay."""
+    def capture(self, amp_dtype: torch.dtype | None, stream: torch.cuda.Stream) -> None:
+        """Capture :meth:`forward` and :meth:`backward` as CUDA graphs on ``stream`` (the warm-up's,
+        as ``make_graphed_callables`` does); from now on they replay.
+
+        ``thread_local``: the capture happens at the first training step, while a DataLoader's
+        pin-memory thread may be calling CUDA; in the default (global) mode its calls would break the
+        capture.
+        """
         pool = torch.cuda.graph_pool_handle()
         forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with torch.cuda.graph(forward, pool=pool), _autocast(self.source.device, amp_dtype):
+        options = {"pool": pool, "stream": stream, "capture_error_mode": "thread_local"}
+        with torch.cuda.graph(forward, **options), _autocast(self.source.device, amp_dtype):
             self.forward()
-        with torch.cuda.graph(backward, pool=pool):
+        with torch.cuda.graph(backward, **options):
             self.backward()
         self.graphs = (forward, backward)
+
+
+def _check_shared_buffers(
+    index: int, block: StochasticDepthBlock, kept: Segment, dropped: Segment | None
+) -> None:
+    """The step relies on these: a block that keeps the shape updates its input buffer in place, and
+    both segments of a block write the same buffers (else the next segment would read a stale one)."""
+    in_place = not isinstance(block.shortcut, nn.Identity) or kept.target is kept.source
+    shared = dropped is None or (dropped.target is kept.target and dropped.grad_target is kept.grad_target)
+    if not (in_place and shared):
+        raise RuntimeError(f"trainer.step=segments: the buffers of block {index} do not line up (a bug)")
 
 
 def _gated(block: StochasticDepthBlock, gate: bool, x: torch.Tensor) -> torch.Tensor:
@@ -153,6 +171,12 @@ class SegmentStep:
         self.shape: tuple[torch.Size, torch.Size] | None = None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train on one batch. The loss and logits returned are static buffers, valid until the next
+        call (read them, or clone them to keep them). The graphs hold the addresses of the weights,
+        their ``.grad`` and the BatchNorm buffers: those tensors must be updated in place, never
+        replaced (``zero_grad(set_to_none=False)``, ``load_state_dict`` without ``assign``)."""
+        if not self.model.training:
+            raise RuntimeError("trainer.step=segments trains: call model.train() first")
         if self.shape is None:
             self._build(x, y)
         elif (x.shape, y.shape) != self.shape:
@@ -191,18 +215,18 @@ class SegmentStep:
                 stream[key] = (torch.zeros_like(out), torch.zeros_like(out))
             return Segment(fn, params, source, *stream[key], grad)
 
-        self.shape = (x.shape, y.shape)
         self.x, self.y = torch.zeros_like(x), torch.zeros_like(y)
         self.stem = link(model.stem, list(model.stem.parameters()), self.x, None)
         self.blocks: list[tuple[StochasticDepthBlock, Segment, Segment | None]] = []
         last = self.stem
-        for block in model.sd_blocks:
+        for index, block in enumerate(model.sd_blocks):
             source, grad = last.target, last.grad_target
             kept = link(partial(_gated, block, True), list(block.parameters()), source, grad)
             dropped = None
             if not isinstance(block.shortcut, nn.Identity):
                 dropped = link(partial(_gated, block, False), list(block.shortcut.parameters()), source, grad)
             self.blocks.append((block, kept, dropped))
+            _check_shared_buffers(index, block, kept, dropped)
             last = kept
         with torch.no_grad(), _autocast(device, self.amp_dtype):
             self.logits = torch.zeros_like(model.classify(last.target))
@@ -212,10 +236,12 @@ class SegmentStep:
             self._head, list(model.head.parameters()), last.target, self.loss, ones, last.grad_target
         )
         if device.type == "cuda":
-            self._capture()
+            with torch.cuda.device(device):  # streams and captures on the run's GPU, not the current one
+                self._capture()
         with torch.no_grad():
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])  # the warm-up's and the shape probes' BatchNorm updates
+        self.shape = (x.shape, y.shape)  # built: only now, so that a failed build is not taken for one
 
     def _head(self, features: torch.Tensor) -> torch.Tensor:
         logits = self.model.classify(features)
@@ -235,8 +261,11 @@ class SegmentStep:
                     segment.backward()
         torch.cuda.current_stream().wait_stream(side)
         for segment in segments:
-            segment.capture(self.amp_dtype)
-        log.info("trainer.step=segments: %d segments captured as CUDA graphs", len(segments))
+            segment.capture(self.amp_dtype, side)
+        log.info(
+            "trainer.step=segments: %d segments captured as CUDA graphs; %.2f GiB of GPU memory reserved",
+            len(segments), torch.cuda.memory_reserved() / 2**30,
+        )  # fmt: skip
 
 
 def build_step(

@@ -50,7 +50,8 @@ def test_train_speed_quick(tmp_path: Path) -> None:
         assert constant["executed_block_fraction"] == 1.0
         assert 0.5 < sd["executed_block_fraction"] < 1.0
         assert 0.5 < sd["cost_weighted_ratio"] < 1.0
-    assert all(r["images_per_s"] > 0 for r in ours)
+    assert all(r["images_per_s"] > 0 and r["eval_time_s"] > 0 for r in ours)
+    assert "15k eval s" in cells(printed)[0]
     assert [(r["peer"], r["rule"]) for r in peer] == [
         ("eager", "off"),
         ("eager", "linear"),

@@ -71,7 +71,7 @@ def test_segment_step_trains_like_autograd(name: str) -> None:
         torch.testing.assert_close(ours["momentum_buffer"], theirs["momentum_buffer"], rtol=0, atol=0)
 
 
-def test_segment_step_leaves_batchnorm_statistics_of_its_shape_probes_alone() -> None:
+def test_segment_step_leaves_batchnorm_statistics_alone_and_refuses_other_batches() -> None:
     model = ResNet([1, 1], [4, 8], 4, num_classes=3, gate_seed=0).train()
     before = copy.deepcopy(model.state_dict())
     _, _, step = _trainer(SegmentStep, model)
@@ -80,6 +80,9 @@ def test_segment_step_leaves_batchnorm_statistics_of_its_shape_probes_alone() ->
         assert torch.equal(value, before[key]), key
     with pytest.raises(ValueError, match="built for batches of"):
         step(torch.randn(3, 3, 8, 8), torch.zeros(3, dtype=torch.long))
+    step.model.eval()
+    with pytest.raises(RuntimeError, match=r"call model\.train\(\) first"):
+        step(torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))
 
 
 @pytest.mark.parametrize(
