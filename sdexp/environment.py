@@ -93,6 +93,12 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def peak_gpu_memory_gib(device: torch.device) -> float | None:
+    """The most GPU memory PyTorch's allocator has held in this process (None off CUDA). What other
+    processes on the GPU could not use, less the CUDA context (about 0.5 GiB per process)."""
+    return torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None
+
+
 def slurm_cpu_threads() -> int | None:
     """Torch CPU threads for a SLURM job whose config leaves them open: its ``SLURM_CPUS_PER_TASK``.
 

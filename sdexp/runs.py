@@ -160,11 +160,14 @@ class RunRecord:
     def next_epoch(self) -> int:
         return self.result["epochs_completed"] + 1
 
-    def epoch_done(self, row: dict[str, Any]) -> None:
+    def epoch_done(self, row: dict[str, Any], peak_gpu_memory_gib: float | None = None) -> None:
         """Add a finished epoch's metrics. The paper reports the test error at the epoch of the best
-        validation error (the first such epoch on ties)."""
+        validation error (the first such epoch on ties). ``peak_gpu_memory_gib``: the most GPU memory
+        this process has held so far; the result keeps the largest over the run's processes."""
         self.rows.append(row)
         result = self.result
+        if peak_gpu_memory_gib is not None:
+            result["peak_gpu_memory_gib"] = max(peak_gpu_memory_gib, result.get("peak_gpu_memory_gib", 0.0))
         result["epochs_completed"] = row["epoch"]
         result["train_time_s"] += row["epoch_time_s"]
         if row["val_error"] < result.get("best_val_error", math.inf):

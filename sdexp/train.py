@@ -27,6 +27,7 @@ from sdexp.environment import (
     device_name,
     git_revision,
     keep_freed_host_memory,
+    peak_gpu_memory_gib,
     resolve_device,
     seed_everything,
     slurm_cpu_threads,
@@ -264,7 +265,8 @@ def train(
                 val_error = evaluate(model, loaders["val"], amp_dtype)
                 test_error = evaluate(model, loaders["test"], amp_dtype)
             record.epoch_done(
-                {"epoch": epoch, "lr": lr, **stats, "val_error": val_error, "test_error": test_error}
+                {"epoch": epoch, "lr": lr, **stats, "val_error": val_error, "test_error": test_error},
+                peak_gpu_memory_gib(device),
             )
             state.save(checkpoint_path, record)
             _log_epoch(record.rows[-1], tcfg.epochs)

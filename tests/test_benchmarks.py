@@ -82,3 +82,11 @@ def test_aggregate_quick() -> None:
 
 def test_sweep_quick() -> None:
     assert "local (2 workers)" in [row[0] for row in cells(benchmark("sweep"))]
+
+
+def test_sweep_gpu_mode_quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # the launcher sees a GPU 0; the quick runs use the CPU
+    rows = cells(benchmark("sweep", "--runs-per-gpu=1,2"))
+    assert rows[0][:3] == ["k", "runs", "wall s"]
+    assert [row[:2] for row in rows[2:]] == [["1", "2"], ["2", "2"]]
+    assert all(float(row[3]) > 0 for row in rows[2:])

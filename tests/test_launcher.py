@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 import time
@@ -10,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from hydra_plugins.sdexp_launcher.local_launcher import CONSOLE_LOG, slot_environments, visible_gpus
+from hydra_plugins.sdexp_launcher import mps
+from hydra_plugins.sdexp_launcher.local_launcher import (
+    CONSOLE_LOG,
+    LocalLauncher,
+    slot_environments,
+    visible_gpus,
+)
+from sdexp.errors import SdexpError
 from tests.conftest import ROOT, TINY, change_saved_epochs
 
 
@@ -69,6 +78,92 @@ def test_one_slot_per_gpu_or_cpu_worker() -> None:
     ]
     cpu = slot_environments([], cpu_workers=3, cores=16)
     assert cpu == [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "5"}] * 3
+
+
+def test_k_slots_per_gpu_spread_over_the_gpus() -> None:
+    slots = slot_environments(["0", "3"], cpu_workers=4, cores=16, runs_per_gpu=3)
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "3", "0", "3", "0", "3"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"runs_per_gpu": 0}, "hydra.launcher.runs_per_gpu=0 is not allowed: an integer >= 1"),
+        ({"runs_per_gpu": "2"}, "hydra.launcher.runs_per_gpu=2 is not allowed"),
+        ({"mps": "maybe"}, "hydra.launcher.mps=maybe is not allowed: auto, true or false"),
+    ],
+)
+def test_bad_launcher_settings_are_refused(settings: dict, message: str) -> None:
+    with pytest.raises(SdexpError, match=message):
+        LocalLauncher(**settings)
+
+
+def fake_mps_control(folder: Path, start_status: int = 0) -> Path:
+    """An ``nvidia-cuda-mps-control`` that records each call (its arguments, stdin and pipe folder) in
+    ``calls.txt`` and exits with ``start_status`` when asked to start (``-d``)."""
+    script = folder / mps.CONTROL
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$* stdin=$(cat) pipe=$CUDA_MPS_PIPE_DIRECTORY" >> "{folder}/calls.txt"\n'
+        f'[ "$1" = "-d" ] && exit {start_status}\n'
+        "exit 0\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return folder / "calls.txt"
+
+
+def test_mps_is_wanted_where_gpus_are_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert not mps.wanted("auto", 2, ["0"])  # no control program here
+    fake_mps_control(tmp_path)
+    assert mps.wanted("auto", 2, ["0"])
+    assert not mps.wanted("auto", 1, ["0"]) and not mps.wanted("auto", 2, [])
+    assert mps.wanted(True, 1, ["0"]) and not mps.wanted(False, 4, ["0"])
+
+
+def test_mps_daemon_starts_for_the_sweep_and_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = fake_mps_control(tmp_path)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    pipe = str((tmp_path / "sweep" / ".mps" / "pipe").absolute())
+    with mps.daemon(tmp_path / "sweep", start=True) as env:
+        assert env["CUDA_MPS_PIPE_DIRECTORY"] == pipe and Path(env["CUDA_MPS_LOG_DIRECTORY"]).is_dir()
+        assert calls.read_text().splitlines() == [f"-d stdin= pipe={pipe}"]
+    assert calls.read_text().splitlines()[1:] == [f" stdin=quit pipe={pipe}"]
+    with pytest.raises(KeyboardInterrupt), mps.daemon(tmp_path / "sweep", start=True):
+        raise KeyboardInterrupt  # Ctrl-C during the sweep: stopped all the same
+    assert calls.read_text().splitlines()[-1] == f" stdin=quit pipe={pipe}"
+
+
+def test_mps_that_cannot_start_falls_back_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = fake_mps_control(tmp_path, start_status=1)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with mps.daemon(tmp_path / "sweep", start=True) as env:
+        assert env == {}
+    assert len(calls.read_text().splitlines()) == 1  # started, failed, never asked to stop
+    assert "MPS could not start" in caplog.text and "share each GPU without it" in caplog.text
+
+
+@pytest.mark.slow
+def test_two_runs_share_one_gpu_under_the_sweeps_mps(tmp_path: Path) -> None:
+    """A fake GPU (jobs train on the CPU; CUDA_VISIBLE_DEVICES lists one) and a fake MPS control."""
+    calls = fake_mps_control(tmp_path)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0", "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=local",
+               "hydra.launcher.runs_per_gpu=2", *TINY, "seed=0,1", "hydra.sweep.dir=sweep"]  # fmt: skip
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    log = proc.stderr + proc.stdout
+    assert "2 jobs on 1 GPU(s), 2 per GPU" in log
+    assert log.index("#1 start (CUDA_VISIBLE_DEVICES=0, CUDA_MPS_PIPE_DIRECTORY=") < log.index("#0 done")
+    assert "#0 start (CUDA_VISIBLE_DEVICES=0, CUDA_MPS_PIPE_DIRECTORY=" in log
+    assert log.index("MPS daemon started") < log.index("#0 start") < log.index("MPS daemon stopped")
+    assert [line.split(" pipe=")[0] for line in calls.read_text().splitlines()] == [
+        "-d stdin=",
+        " stdin=quit",
+    ]
+    assert len(list((tmp_path / "sweep").glob("*/result.json"))) == 2
 
 
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -54,6 +54,16 @@ def test_train_writes_the_run_folder_contract(tmp_path: Path) -> None:
     assert on_disk["test_error_at_best_val"] == best["test_error"]
     assert on_disk["test_error"] == rows[-1]["test_error"]
     assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
+    assert "peak_gpu_memory_gib" not in on_disk  # a CPU run
+
+
+def test_peak_gpu_memory_is_the_largest_over_a_runs_processes(tmp_path: Path) -> None:
+    record = runs.RunRecord.new(tmp_path, {})
+    row = {"epoch": 1, "epoch_time_s": 1.0, "val_error": 50.0, "test_error": 50.0}
+    record.epoch_done(row, peak_gpu_memory_gib=2.5)
+    resumed = runs.RunRecord.resumed(tmp_path, record.result, record.rows, step=0)
+    resumed.epoch_done({**row, "epoch": 2}, peak_gpu_memory_gib=1.5)  # a later process needed less
+    assert runs.read_result(tmp_path)["peak_gpu_memory_gib"] == 2.5
 
 
 def test_constant_depth_runs_every_block(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
-"""``hydra/launcher=local``: a sweep's jobs as separate processes from a queue, one job per GPU.
+"""``hydra/launcher=local``: a sweep's jobs as separate processes from a queue, k jobs per GPU.
 
 Each job is ``python run.py <its overrides> hydra.run.dir=<sweep dir>/<subdir>``, started when a slot
-frees: one slot per GPU (the job sees only that GPU through ``CUDA_VISIBLE_DEVICES``) or, without GPUs,
+frees: ``runs_per_gpu`` slots per GPU (the job sees only that GPU through ``CUDA_VISIBLE_DEVICES``;
+with k > 1 under an MPS daemon of the sweep's own where there is one, :mod:`.mps`) or, without GPUs,
 ``cpu_workers`` slots that divide the cores (``OMP_NUM_THREADS``). A job's console output goes to
 ``console.log`` in its run folder. A failing job does not stop the others; the sweep then ends with an
 error naming the failed jobs. Runs already finished are not started again, nor runs whose folder holds
@@ -24,6 +25,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from hydra_plugins.sdexp_launcher import mps as mps_daemon
 from hydra_plugins.sdexp_launcher.jobs import Job, end_sweep, job_return, plan_jobs, settled
 from sdexp.errors import SdexpError
 from sdexp.overrides import quote_override
@@ -42,19 +44,31 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def slot_environments(gpus: Sequence[str], cpu_workers: int, cores: int) -> list[dict[str, str]]:
-    """The environment of each parallel slot: one per GPU, else ``cpu_workers`` sharing the cores."""
+def slot_environments(
+    gpus: Sequence[str], cpu_workers: int, cores: int, runs_per_gpu: int = 1
+) -> list[dict[str, str]]:
+    """The environment of each parallel slot: ``runs_per_gpu`` per GPU (GPU by GPU in turn, so that
+    the first jobs spread over the GPUs), else ``cpu_workers`` sharing the cores."""
     if gpus:
-        return [{"CUDA_VISIBLE_DEVICES": str(g)} for g in gpus]
+        return [{"CUDA_VISIBLE_DEVICES": str(g)} for _ in range(runs_per_gpu) for g in gpus]
     threads = str(max(1, cores // cpu_workers))
     return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads} for _ in range(cpu_workers)]
 
 
 class LocalLauncher(Launcher):
-    def __init__(self, gpus: Sequence[int | str] | None = None, cpu_workers: int = 2) -> None:
+    def __init__(
+        self,
+        gpus: Sequence[int | str] | None = None,
+        cpu_workers: int = 2,
+        runs_per_gpu: int = 1,
+        mps: str | bool = "auto",
+    ) -> None:
         # Checked here, before Hydra writes anything into the sweep folder (multirun.yaml).
-        if not isinstance(cpu_workers, int) or isinstance(cpu_workers, bool) or cpu_workers < 1:
-            raise SdexpError(f"hydra.launcher.cpu_workers={cpu_workers} is not allowed: an integer >= 1")
+        for key, value in (("cpu_workers", cpu_workers), ("runs_per_gpu", runs_per_gpu)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SdexpError(f"hydra.launcher.{key}={value} is not allowed: an integer >= 1")
+        if mps not in mps_daemon.CHOICES:
+            raise SdexpError(f"hydra.launcher.mps={mps} is not allowed: auto, true or false")
         if gpus is not None:
             if isinstance(gpus, str) or not all(str(g).isdigit() for g in gpus):
                 raise SdexpError(f"hydra.launcher.gpus={gpus} is not allowed: a list of GPU ids, e.g. [0,2]")
@@ -65,7 +79,8 @@ class LocalLauncher(Launcher):
                     f"(visible: {', '.join(visible_gpus()) or 'none'})"
                 )
         self.gpus = None if gpus is None else [str(g) for g in gpus]
-        self.cpu_workers = cpu_workers
+        self.cpu_workers, self.runs_per_gpu = cpu_workers, runs_per_gpu
+        self.mps = mps if mps == "auto" else bool(mps)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
 
@@ -77,15 +92,21 @@ class LocalLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         gpus = visible_gpus() if self.gpus is None else self.gpus
-        slots: queue.Queue[dict[str, str]] = queue.Queue()
-        for env in slot_environments(gpus, self.cpu_workers, os.cpu_count() or 1):
-            slots.put(env)
         jobs = plan_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx)
-        kind = f"{len(gpus)} GPU(s)" if gpus else f"{self.cpu_workers} CPU workers"
-        log.info(
-            "local launcher: %d jobs on %s, sweep folder %s", len(jobs), kind, self.config.hydra.sweep.dir
+        kind = (
+            f"{len(gpus)} GPU(s), {self.runs_per_gpu} per GPU" if gpus else f"{self.cpu_workers} CPU workers"
         )
+        sweep_dir = self.config.hydra.sweep.dir
+        log.info("local launcher: %d jobs on %s, sweep folder %s", len(jobs), kind, sweep_dir)
+        start_mps = mps_daemon.wanted(self.mps, self.runs_per_gpu, gpus)
+        with mps_daemon.daemon(sweep_dir, start_mps) as mps_env:
+            slots: queue.Queue[dict[str, str]] = queue.Queue()
+            for env in slot_environments(gpus, self.cpu_workers, os.cpu_count() or 1, self.runs_per_gpu):
+                slots.put({**env, **mps_env})
+            return self._run_all(jobs, slots)
 
+    def _run_all(self, jobs: Sequence[Job], slots: queue.Queue[dict[str, str]]) -> Sequence[JobReturn]:
+        """Run ``jobs``, each in a free slot's environment, as many at once as there are slots."""
         stopping = threading.Event()  # Ctrl-C: start no more jobs
 
         def run(job: Job) -> JobReturn | None:
