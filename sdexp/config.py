@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 from sdexp.data import DatasetName, LoaderKind
-from sdexp.environment import Precision
+from sdexp.environment import Precision, resolve_device
 from sdexp.errors import SdexpError
 from sdexp.models import Block, Shortcut
 from sdexp.optim import Schedule
@@ -85,6 +85,7 @@ class TrainerConfig:
     device: str = MISSING
     eval_every: int = MISSING
     deterministic: bool = MISSING
+    detect_anomaly: bool = MISSING
     progress: bool = MISSING
     precision: Precision = MISSING
     channels_last: bool | None = None
@@ -211,6 +212,10 @@ def _check_segments(cfg: DictConfig) -> None:
     for key in ("cuda_graphs", "compile"):
         if cfg.trainer[key]:
             raise ConfigError(f"trainer.step=segments and trainer.{key}=true: choose one of the two")
+    if cfg.trainer.detect_anomaly and resolve_device(cfg.trainer.device).type == "cuda":
+        raise ConfigError(
+            "trainer.detect_anomaly=true cannot check inside CUDA graphs: add trainer.step=autograd to debug"
+        )
     if cfg.stochastic_depth.mode != "batch":
         raise ConfigError(
             f"trainer.step=segments needs stochastic_depth.mode=batch (it is {cfg.stochastic_depth.mode}): "

@@ -238,7 +238,7 @@ def train(
     )  # fmt: skip
 
     graphs = None  # torch.compile's graph count after the first epoch of this process
-    with StopSignals() as stop:
+    with StopSignals() as stop, torch.autograd.set_detect_anomaly(tcfg.detect_anomaly):
         for epoch in range(record.next_epoch, tcfg.epochs + 1):
             probs = survival_probs(sd.rule, len(model.sd_blocks), sd.final_survival, epoch - 1, tcfg.epochs)
             set_survival_probs(model.sd_blocks, probs)

@@ -8,7 +8,8 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from sdexp.config import CONF_DIR, ConfigError, compose_config, validate
 
-GROUPS = ["model", "dataset", "optimizer", "stochastic_depth", "trainer", "experiment"]
+GROUPS = ["model", "dataset", "optimizer", "stochastic_depth", "trainer", "experiment", "sweep", "debug"]
+ADDED = {"sweep", "debug"}  # not in the defaults list: added with +
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 
 
@@ -22,7 +23,8 @@ REQUIRED = {("dataset", "imagefolder"): ["dataset.root=/data/tree"]}
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_validates(group: str, option: str) -> None:
-    cfg = compose_config([f"{group}={option}", *REQUIRED.get((group, option), [])])
+    plus = "+" if group in ADDED else ""
+    cfg = compose_config([f"{plus}{group}={option}", *REQUIRED.get((group, option), [])])
     validate(cfg)
     if group == "model":
         assert cfg.model.name == option
