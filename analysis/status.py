@@ -1,0 +1,48 @@
+"""Where is my sweep? One line per run of each sweep or run folder given: status, epoch/total, last
+validation error, img/s, time left and SLURM job; totals at the bottom.
+
+    python analysis/status.py multirun/paper_cifar10 [more folders] [--watch [SECONDS]]
+
+It reads the run folders only (no SLURM calls), while runs write. Status ``stopped``: the run says
+it is running but no process holds its folder (killed, or its node lost): rerun the sweep's command to
+resume it. ``queued``: submitted to SLURM, not started; ``not started``: no folder yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from sdexp import status
+from sdexp.errors import reported
+
+CLEAR = "\033[2J\033[H"  # clear the terminal, cursor to the top left
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", help="sweep folders (multirun/...) or run folders")
+    parser.add_argument("--watch", type=float, nargs="?", const=10.0, default=None, metavar="SECONDS",
+                        help="refresh every SECONDS (default 10) until Ctrl-C")  # fmt: skip
+    args = parser.parse_args()
+    if args.watch is not None and args.watch <= 0:
+        parser.error(f"--watch {args.watch}: give a number of seconds > 0")
+    while True:
+        table = status.sweep_status(args.paths)
+        text = f"{status.render(table)}\n{status.totals(table)}"
+        if args.watch is None:
+            print(text)
+            return
+        print(
+            f"{CLEAR}{time.strftime('%H:%M:%S')}  (every {args.watch:g} s; Ctrl-C to stop)\n{text}",
+            flush=True,
+        )
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:  # the way to leave --watch: not an error
+            return
+
+
+if __name__ == "__main__":
+    with reported():  # one line and an exit status on failure, as every sdexp command
+        main()

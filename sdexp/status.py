@@ -1,0 +1,142 @@
+"""Where a sweep stands, from its folders alone (no SLURM calls): one row per run, with totals.
+
+Safe to read while runs write (sdexp replaces every file atomically) and on half-written or damaged
+folders: a file that cannot be read makes its run's row say so. The runs of a sweep that have not
+started yet are found from ``multirun.yaml``, which Hydra writes before the first job, expanded as
+Hydra's basic sweeper expands them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra._internal.config_loader_impl import get_overrides_dirname  # Hydra's own folder naming
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from sdexp import runs
+from sdexp.files import read_file
+from sdexp.overrides import run_name
+from sdexp.preflight import sweep_jobs
+
+MULTIRUN = "multirun.yaml"
+COLUMNS = ["run", "status", "epoch", "last val error %", "img/s", "time left", "slurm job"]
+
+
+def planned_runs(sweep_dir: Path) -> dict[str, str]:
+    """The folder name of each of the sweep's jobs (from its ``multirun.yaml``; none without one), with
+    the overrides that tell the job from the others, e.g. ``seed=1 stochastic_depth=off``."""
+    path = sweep_dir / MULTIRUN
+    if not path.is_file():
+        return {}
+    config = read_file(path, OmegaConf.load, runs.RunFolderError, "restore it, or start the sweep again")
+    exclude = list(config.hydra.job.config.override_dirname.exclude_keys)
+    parser = OverridesParser.create()
+    jobs = sweep_jobs(config)
+    common = set.intersection(*(set(job) for job in jobs)) if len(jobs) > 1 else set()
+    planned = {}
+    for job in jobs:
+        name = run_name(get_overrides_dirname(parser.parse_overrides(job), exclude, item_sep=",", kv_sep="="))
+        planned[name] = " ".join(o for o in job if o not in common)
+    return planned
+
+
+def run_row(run_dir: Path, shown: str | None = None) -> dict[str, Any]:
+    """One run's row, named ``shown`` (else by its folder); a file that cannot be read gives the status
+    ``unreadable`` and the reason."""
+    row: dict[str, Any] = {"run": shown or run_dir.name}
+    if not run_dir.is_dir():
+        return {**row, "status": "not started"}
+    try:
+        result = runs.previous_result(run_dir)
+        slurm = runs.read_slurm_job(run_dir) or {}
+        if result is None:
+            return {
+                **row,
+                "status": "queued" if slurm else "starting",
+                "slurm job": slurm.get("slurm_job_id"),
+            }
+        epochs = runs.read_config(run_dir)["trainer"]["epochs"]
+        metrics = runs.read_metrics(run_dir) if (run_dir / runs.METRICS).exists() else []
+    except runs.RunFolderError as exc:
+        return {**row, "status": f"unreadable: {exc}"}
+    done = result.get("epochs_completed", 0)
+    status = result.get("status")
+    if status == "running" and not _held(run_dir):
+        status = "stopped"  # no process holds the folder: killed, or its node was lost
+    evaluated = [m["val_error"] for m in metrics if not math.isnan(m["val_error"])]
+    row.update(status=status, epoch=f"{done}/{epochs}", **{"slurm job": result.get("slurm_job_id")})
+    if evaluated:
+        row["last val error %"] = evaluated[-1]
+    if metrics:
+        row["img/s"] = metrics[-1]["images_per_s"]
+    if status not in runs.FINISHED and done:
+        row["time left"] = pd.Timedelta(seconds=round(result["train_time_s"] / done * (epochs - done)))
+    return row
+
+
+def _held(run_dir: Path) -> bool:
+    """Whether a live process holds the run's lock; True where that cannot be told (another host,
+    no lock file) so that a running run is never called stopped by mistake."""
+    try:
+        holder = (run_dir / runs.LOCK).read_text(encoding="utf-8").split()  # "pid <n> on <host>"
+    except OSError:
+        return True
+    if len(holder) != 4 or holder[3] != socket.gethostname() or not holder[1].isdigit():
+        return True
+    try:
+        os.kill(int(holder[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def sweep_status(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """The rows of every run under ``paths`` (sweep or run folders): each sweep's planned runs, started
+    or not, then any other run folder found there."""
+    rows, seen = [], set()
+    for path in map(Path, paths):
+        if not path.exists():
+            raise runs.RunFolderError(f"{path}: no such folder")
+        planned = {path / name: shown for name, shown in planned_runs(path).items()}
+        found = {p.parent for name in (runs.RESULT, runs.SLURM_JOB, runs.LOCK) for p in path.rglob(name)}
+        for folder in [*planned, *sorted(found - set(planned))]:
+            if folder.resolve() not in seen:
+                seen.add(folder.resolve())
+                rows.append(run_row(folder, planned.get(folder)))
+    if not rows:
+        raise runs.RunFolderError(
+            f"{', '.join(map(str, paths))}: no runs there (no {MULTIRUN}, no run folders)"
+        )
+    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+
+
+def totals(table: pd.DataFrame) -> str:
+    """``6 runs: 2 completed, 1 running, 3 not started; longest time left 1:02:03`` (of a started run)."""
+    counts = table["status"].str.split(":").str[0].value_counts()
+    line = f"{len(table)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+    left = table["time left"].dropna()
+    return line + (f"; longest time left {_clock(left.max())} (of a started run)" if len(left) else "")
+
+
+def _clock(left: pd.Timedelta) -> str:
+    """``1:02:03`` (and ``2 days, 1:02:03``)."""
+    return str(datetime.timedelta(seconds=round(left.total_seconds())))
+
+
+def render(table: pd.DataFrame) -> str:
+    """The table as markdown, numbers rounded, empty cells blank."""
+    shown = table.astype(object).where(table.notna(), "")
+    shown["last val error %"] = [f"{v:.2f}" if v != "" else "" for v in shown["last val error %"]]
+    shown["img/s"] = [f"{v:.0f}" if v != "" else "" for v in shown["img/s"]]
+    shown["time left"] = [_clock(v) if v != "" else "" for v in shown["time left"]]
+    return shown.to_markdown(index=False, disable_numparse=True)

@@ -1,0 +1,122 @@
+"""analysis/status.py: where a sweep stands, from its folders, whatever state they are in."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from sdexp import runs, status, train
+from sdexp.config import CONF_DIR, compose_config, register_configs
+from tests.conftest import ROOT, TINY, run_command
+
+# One sweep of 3 seeds x 2 rules; the folder of each job, as Hydra names it (conf/config.yaml).
+SWEPT = ["seed=0,1,2", "stochastic_depth=off,linear"]
+
+
+def _name(seed: int, rule: str) -> str:
+    return f"seed={seed},stochastic_depth={rule}"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sweep folder whose six runs are completed, running, stopped (killed), failed, queued in SLURM
+    and not started; made from one real run, copied and edited."""
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        hydra_cfg = compose(config_name="config", overrides=TINY, return_hydra_config=True)
+    hydra_cfg.hydra.overrides.task = (
+        SWEPT  # the command line, as Hydra records it (TINY left out: shorter names)
+    )
+    OmegaConf.save(hydra_cfg, sweep_dir / status.MULTIRUN)
+
+    done = sweep_dir / _name(0, "off")
+    train.run(compose_config([*TINY, "seed=0", "stochastic_depth=off"]), done)
+
+    def copy(seed: int, rule: str, **result: object) -> Path:
+        run_dir = sweep_dir / _name(seed, rule)
+        shutil.copytree(done, run_dir)
+        runs.write_result(run_dir, {**runs.read_result(done), **result})
+        return run_dir
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    running = copy(0, "linear", status="running", epochs_completed=1, slurm_job_id="77_1")
+    (running / runs.LOCK).write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")  # alive: this one
+    stopped = copy(1, "off", status="running", epochs_completed=1)
+    (stopped / runs.LOCK).write_text(f"pid {dead.pid} on {socket.gethostname()}\n")  # a process gone
+    copy(1, "linear", status="failed", error="RuntimeError: boom")
+    queued = sweep_dir / _name(2, "off")
+    queued.mkdir()
+    runs.write_slurm_job(queued, "78_4", "submitit")
+    return sweep_dir  # seed=2 linear: not started
+
+
+def test_status_of_a_sweep_in_every_state(sweep: Path) -> None:
+    table = status.sweep_status([sweep])
+    rows = {r["run"]: r for r in table.to_dict("records")}
+    assert list(rows) == [f"seed={s} stochastic_depth={r}" for s in (0, 1, 2) for r in ("off", "linear")]
+    states = {run: row["status"] for run, row in rows.items()}
+    assert list(states.values()) == ["completed", "running", "stopped", "failed", "queued", "not started"]
+    done, running = rows["seed=0 stochastic_depth=off"], rows["seed=0 stochastic_depth=linear"]
+    metrics = runs.read_metrics(sweep / _name(0, "off"))
+    assert (done["epoch"], done["last val error %"]) == ("2/2", metrics[-1]["val_error"])
+    assert done["img/s"] == metrics[-1]["images_per_s"] and pd.isna(done["time left"])
+    assert running["epoch"] == "1/2" and running["slurm job"] == "77_1"
+    result = runs.read_result(sweep / _name(0, "off"))
+    assert running["time left"].total_seconds() == pytest.approx(
+        result["train_time_s"], abs=1
+    )  # 1 epoch left
+    assert rows["seed=2 stochastic_depth=off"]["slurm job"] == "78_4"
+    line = status.totals(table)
+    assert line.startswith("6 runs: 1 completed, 1 running, 1 stopped, 1 failed, 1 queued, 1 not started")
+    assert "longest time left" in line
+
+
+def test_status_names_a_damaged_file_and_goes_on(sweep: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    (copy / _name(0, "off") / runs.RESULT).write_text('{"status": "comp')  # a half-written file
+    (copy / _name(0, "linear") / runs.METRICS).write_text("epoch,val_error\n1,abc\n")
+    states = status.sweep_status([copy])["status"].tolist()
+    assert states[0].startswith("unreadable: ") and "result.json" in states[0]
+    assert states[1].startswith("unreadable: ") and "metrics.csv" in states[1]
+    assert states[2:] == ["stopped", "failed", "queued", "not started"]
+
+
+@pytest.mark.slow
+def test_status_command_prints_the_table_and_watches(sweep: Path, tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "analysis" / "status.py"), str(sweep)]
+    proc = run_command(command, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split("|")[1].strip() == "run" and len(lines) == 2 + 6 + 1
+    assert lines[-1].startswith("6 runs: 1 completed")
+    missing = run_command([*command[:2], str(tmp_path / "nowhere")], tmp_path)
+    assert (
+        missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder"
+    )
+    watching = subprocess.Popen([*command, "--watch", "0.2"], stdout=subprocess.PIPE, text=True)
+    time.sleep(5)
+    watching.send_signal(signal.SIGINT)
+    out, _ = watching.communicate(timeout=30)
+    assert watching.returncode == 0  # Ctrl-C is how --watch ends
+    assert out.count("6 runs: 1 completed") >= 2  # refreshed
+
+
+def test_a_run_folder_alone_is_a_sweep_of_one(sweep: Path) -> None:
+    table = status.sweep_status([sweep / _name(0, "off")])
+    assert table["status"].tolist() == ["completed"] and table["run"].tolist() == [_name(0, "off")]
+    assert json.loads((sweep / _name(0, "off") / runs.RESULT).read_text())["status"] == "completed"
