@@ -21,6 +21,7 @@ from omegaconf.errors import ConfigKeyError
 from sdexp.data import DatasetName, LoaderKind
 from sdexp.environment import Precision, resolve_device
 from sdexp.errors import SdexpError
+from sdexp.loggers import LoggerName, missing_package
 from sdexp.models import Block, Shortcut
 from sdexp.optim import Schedule
 from sdexp.overrides import run_name
@@ -96,11 +97,20 @@ class TrainerConfig:
 
 
 @dataclass
+class LoggerConfig:
+    name: LoggerName = MISSING
+    project: str | None = None  # wandb only
+    entity: str | None = None
+    mode: str = "offline"
+
+
+@dataclass
 class Config:
     seed: int = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     stochastic_depth: StochasticDepthConfig = field(default_factory=StochasticDepthConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
@@ -195,6 +205,11 @@ def validate(cfg: DictConfig) -> None:
     if str(cfg.trainer.device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.device={cfg.trainer.device} but CUDA is not available here: use auto or cpu"
+        )
+    package = missing_package(cfg.logger.name)
+    if package:
+        raise ConfigError(
+            f"logger={cfg.logger.name} needs the {package} package: pip install -e '.[{package}]'"
         )
     if cfg.trainer.cuda_graphs and cfg.trainer.compile:
         raise ConfigError("trainer.cuda_graphs=true and trainer.compile=true: choose one of the two")

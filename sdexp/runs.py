@@ -68,6 +68,11 @@ RESUMABLE_CHANGES = (
     "dataset.download",
     "dataset.cache_dir",
     "dataset.num_workers",
+    "logger",  # the group as typed (logger=tensorboard), for Hydra's folder names; its keys below
+    "logger.name",
+    "logger.project",
+    "logger.entity",
+    "logger.mode",
 )
 
 

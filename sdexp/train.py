@@ -10,6 +10,7 @@ import logging
 import math
 import signal
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from sdexp.environment import (
     slurm_job_id,
     speed_settings,
 )
+from sdexp.loggers import build_logger
 from sdexp.models import ResNet, build_model
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
@@ -231,6 +233,7 @@ def train(
 
     record, in_progress = _start_or_resume(cfg, run_dir, state, checkpoint, device)
     step = build_step(tcfg.step, model, optimizer, amp_dtype)  # after the restore: see SegmentStep
+    logger = build_logger(cfg, run_dir, record.rows)
     log.info(
         "%s (%d params, %d residual blocks) on %s: %d train / %d val / %d test images, %s",
         cfg.model.name, record.result["num_params"], len(model.sd_blocks), cfg.dataset.name,
@@ -238,7 +241,7 @@ def train(
     )  # fmt: skip
 
     graphs = None  # torch.compile's graph count after the first epoch of this process
-    with StopSignals() as stop, torch.autograd.set_detect_anomaly(tcfg.detect_anomaly):
+    with StopSignals() as stop, closing(logger), torch.autograd.set_detect_anomaly(tcfg.detect_anomaly):
         for epoch in range(record.next_epoch, tcfg.epochs + 1):
             probs = survival_probs(sd.rule, len(model.sd_blocks), sd.final_survival, epoch - 1, tcfg.epochs)
             set_survival_probs(model.sd_blocks, probs)
@@ -269,11 +272,14 @@ def train(
                 peak_gpu_memory_gib(device),
             )
             state.save(checkpoint_path, record)
+            logger.log_epoch(record.rows[-1])  # after the checkpoint: see sdexp.loggers
             _log_epoch(record.rows[-1], tcfg.epochs)
             if tcfg.compile:
                 graphs = _report_compiles(epoch, graphs)
+        if stop.received is None:
+            record.completed()
+            logger.log_result(record.result)
     stop.forward()  # ends the process after a stop signal
-    record.completed()
     result = record.result
     log.info(
         "done: best val error %.2f%% at epoch %d, test error there %.2f%% (%.2f%% at the last), "
