@@ -27,20 +27,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.watch is not None and args.watch <= 0:
         parser.error(f"--watch {args.watch}: give a number of seconds > 0")
-    while True:
-        table = status.sweep_status(args.paths)
-        text = f"{status.render(table)}\n{status.totals(table)}"
-        if args.watch is None:
-            print(text)
-            return
-        print(
-            f"{CLEAR}{time.strftime('%H:%M:%S')}  (every {args.watch:g} s; Ctrl-C to stop)\n{text}",
-            flush=True,
-        )
-        try:
+    if args.watch is None:
+        print(report(args.paths))
+        return
+    try:
+        while True:
+            header = f"{time.strftime('%H:%M:%S')}  (every {args.watch:g} s; Ctrl-C to stop)"
+            print(f"{CLEAR}{header}\n{report(args.paths)}", flush=True)
             time.sleep(args.watch)
-        except KeyboardInterrupt:  # the way to leave --watch: not an error
-            return
+    except KeyboardInterrupt:  # the way to leave --watch: not an error
+        return
+
+
+def report(paths: list[str]) -> str:
+    """The table and its totals line."""
+    table = status.sweep_status(paths)
+    return f"{status.render(table)}\n{status.totals(table)}"
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -109,11 +108,14 @@ def test_status_command_prints_the_table_and_watches(sweep: Path, tmp_path: Path
         missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder"
     )
     watching = subprocess.Popen([*command, "--watch", "0.2"], stdout=subprocess.PIPE, text=True)
-    time.sleep(5)
+    tables = 0
+    while tables < 2:  # refreshed: the table twice (started, as slowly as a busy machine may)
+        line = watching.stdout.readline()
+        assert line, "the command ended before printing two tables"
+        tables += line.startswith("6 runs: 1 completed")
     watching.send_signal(signal.SIGINT)
-    out, _ = watching.communicate(timeout=30)
+    watching.communicate(timeout=30)
     assert watching.returncode == 0  # Ctrl-C is how --watch ends
-    assert out.count("6 runs: 1 completed") >= 2  # refreshed
 
 
 def test_a_run_folder_alone_is_a_sweep_of_one(sweep: Path) -> None:
