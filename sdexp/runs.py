@@ -3,9 +3,9 @@
 A run folder holds ``.hydra/`` (config.yaml, overrides.yaml, hydra.yaml), ``metrics.csv`` (one row per
 epoch), ``result.json`` (status and summary), ``checkpoint.pt`` (the state after the last finished
 epoch), ``train.log`` and ``.lock`` (locked by the process training in it); a run submitted to SLURM
-also ``slurm_job.json`` (its job id and submitit folder, written at submission, so a rerun of the
-sweep can tell that the job is still queued or running). Every file is written atomically (temp file
-+ rename), so a reader never sees half a file.
+also ``slurm_job.json`` (its job id, submitit folder and the runs packed into the same job if any,
+written at submission, so a rerun of the sweep can tell that the job is still queued or running).
+Every file is written atomically (temp file + rename), so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -216,9 +216,14 @@ def record_failure(run_dir: Path, exc: BaseException) -> None:
         exc.add_note("run the same command again to start over")
 
 
-def write_slurm_job(run_dir: Path, job_id: str, submitit_folder: str) -> None:
-    """Record in ``slurm_job.json`` the SLURM job submitted to train this run."""
-    record = {"slurm_job_id": job_id, "submitit_folder": submitit_folder}
+def write_slurm_job(
+    run_dir: Path, job_id: str, submitit_folder: str, runs_in_task: Sequence[str] | None = None
+) -> None:
+    """Record in ``slurm_job.json`` the SLURM job submitted to train this run and, where the job trains
+    several runs (``runs_per_task``), their folder names."""
+    record: dict[str, Any] = {"slurm_job_id": job_id, "submitit_folder": submitit_folder}
+    if runs_in_task is not None:
+        record["runs_in_task"] = list(runs_in_task)
     atomic_write_text(run_dir / SLURM_JOB, json.dumps(record, indent=2) + "\n")
 
 

@@ -150,7 +150,7 @@ RUN_PY = [
             "hydra.sweep.dir=sweep",
         ],
         1,
-        "1 of 2 jobs failed (listed above)",
+        "1 of 2 runs failed (listed above)",
         then=lambda cwd: (
             statuses(cwd / "sweep") == ["completed"]  # the other job ran to its end
             and "error: dataset cifar10: nothing found at"

@@ -13,12 +13,10 @@ from pathlib import Path
 import pytest
 
 from hydra_plugins.sdexp_launcher import mps
-from hydra_plugins.sdexp_launcher.local_launcher import (
-    CONSOLE_LOG,
-    LocalLauncher,
-    slot_environments,
-    visible_gpus,
-)
+from hydra_plugins.sdexp_launcher.jobs import CONSOLE_LOG, Job
+from hydra_plugins.sdexp_launcher.local_launcher import LocalLauncher, slot_environments, visible_gpus
+from hydra_plugins.sdexp_launcher.packed import PackedTask, run_environments
+from hydra_plugins.sdexp_launcher.slurm_launcher import SlurmLauncher
 from sdexp.errors import SdexpError
 from tests.conftest import ROOT, TINY, change_saved_epochs
 
@@ -35,7 +33,7 @@ def test_jobs_run_two_at_a_time_and_a_rerun_skips_them(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     log = proc.stderr + proc.stdout
     assert log.index("#1 start") < log.index("#0 done")  # the second slot started before the first ended
-    assert "4 jobs: 4 new, 0 resumed, 0 skipped (finished before); 0 failed" in log
+    assert "4 runs: 4 new, 0 resumed, 0 skipped (finished before); 0 failed" in log
     results = sorted((tmp_path / "sweep").glob("*/result.json"))
     assert len(results) == 4
     for path in results:
@@ -49,7 +47,7 @@ def test_jobs_run_two_at_a_time_and_a_rerun_skips_them(tmp_path: Path) -> None:
             assert sum(f"seed={seed},stochastic_depth={rule}" in n for n in names) == 1
     again = sweep(tmp_path, "seed=0,1", "stochastic_depth=off,linear")
     assert again.returncode == 0, again.stderr
-    assert "4 jobs: 0 new, 0 resumed, 4 skipped" in again.stderr + again.stdout
+    assert "4 runs: 0 new, 0 resumed, 4 skipped" in again.stderr + again.stdout
 
 
 @pytest.mark.slow
@@ -62,7 +60,7 @@ def test_a_folder_holding_another_config_is_refused_without_starting_the_job(tmp
     assert again.returncode != 0
     log = again.stderr + again.stdout
     summary = (
-        "1 jobs: 0 new, 0 resumed, 0 skipped (finished before), "
+        "1 runs: 0 new, 0 resumed, 0 skipped (finished before), "
         "1 refused (another config or a damaged file in the folder)"
     )
     assert f"{summary}; 1 failed" in log
@@ -96,6 +94,38 @@ def test_k_slots_per_gpu_spread_over_the_gpus() -> None:
 def test_bad_launcher_settings_are_refused(settings: dict, message: str) -> None:
     with pytest.raises(SdexpError, match=message):
         LocalLauncher(**settings)
+
+
+@pytest.mark.parametrize("value", [0, "2", True])
+def test_bad_runs_per_task_is_refused(value: object) -> None:
+    message = f"hydra.launcher.runs_per_task={value} is not allowed: an integer >= 1"
+    with pytest.raises(SdexpError, match=message):
+        SlurmLauncher(runs_per_task=value)
+
+
+def test_runs_of_a_task_divide_its_cpus_and_take_its_gpus_in_turn() -> None:
+    one_gpu = run_environments(3, {"SLURM_CPUS_PER_TASK": "8", "CUDA_VISIBLE_DEVICES": "5"})
+    assert one_gpu == [{"OMP_NUM_THREADS": "2"}] * 3  # all on the task's GPU
+    two_gpus = run_environments(3, {"SLURM_CPUS_PER_TASK": "2", "CUDA_VISIBLE_DEVICES": "1,4"})
+    assert two_gpus == [
+        {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "1"},
+        {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "4"},
+        {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "1"},
+    ]
+
+
+@pytest.mark.slow
+def test_packed_task_trains_each_run_in_a_process_of_its_own_and_skips_finished_ones(tmp_path: Path) -> None:
+    jobs = [Job(idx, [*TINY, f"seed={idx}"], tmp_path / f"seed={idx}", "new") for idx in range(2)]
+    task = PackedTask(str(ROOT / "run.py"))
+    outcomes = task(jobs)
+    assert [o.status.name for o in outcomes] == ["COMPLETED", "COMPLETED"]
+    assert [o.working_dir for o in outcomes] == [str(job.run_dir) for job in jobs]
+    consoles = [(job.run_dir / CONSOLE_LOG).read_text() for job in jobs]
+    assert all(json.loads((job.run_dir / "result.json").read_text())["status"] == "completed" for job in jobs)
+    again = task(jobs)  # as a requeued task: both finished, neither started again
+    assert [o.status.name for o in again] == ["COMPLETED", "COMPLETED"]
+    assert [(job.run_dir / CONSOLE_LOG).read_text() for job in jobs] == consoles
 
 
 def fake_mps_control(folder: Path, start_status: int = 0) -> Path:
@@ -155,7 +185,7 @@ def test_two_runs_share_one_gpu_under_the_sweeps_mps(tmp_path: Path) -> None:
     proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     log = proc.stderr + proc.stdout
-    assert "2 jobs on 1 GPU(s), 2 per GPU" in log
+    assert "2 runs on 1 GPU(s), 2 per GPU" in log
     assert log.index("#1 start (CUDA_VISIBLE_DEVICES=0, CUDA_MPS_PIPE_DIRECTORY=") < log.index("#0 done")
     assert "#0 start (CUDA_VISIBLE_DEVICES=0, CUDA_MPS_PIPE_DIRECTORY=" in log
     assert log.index("MPS daemon started") < log.index("#0 start") < log.index("MPS daemon stopped")

@@ -70,7 +70,7 @@ def results(sweep_dir: Path) -> dict[str, dict]:
 def test_two_by_two_sweep_completes_records_job_ids_and_a_rerun_submits_nothing(tmp_path: Path) -> None:
     proc = sweep(tmp_path, "seed=0,1", "stochastic_depth=off,linear")
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "4 jobs: 4 new, 0 resumed, 0 skipped (finished before); 0 failed" in proc.stdout
+    assert "4 runs: 4 new, 0 resumed, 0 skipped (finished before); 0 failed" in proc.stdout
     done = results(tmp_path / "sweep")
     assert len(done) == 4
     assert all(r["status"] == "completed" for r in done.values())
@@ -82,15 +82,15 @@ def test_two_by_two_sweep_completes_records_job_ids_and_a_rerun_submits_nothing(
     ]  # fmt: skip
     again = sweep(tmp_path, "seed=0,1", "stochastic_depth=off,linear")
     assert again.returncode == 0, again.stdout[-3000:]
-    assert "4 jobs, 0 to submit" in again.stdout
-    assert "4 jobs: 0 new, 0 resumed, 4 skipped (finished before); 0 failed" in again.stdout
+    assert "4 runs, 0 to submit" in again.stdout
+    assert "4 runs: 0 new, 0 resumed, 4 skipped (finished before); 0 failed" in again.stdout
     assert results(tmp_path / "sweep") == done
     # A folder whose run has another config (as if conf/ had changed since) is refused, not submitted.
     run_dir = next((tmp_path / "sweep").glob("*seed=1,stochastic_depth=off*"))
     change_saved_epochs(run_dir, 3)
     changed = sweep(tmp_path, "seed=0,1", "stochastic_depth=off,linear")
     assert changed.returncode != 0
-    assert "4 jobs, 0 to submit" in changed.stdout
+    assert "4 runs, 0 to submit" in changed.stdout
     refused = "1 refused (another config or a damaged file in the folder)"
     assert f"3 skipped (finished before), {refused}; 1 failed" in changed.stdout
     assert "trainer.epochs: 3 -> 2" in changed.stdout.split("failed: ")[-1]
@@ -122,9 +122,9 @@ def test_a_rerun_while_the_jobs_are_in_slurm_waits_for_them_instead_of_submittin
     submitted = {run_dir.name: runs.read_slurm_job(run_dir)["slurm_job_id"] for run_dir in recorded()}
     again = sweep(tmp_path, *overrides)
     assert again.returncode == 0, again.stdout[-3000:]
-    assert "2 jobs, 0 to submit" in again.stdout
+    assert "2 runs, 0 to submit" in again.stdout
     summary = "0 new, 0 resumed, 0 skipped (finished before), 2 queued (in SLURM from an earlier launch)"
-    assert f"2 jobs: {summary}; 0 failed" in again.stdout
+    assert f"2 runs: {summary}; 0 failed" in again.stdout
     done = results(tmp_path / "sweep")
     assert {name: r["slurm_job_id"] for name, r in done.items()} == submitted  # the first launch's jobs
     assert all(r["status"] == "completed" and r["resumed_from"] == [] for r in done.values())
@@ -151,14 +151,14 @@ def test_cancelled_job_is_reported_failed_while_the_other_completes(tmp_path: Pa
     finally:
         proc.kill()
     assert proc.returncode != 0
-    assert "2 jobs: 2 new, 0 resumed, 0 skipped (finished before); 1 failed" in output
+    assert "2 runs: 2 new, 0 resumed, 0 skipped (finished before); 1 failed" in output
     failed = output.split("failed: ")[-1]
     assert "trainer.epochs=60" in failed and "CANCELLED" in failed
     assert runs.read_result(run_dir(2))["status"] == "completed"
     assert runs.read_result(run_dir(60))["status"] == "interrupted"  # SIGTERM: a checkpoint was written
     again = sweep(tmp_path, "trainer.epochs=2,60")
     assert again.returncode == 0, again.stdout[-3000:]
-    assert "2 jobs: 0 new, 1 resumed, 1 skipped (finished before); 0 failed" in again.stdout
+    assert "2 runs: 0 new, 1 resumed, 1 skipped (finished before); 0 failed" in again.stdout
     resumed = runs.read_result(run_dir(60))
     assert resumed["status"] == "completed" and len(resumed["resumed_from"]) == 1
     assert [row["epoch"] for row in runs.read_metrics(run_dir(60))] == list(range(1, 61))
@@ -192,12 +192,74 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes(tmp_path: Path) -> N
     finally:
         proc.kill()
     assert proc.returncode == 0, output[-3000:]
-    assert "1 jobs: 1 new, 0 resumed, 0 skipped (finished before); 0 failed" in output
+    assert "1 runs: 1 new, 0 resumed, 0 skipped (finished before); 0 failed" in output
     result = runs.read_result(run_dir())
     assert result["status"] == "completed"
     [resumed] = result["resumed_from"]
     assert resumed["epoch"] > 1 or resumed["step"] > 0  # it went on from where it stopped
     assert [row["epoch"] for row in runs.read_metrics(run_dir())] == list(range(1, 31))
     assert "received SIGUSR2" in (run_dir() / runs.LOG).read_text()
+    submitit_logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.*"))
+    assert "Requeued job" in submitit_logs
+
+
+PACKED = ["hydra.launcher.runs_per_task=2", "hydra.launcher.cpus_per_task=2"]
+
+
+def test_runs_per_task_packs_two_runs_into_each_task_and_a_rerun_submits_nothing(tmp_path: Path) -> None:
+    proc = sweep(tmp_path, *PACKED, "seed=0,1", "stochastic_depth=off,linear")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "4 runs, 4 to submit (2 per array task)" in proc.stdout
+    assert "4 runs: 4 new, 0 resumed, 0 skipped (finished before); 0 failed" in proc.stdout
+    done = results(tmp_path / "sweep")
+    assert len(done) == 4 and all(r["status"] == "completed" for r in done.values())
+    assert all(r["device_name"].endswith(", 1 threads)") for r in done.values())  # 2 CPUs, 2 runs
+    tasks: dict[str, set[str]] = {}
+    for name, result in done.items():
+        tasks.setdefault(result["slurm_job_id"], set()).add(name)
+    assert sorted(len(names) for names in tasks.values()) == [2, 2]  # 2 tasks of 2 runs
+    for names in tasks.values():
+        for name in names:
+            record = runs.read_slurm_job(tmp_path / "sweep" / name)
+            assert set(record["runs_in_task"]) == names
+            assert (tmp_path / "sweep" / name / "console.log").is_file()  # each run its own process
+    again = sweep(tmp_path, *PACKED, "seed=0,1", "stochastic_depth=off,linear")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "4 runs, 0 to submit" in again.stdout
+    assert "4 runs: 0 new, 0 resumed, 4 skipped (finished before); 0 failed" in again.stdout
+    assert results(tmp_path / "sweep") == done
+
+
+def test_time_limit_signals_both_runs_of_a_task_which_is_requeued_and_resumes_them(tmp_path: Path) -> None:
+    # As in the single-run test above, with two runs of one thread each sharing the task's two CPUs:
+    # each epoch takes about twice as long as the single run's, so 15 epochs outlast the signal (about
+    # 3 minutes on a slow day of this 2-core machine, 1 on a fast one).
+    limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15"]
+    size = ["dataset.train_size=6144", "trainer.epochs=15"]
+    proc = popen(sweep_command(*PACKED, *limit, *size, "seed=0,1"), tmp_path)
+
+    def both_interrupted() -> bool:
+        try:
+            found = [runs.read_result(p.parent) for p in (tmp_path / "sweep").glob("*/result.json")]
+        except (ValueError, runs.RunFolderError):  # a result.json being replaced
+            return False
+        return len(found) == 2 and all(r["status"] == "interrupted" for r in found)
+
+    try:
+        wait_for(both_interrupted, "the time-limit signal to both runs", timeout=300)
+        [job] = {r["slurm_job_id"] for r in results(tmp_path / "sweep").values()}
+        subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], check=True, timeout=30)
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    assert "2 runs: 2 new, 0 resumed, 0 skipped (finished before); 0 failed" in output
+    for run_dir in (p.parent for p in (tmp_path / "sweep").glob("*/result.json")):
+        result = runs.read_result(run_dir)
+        assert result["status"] == "completed" and result["slurm_job_id"] == job
+        [resumed] = result["resumed_from"]
+        assert resumed["epoch"] > 1 or resumed["step"] > 0  # it went on from where it stopped
+        assert [row["epoch"] for row in runs.read_metrics(run_dir)] == list(range(1, 16))
+        assert "received SIGUSR2" in (run_dir / runs.LOG).read_text()
     submitit_logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.*"))
     assert "Requeued job" in submitit_logs

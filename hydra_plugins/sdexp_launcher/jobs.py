@@ -9,6 +9,9 @@ job from an earlier launch is still in the queue ``queued`` and waits for that j
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -19,8 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from sdexp import runs
 from sdexp.errors import SweepFailed
+from sdexp.overrides import quote_override
 
 log = logging.getLogger(__name__)
+CONSOLE_LOG = "console.log"
 
 
 class Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs modules outside sys.modules
@@ -64,6 +69,26 @@ def plan_jobs(
     return jobs
 
 
+def start_process(job: Job, script: str, env: dict[str, str]) -> subprocess.Popen:
+    """Start training ``job`` in a process of its own, ``python <script> <its overrides>
+    hydra.run.dir=<its run folder>``, with ``env`` added to the environment and its console output
+    appended to ``console.log`` in the run folder."""
+    log.info("#%d start (%s): %s", job.idx, ", ".join(f"{k}={v}" for k, v in env.items()), job.shown)
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, script, *job.overrides, f"hydra.run.dir={quote_override(str(job.run_dir))}"]
+    with open(job.run_dir / CONSOLE_LOG, "a", encoding="utf-8") as console:
+        return subprocess.Popen(command, env={**os.environ, **env}, stdout=console, stderr=subprocess.STDOUT)
+
+
+def process_outcome(job: Job, code: int) -> JobReturn:
+    """The outcome of a job's process that ended with status ``code``."""
+    if code == 0:
+        log.info("#%d done: %s", job.idx, job.shown)
+        return job_return(job)
+    log.error("#%d failed with status %d: %s", job.idx, code, job.shown)
+    return job_return(job, f"exited with status {code}; see {job.run_dir / CONSOLE_LOG}")
+
+
 def settled(job: Job) -> JobReturn | None:
     """The outcome of a job that is not to be launched (skipped or refused), else None."""
     if job.state == "skipped":
@@ -86,7 +111,7 @@ def job_return(job: Job, error: str | None = None) -> JobReturn:
 
 
 def end_sweep(launcher: str, jobs: Sequence[Job], results: Sequence[JobReturn]) -> Sequence[JobReturn]:
-    """Log one line counting the jobs by state and failure, then one line per failed job; return
+    """Log one line counting the runs by state and failure, then one line per failed run; return
     ``results``, or raise :class:`~sdexp.errors.SweepFailed` if any job failed.
 
     ``queued`` and ``refused`` jobs are counted only where there are any.
@@ -103,13 +128,13 @@ def end_sweep(launcher: str, jobs: Sequence[Job], results: Sequence[JobReturn]) 
     failed = [(job, r) for job, r in zip(jobs, results, strict=True) if r.status == JobStatus.FAILED]
     log.log(
         logging.ERROR if failed else logging.INFO,
-        "%s: %d jobs: %s; %d failed%s",
+        "%s: %d runs: %s; %d failed%s",
         launcher, len(jobs), counts, len(failed),
         "".join(f"\n  failed: #{job.idx} {job.shown}: {r._return_value}" for job, r in failed),
     )  # fmt: skip
     if failed:
         raise SweepFailed(
-            f"{len(failed)} of {len(jobs)} jobs failed (listed above); run the same command again to "
+            f"{len(failed)} of {len(jobs)} runs failed (listed above); run the same command again to "
             "retry them: finished runs are skipped"
         )
     return results

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import subprocess
 import sys
 import threading
 from collections.abc import Sequence
@@ -26,12 +25,17 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from hydra_plugins.sdexp_launcher import mps as mps_daemon
-from hydra_plugins.sdexp_launcher.jobs import Job, end_sweep, job_return, plan_jobs, settled
+from hydra_plugins.sdexp_launcher.jobs import (
+    Job,
+    end_sweep,
+    plan_jobs,
+    process_outcome,
+    settled,
+    start_process,
+)
 from sdexp.errors import SdexpError
-from sdexp.overrides import quote_override
 
 log = logging.getLogger(__name__)
-CONSOLE_LOG = "console.log"
 
 
 def visible_gpus() -> list[str]:
@@ -97,7 +101,7 @@ class LocalLauncher(Launcher):
             f"{len(gpus)} GPU(s), {self.runs_per_gpu} per GPU" if gpus else f"{self.cpu_workers} CPU workers"
         )
         sweep_dir = self.config.hydra.sweep.dir
-        log.info("local launcher: %d jobs on %s, sweep folder %s", len(jobs), kind, sweep_dir)
+        log.info("local launcher: %d runs on %s, sweep folder %s", len(jobs), kind, sweep_dir)
         start_mps = mps_daemon.wanted(self.mps, self.runs_per_gpu, gpus)
         with mps_daemon.daemon(sweep_dir, start_mps) as mps_env:
             slots: queue.Queue[dict[str, str]] = queue.Queue()
@@ -133,20 +137,4 @@ class LocalLauncher(Launcher):
         return end_sweep("local launcher", jobs, results)
 
     def _run_job(self, job: Job, env: dict[str, str]) -> JobReturn:
-        log.info("#%d start (%s): %s", job.idx, ", ".join(f"{k}={v}" for k, v in env.items()), job.shown)
-        job.run_dir.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable,
-            sys.argv[0],
-            *job.overrides,
-            f"hydra.run.dir={quote_override(str(job.run_dir))}",
-        ]
-        with open(job.run_dir / CONSOLE_LOG, "a", encoding="utf-8") as console:
-            code = subprocess.run(
-                command, env={**os.environ, **env}, stdout=console, stderr=subprocess.STDOUT
-            ).returncode
-        if code == 0:
-            log.info("#%d done: %s", job.idx, job.shown)
-            return job_return(job)
-        log.error("#%d failed with status %d: %s", job.idx, code, job.shown)
-        return job_return(job, f"exited with status {code}; see {job.run_dir / CONSOLE_LOG}")
+        return process_outcome(job, start_process(job, sys.argv[0], env).wait())

@@ -13,16 +13,21 @@ Differences from ``submitit_slurm``, whose settings and job code it keeps:
 
 A job that hits its time limit or is preempted gets SIGUSR2 ``signal_delay_s`` before; sdexp writes a
 mid-epoch checkpoint and submitit requeues the job (at most ``max_num_timeout`` times), which resumes.
+
+``runs_per_task=k`` packs k runs into each array task (:mod:`.packed`): k processes on the task's GPU.
+A run's ``slurm_job.json`` then names its task and the runs it shares the task with.
 """
 
 from __future__ import annotations
 
 import getpass
 import logging
+import os
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, setup_globals
@@ -31,7 +36,9 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
 from hydra_plugins.sdexp_launcher.jobs import Job, end_sweep, job_return, plan_jobs, settled
+from hydra_plugins.sdexp_launcher.packed import PackedTask
 from sdexp import runs
+from sdexp.errors import SdexpError
 
 if TYPE_CHECKING:
     import submitit
@@ -40,6 +47,13 @@ log = logging.getLogger(__name__)
 
 
 class SlurmLauncher(submitit_launcher.SlurmLauncher):
+    def __init__(self, runs_per_task: int = 1, **params: Any) -> None:
+        # Checked here, before Hydra writes anything into the sweep folder (multirun.yaml).
+        if not isinstance(runs_per_task, int) or isinstance(runs_per_task, bool) or runs_per_task < 1:
+            raise SdexpError(f"hydra.launcher.runs_per_task={runs_per_task} is not allowed: an integer >= 1")
+        super().__init__(**params)
+        self.runs_per_task = runs_per_task
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
@@ -50,8 +64,8 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         todo = [job for job in jobs if job.state in ("new", "resumed")]
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(
-            "slurm launcher: %d jobs, %d to submit, sweep folder %s",
-            len(jobs), len(todo), self.config.hydra.sweep.dir,
+            "slurm launcher: %d runs, %d to submit (%d per array task), sweep folder %s",
+            len(jobs), len(todo), self.runs_per_task, self.config.hydra.sweep.dir,
         )  # fmt: skip
         for job in jobs:
             if job.state == "queued":
@@ -60,20 +74,34 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                     "submitting again: %s", job.idx, handles[job.idx].job_id, job.shown,
                 )  # fmt: skip
         if todo:
-            executor = self._executor()
+            handles.update(self._submit(todo))
+        for job in jobs:
+            if job.idx in handles:
+                results[job.idx] = _wait(job, handles[job.idx])
+        return end_sweep("slurm launcher", jobs, [results[job.idx] for job in jobs])
+
+    def _submit(self, todo: Sequence[Job]) -> dict[int, submitit.Job]:
+        """Submit ``todo`` as one job array, ``runs_per_task`` runs per task; handles by run number."""
+        executor = self._executor()
+        if self.runs_per_task == 1:  # each task trains its run in its own process, as submitit_slurm does
+            tasks = [[job] for job in todo]
             arguments = [
                 (job.overrides, "hydra.sweep.dir", job.idx, f"job_id_for_{job.idx}", Singleton.get_state())
                 for job in todo
             ]
             submitted = executor.map_array(self, *zip(*arguments, strict=True))
-            for job, handle in zip(todo, submitted, strict=True):
-                runs.write_slurm_job(job.run_dir, handle.job_id, str(executor.folder))
+        else:
+            k = self.runs_per_task
+            tasks = [list(todo[i : i + k]) for i in range(0, len(todo), k)]
+            submitted = executor.map_array(PackedTask(os.path.abspath(sys.argv[0])), tasks)
+        handles = {}
+        for task, handle in zip(tasks, submitted, strict=True):
+            for job in task:
+                names = [other.run_dir.name for other in task] if len(task) > 1 else None
+                runs.write_slurm_job(job.run_dir, handle.job_id, str(executor.folder), names)
                 log.info("#%d SLURM job %s (%s): %s", job.idx, handle.job_id, job.state, job.shown)
                 handles[job.idx] = handle
-        for job in jobs:
-            if job.idx in handles:
-                results[job.idx] = _wait(job, handles[job.idx])
-        return end_sweep("slurm launcher", jobs, [results[job.idx] for job in jobs])
+        return handles
 
     def _executor(self) -> submitit.AutoExecutor:
         """submitit's SLURM executor with this preset's settings (as hydra-submitit-launcher maps them)."""
@@ -121,9 +149,11 @@ def _still_in_slurm(jobs: Sequence[Job]) -> dict[int, submitit.Job]:
 
 
 def _wait(job: Job, handle: submitit.Job) -> JobReturn:
-    """The job's outcome once SLURM is done with it (requeues included)."""
+    """The run's outcome once SLURM is done with its job (requeues included)."""
     try:
         result = handle.results()[0]
+        if not isinstance(result, JobReturn):  # a packed task's outcomes: the one of this run
+            [result] = [r for r in result if Path(r.working_dir).name == job.run_dir.name]
     except Exception:  # submitit: the job ended without a result (failed, cancelled, timed out)
         state = handle.get_info().get("State", handle.state)  # fresh from sacct, not the cached state
         log.error("#%d failed: SLURM state %s", job.idx, state)
