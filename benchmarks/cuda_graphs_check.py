@@ -58,7 +58,7 @@ def run(model_name: str, device: str, overrides: list[str], steps: int, precisio
     sd = cfg.stochastic_depth
     set_survival_probs(model.sd_blocks, survival_probs(sd.rule, len(model.sd_blocks), sd.final_survival))
     optimizer, _ = build_optimizer(model, cfg.optimizer, cfg.trainer.epochs)
-    step = build_step(cfg.trainer.step, model, optimizer, amp_dtype)
+    step = build_step(cfg.trainer, cfg.stochastic_depth.mode, model, optimizer, amp_dtype)
     g = torch.Generator(device=device).manual_seed(1)
     losses, gates = [], []
     model.train()

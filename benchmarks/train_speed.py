@@ -131,7 +131,7 @@ class Case:
         probs = survival_probs(sd.rule, len(self.model.sd_blocks), sd.final_survival)
         set_survival_probs(self.model.sd_blocks, probs)
         optimizer, _ = build_optimizer(self.model, cfg.optimizer, cfg.trainer.epochs)
-        self.step = build_step(setting.step, self.model, optimizer, self.amp_dtype)
+        self.step = build_step(cfg.trainer, sd.mode, self.model, optimizer, self.amp_dtype)
         self.batch = cfg.trainer.batch_size
         loader_args = (self.batch, self.device, self.channels_last, args.workers)
         self.loader = make_loader(setting.loader, args.images, *loader_args)
@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per case (median)")
     parser.add_argument("--precision", default=None, help="comma list of fp32,bf16")
     parser.add_argument("--channels-last", default=None, help="comma list of false,true")
-    parser.add_argument("--step", default="autograd", help="comma list of autograd,segments (trainer.step)")
+    parser.add_argument("--step", default="autograd", help="comma list of auto,autograd,segments")
     parser.add_argument("--cuda-graphs", default="false", help="comma list of false,true (CUDA only)")
     parser.add_argument("--compile", default="false", help="comma list of false,true: torch.compile branches")
     parser.add_argument("--loader", default="fast", help="comma list of fast,torch (DataLoader)")

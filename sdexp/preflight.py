@@ -97,6 +97,21 @@ def claim_timed_sweep_folder(config: DictConfig) -> None:
         config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quote_override(str(folder))}")
 
 
+def check_not_a_lone_sweep(config: DictConfig) -> None:
+    """Refuse a single run whose config sets ``hydra.sweeper.params`` (a ``+sweep=`` preset) without
+    giving its swept keys: it would train one run with default values instead of the grid. (A sweep's
+    job run by the local launcher gives them all.)"""
+    params = config.hydra.sweeper.get("params") or {}
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    given = {o.key_or_group for o in overrides}
+    unset = [key for key in params if key not in given]
+    if unset:
+        raise ConfigError(
+            f"this config is a sweep over {', '.join(unset)} (hydra.sweeper.params, e.g. from +sweep=): "
+            "run it with -m to train the whole grid"
+        )
+
+
 class Preflight(Callback):
     """Validate the config and check the run (or sweep) folder is writable."""
 
@@ -104,6 +119,7 @@ class Preflight(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with reported():
+            check_not_a_lone_sweep(config)
             _validate(config)
             _check_writable(config, "hydra.run.dir")
 

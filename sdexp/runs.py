@@ -113,6 +113,18 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         yield
 
 
+def lock_holder(run_dir: Path) -> tuple[int, str] | None:
+    """``(pid, host)`` of the process the run's ``.lock`` names: the last one to hold the folder, which
+    may have ended since. None where there is no readable lock file."""
+    try:
+        words = (run_dir / LOCK).read_text(encoding="utf-8").split()  # as exclusive() writes it
+    except OSError:
+        return None
+    if len(words) != 4 or words[0] != "pid" or not words[1].isdigit():
+        return None
+    return int(words[1]), words[3]
+
+
 def write_metrics(run_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
     """Write all epoch rows so far to ``metrics.csv`` (columns: :data:`METRIC_COLUMNS`)."""
     buf = io.StringIO()

@@ -85,14 +85,11 @@ def run_row(run_dir: Path, shown: str | None = None) -> dict[str, Any]:
 def _held(run_dir: Path) -> bool:
     """Whether a live process holds the run's lock; True where that cannot be told (another host,
     no lock file) so that a running run is never called stopped by mistake."""
-    try:
-        holder = (run_dir / runs.LOCK).read_text(encoding="utf-8").split()  # "pid <n> on <host>"
-    except OSError:
-        return True
-    if len(holder) != 4 or holder[3] != socket.gethostname() or not holder[1].isdigit():
+    holder = runs.lock_holder(run_dir)
+    if holder is None or holder[1] != socket.gethostname():
         return True
     try:
-        os.kill(int(holder[1]), 0)
+        os.kill(holder[0], 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's

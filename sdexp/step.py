@@ -14,6 +14,11 @@ step, so a step costs about two launches per kept block (:class:`Segment`). Each
 is autograd's own (``torch.autograd.grad`` of the segment), so the arithmetic is autograd's; what is
 written here are the seams: the gradient handed from segment to segment, and each parameter's
 gradient copied into its ``.grad``. The gates are drawn on the host as before.
+
+``auto`` (the default) is ``segments`` where it can help and work (CUDA, ``batch`` mode, neither
+``cuda_graphs`` nor ``compile`` nor ``detect_anomaly``), else ``autograd``, saying which in one log
+line. On CUDA each captured segment is checked once against its eager run; if the capture fails or a
+check does not hold, the run goes on with ``autograd`` after one warning line (:class:`AutoStep`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from functools import partial
 from typing import Protocol
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 from torch.nn import functional as F
 
@@ -35,13 +41,33 @@ from sdexp.stochastic_depth import StochasticDepthBlock
 log = logging.getLogger(__name__)
 
 CUDA_WARMUP_STEPS = 3  # eager runs of each segment before capture (cuDNN's algorithm search, lazy init)
+# The captured segment's replay against its eager run, one forward and backward on the same input:
+# largest difference over largest magnitude (graphs replay the same kernels; cuDNN's backward sums in
+# varying order, which moves bf16 results by a few units in the last place).
+REPLAY_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 3e-2, torch.float16: 3e-2}
 
 
 class StepKind(StrEnum):
-    """``trainer.step``: autograd over the whole model, or the segment-wise step."""
+    """``trainer.step``: autograd over the whole model, the segment-wise step, or ``auto``."""
 
+    auto = "auto"
     autograd = "autograd"
     segments = "segments"
+
+
+def _why_not_segments(tcfg: DictConfig, mode: str, device: torch.device) -> str | None:
+    """Why ``auto`` trains this run with ``autograd``, or None where it takes the segments. On the
+    CPU the segments' copies cost more than the host work they save (docs/performance.md)."""
+    for reason, holds in (
+        (f"the segments capture CUDA graphs; this run is on {device.type}", device.type != "cuda"),
+        ("trainer.cuda_graphs=true graphs the branches instead", tcfg.cuda_graphs),
+        ("trainer.compile=true compiles the branches instead", tcfg.compile),
+        ("trainer.detect_anomaly=true needs autograd", tcfg.detect_anomaly),
+        (f"stochastic_depth.mode={mode} draws random numbers inside the branch", mode != "batch"),
+    ):
+        if holds:
+            return reason
+    return None
 
 
 class Step(Protocol):
@@ -104,15 +130,21 @@ class Segment:
     def forward(self) -> None:
         if self.graphs:
             return self.graphs[0].replay()
+        self._forward()
+
+    def backward(self) -> None:
+        if self.graphs:
+            return self.graphs[1].replay()
+        self._backward()
+
+    def _forward(self) -> None:
         with torch.no_grad():
             self.input.copy_(self.source)
         self.output = self.fn(self.input)
         with torch.no_grad():
             self.target.copy_(self.output)
 
-    def backward(self) -> None:
-        if self.graphs:
-            return self.graphs[1].replay()
+    def _backward(self) -> None:
         wrt = [self.input, *self.params] if self.grad_source is not None else self.params
         grads = list(torch.autograd.grad(self.output, wrt, self.grad_target))
         with torch.no_grad():
@@ -137,6 +169,32 @@ class Segment:
         with torch.cuda.graph(backward, **options):
             self.backward()
         self.graphs = (forward, backward)
+
+    def check_replay(self, amp_dtype: torch.dtype | None) -> float:
+        """Run the segment eagerly, then replay its graphs on the same input; return the largest
+        difference in its results (output, input gradient, parameter gradients) relative to their
+        largest magnitude. BatchNorm statistics move twice: the caller restores them."""
+        assert self.graphs is not None
+        saved = [t.clone() for t in (self.source, self.grad_target)]
+
+        def results() -> list[torch.Tensor]:
+            grads = [p.grad for p in self.params]
+            kept = [self.target, *([self.grad_source] if self.grad_source is not None else []), *grads]
+            return [t.detach().float().clone() for t in kept]
+
+        with _autocast(self.source.device, amp_dtype):
+            self._forward()
+        self._backward()
+        eager = results()
+        with torch.no_grad():
+            for buffer, value in zip((self.source, self.grad_target), saved, strict=True):
+                buffer.copy_(value)
+        self.forward()
+        self.backward()
+        return max(
+            ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item()
+            for a, b in zip(eager, results(), strict=True)
+        )
 
 
 def _check_shared_buffers(
@@ -178,7 +236,7 @@ class SegmentStep:
         if not self.model.training:
             raise RuntimeError("trainer.step=segments trains: call model.train() first")
         if self.shape is None:
-            self._build(x, y)
+            self.build(x, y)
         elif (x.shape, y.shape) != self.shape:
             raise ValueError(f"trainer.step=segments was built for batches of {self.shape[0]}, got {x.shape}")
         self.model.draw_gates()
@@ -200,9 +258,20 @@ class SegmentStep:
         self.optimizer.step()
         return self.loss, self.logits
 
+    def build(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Build the segments for batches shaped like ``x`` and ``y`` and, on CUDA, capture and check
+        them; the BatchNorm statistics are left as they were, also when this fails."""
+        buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+        try:
+            self._build(x, y)
+        finally:
+            with torch.no_grad():
+                for name, b in self.model.named_buffers():
+                    b.copy_(buffers[name])  # the shape probes', warm-ups' and checks' updates
+        self.shape = (x.shape, y.shape)  # built: only now, so that a failed build is not taken for one
+
     def _build(self, x: torch.Tensor, y: torch.Tensor) -> None:
         model, device = self.model, x.device
-        buffers = {name: b.clone() for name, b in model.named_buffers()}
         stream: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # activation and gradient per layout
 
         def link(
@@ -238,10 +307,6 @@ class SegmentStep:
         if device.type == "cuda":
             with torch.cuda.device(device):  # streams and captures on the run's GPU, not the current one
                 self._capture()
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name])  # the warm-up's and the shape probes' BatchNorm updates
-        self.shape = (x.shape, y.shape)  # built: only now, so that a failed build is not taken for one
 
     def _head(self, features: torch.Tensor) -> torch.Tensor:
         logits = self.model.classify(features)
@@ -262,16 +327,57 @@ class SegmentStep:
         torch.cuda.current_stream().wait_stream(side)
         for segment in segments:
             segment.capture(self.amp_dtype, side)
+        tolerance = REPLAY_TOLERANCE[self.amp_dtype or torch.float32]
+        for index, segment in enumerate(segments):
+            difference = segment.check_replay(self.amp_dtype)
+            if not difference <= tolerance:  # NaN fails too
+                raise RuntimeError(
+                    f"trainer.step=segments: segment {index} of {len(segments)} replayed as a CUDA graph "
+                    f"differs from its eager run by {difference:.2g} (tolerance {tolerance:g})"
+                )
         log.info(
             "trainer.step=segments: %d segments captured as CUDA graphs; %.2f GiB of GPU memory reserved",
             len(segments), torch.cuda.memory_reserved() / 2**30,
         )  # fmt: skip
 
 
+class AutoStep:
+    """``trainer.step=auto`` where it chose segments: the segment-wise step, or autograd (after one
+    warning line) if the segments cannot be built here, e.g. a capture this GPU or torch version
+    refuses, or a replay that does not match its eager run."""
+
+    def __init__(self, segments: SegmentStep, fallback: AutogradStep) -> None:
+        self.segments: SegmentStep | None = segments
+        self.fallback = fallback
+        self.step: Step | None = None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.step is None:
+            assert self.segments is not None
+            try:
+                self.segments.build(x, y)
+                self.step = self.segments
+            except RuntimeError as exc:  # CUDA errors are RuntimeErrors
+                log.warning("trainer.step=auto: the segment-wise step failed (%s); using autograd", exc)
+                self.step, self.segments = self.fallback, None  # its graphs' memory goes with it
+        return self.step(x, y)
+
+
 def build_step(
-    kind: str, model: ResNet, optimizer: torch.optim.Optimizer, amp_dtype: torch.dtype | None
+    tcfg: DictConfig,
+    mode: str,
+    model: ResNet,
+    optimizer: torch.optim.Optimizer,
+    amp_dtype: torch.dtype | None,
 ) -> Step:
-    """The ``trainer.step`` of ``kind`` for ``model`` and ``optimizer``."""
-    if StepKind(kind) == StepKind.segments:
-        return SegmentStep(model, optimizer, amp_dtype)
-    return AutogradStep(model, optimizer, amp_dtype)
+    """The step ``tcfg.step`` asks for (``mode``: ``stochastic_depth.mode``) for ``model`` and
+    ``optimizer``; ``auto`` says in one log line which it took and why."""
+    autograd = AutogradStep(model, optimizer, amp_dtype)
+    kind = StepKind(tcfg.step)
+    if kind == StepKind.auto:
+        reason = _why_not_segments(tcfg, mode, next(model.parameters()).device)
+        log.info("trainer.step=auto: %s", f"autograd ({reason})" if reason else "segments (CUDA graphs)")
+        if reason:
+            return autograd
+        return AutoStep(SegmentStep(model, optimizer, amp_dtype), autograd)
+    return SegmentStep(model, optimizer, amp_dtype) if kind == StepKind.segments else autograd

@@ -232,7 +232,7 @@ def train(
     checkpoint_path = run_dir / runs.CHECKPOINT
 
     record, in_progress = _start_or_resume(cfg, run_dir, state, checkpoint, device)
-    step = build_step(tcfg.step, model, optimizer, amp_dtype)  # after the restore: see SegmentStep
+    step = build_step(tcfg, cfg.stochastic_depth.mode, model, optimizer, amp_dtype)  # after the restore
     logger = build_logger(cfg, run_dir, record.rows)
     log.info(
         "%s (%d params, %d residual blocks) on %s: %d train / %d val / %d test images, %s",

@@ -125,6 +125,14 @@ RUN_PY = [
     Case("run without its config", remove(CONFIG), RUN, 2, "holds a run without its .hydra/config.yaml"),
     Case("lock is a folder", both(running, lock_folder), RUN, 2, "run/.lock (Is a directory): remove it"),
     Case(
+        "a sweep preset without -m",
+        nothing,
+        ["+sweep=paper_cifar10", "hydra.run.dir=new"],
+        2,
+        "this config is a sweep over seed, stochastic_depth (hydra.sweeper.params",
+        then=lambda cwd: not (cwd / "new").exists(),
+    ),
+    Case(
         "cpu_workers not a number",
         nothing,
         ["-m", "hydra/launcher=local", "hydra.launcher.cpu_workers=abc", "seed=0,1", "hydra.sweep.dir=sweep"],

@@ -8,10 +8,11 @@ import copy
 import pytest
 import torch
 
+from sdexp import step as step_module
 from sdexp.config import ConfigError, compose_config, validate
 from sdexp.models import ResNet
 from sdexp.optim import build_optimizer
-from sdexp.step import AutogradStep, SegmentStep
+from sdexp.step import AutogradStep, SegmentStep, build_step
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
 
 TINY_MODELS = {
@@ -75,7 +76,7 @@ def test_segment_step_leaves_batchnorm_statistics_alone_and_refuses_other_batche
     model = ResNet([1, 1], [4, 8], 4, num_classes=3, gate_seed=0).train()
     before = copy.deepcopy(model.state_dict())
     _, _, step = _trainer(SegmentStep, model)
-    step._build(torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))
+    step.build(torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))
     for key, value in step.model.state_dict().items():
         assert torch.equal(value, before[key]), key
     with pytest.raises(ValueError, match="built for batches of"):
@@ -95,3 +96,65 @@ def test_segment_step_leaves_batchnorm_statistics_alone_and_refuses_other_batche
 def test_segment_step_refuses_what_it_cannot_capture(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         validate(compose_config(["trainer.step=segments", *overrides]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "device", "reason"),
+    [
+        ([], "cpu", "the segments capture CUDA graphs; this run is on cpu"),
+        (["trainer.cuda_graphs=true"], "cuda", "trainer.cuda_graphs=true graphs the branches instead"),
+        (["trainer.compile=true"], "cuda", "trainer.compile=true compiles the branches instead"),
+        (["+debug=default"], "cuda", "trainer.detect_anomaly=true needs autograd"),
+        (["stochastic_depth.mode=row"], "cuda", "stochastic_depth.mode=row draws random numbers"),
+        ([], "cuda", None),
+    ],
+)
+def test_auto_step_takes_segments_only_on_cuda_where_nothing_stands_in_their_way(
+    overrides: list[str], device: str, reason: str | None
+) -> None:
+    cfg = compose_config(overrides)
+    assert cfg.trainer.step == "auto"  # the default
+    why = step_module._why_not_segments(cfg.trainer, cfg.stochastic_depth.mode, torch.device(device))
+    assert why == reason if reason is None else why.startswith(reason)
+
+
+def test_auto_step_on_the_cpu_is_autograd_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = compose_config()
+    model = ResNet([1, 1], [4, 8], 4, num_classes=3, gate_seed=0)
+    optimizer, _ = build_optimizer(model, cfg.optimizer, epochs=10)
+    with caplog.at_level("INFO", logger="sdexp.step"):
+        step = build_step(cfg.trainer, cfg.stochastic_depth.mode, model, optimizer, None)
+    assert isinstance(step, AutogradStep)
+    [message] = caplog.messages
+    assert message == "trainer.step=auto: autograd (the segments capture CUDA graphs; this run is on cpu)"
+
+
+def test_auto_step_falls_back_to_autograd_with_one_warning_where_the_segments_fail(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As where a GPU refuses a capture, or a replay does not match its eager run."""
+    torch.manual_seed(0)
+    model = ResNet([2, 2], [4, 8], 4, num_classes=3, gate_seed=1).train()
+    set_survival_probs(model.sd_blocks, survival_probs("linear", len(model.sd_blocks), 0.5))
+    _, _, ref_step = _trainer(AutogradStep, model)
+    auto_model, auto_opt, segments = _trainer(SegmentStep, model)
+    before = copy.deepcopy(auto_model.state_dict())
+
+    def failing_build(self: SegmentStep, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.model.stem(x)  # moves BatchNorm statistics, as the warm-ups do
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(SegmentStep, "_build", failing_build)
+    step = step_module.AutoStep(segments, AutogradStep(auto_model, auto_opt, None))
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,))
+    with caplog.at_level("WARNING", logger="sdexp.step"):
+        with pytest.raises(RuntimeError):  # the public build restores the statistics around _build
+            segments.build(x, y)
+        for key, value in auto_model.state_dict().items():
+            assert torch.equal(value, before[key]), key
+        for _ in range(3):
+            torch.testing.assert_close(step(x, y), ref_step(x, y), rtol=0, atol=0)
+    assert step.step is step.fallback and step.segments is None and segments.shape is None
+    [warning] = caplog.messages
+    assert warning.startswith("trainer.step=auto: the segment-wise step failed (CUDA error: operation not")
+    assert warning.endswith("); using autograd")
