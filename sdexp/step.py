@@ -24,6 +24,7 @@ check does not hold, the run goes on with ``autograd`` after one warning line (:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from enum import StrEnum
@@ -189,6 +190,7 @@ class Segment:
         with torch.no_grad():
             for buffer, value in zip((self.source, self.grad_target), saved, strict=True):
                 buffer.copy_(value)
+        self.output = None  # the eager run's activations; the graphs keep their own
         self.forward()
         self.backward()
         return max(
@@ -305,8 +307,21 @@ class SegmentStep:
             self._head, list(model.head.parameters()), last.target, self.loss, ones, last.grad_target
         )
         if device.type == "cuda":
-            with torch.cuda.device(device):  # streams and captures on the run's GPU, not the current one
-                self._capture()
+            # The warm-ups and the replay check run on the batch and on random activations and
+            # gradients, not zeros: zeros through training-mode BatchNorm give zeros everywhere,
+            # which a replay with any error would match.
+            generator = torch.Generator(device).manual_seed(0)
+            with torch.no_grad():
+                self.x.copy_(x)
+                self.y.copy_(y)
+                for buffer in itertools.chain(*stream.values()):
+                    buffer.normal_(generator=generator)
+            current = torch.cuda.current_stream(device)
+            try:
+                with torch.cuda.device(device):  # streams and captures on the run's GPU
+                    self._capture()
+            finally:  # a capture that fails as it ends can leave its stream current
+                torch.cuda.set_stream(current)
 
     def _head(self, features: torch.Tensor) -> torch.Tensor:
         logits = self.model.classify(features)
@@ -357,9 +372,12 @@ class AutoStep:
             try:
                 self.segments.build(x, y)
                 self.step = self.segments
-            except RuntimeError as exc:  # CUDA errors are RuntimeErrors
-                log.warning("trainer.step=auto: the segment-wise step failed (%s); using autograd", exc)
+            except RuntimeError as exc:  # CUDA errors, out of memory among them, are RuntimeErrors
                 self.step, self.segments = self.fallback, None  # its graphs' memory goes with it
+                if x.device.type == "cuda":
+                    torch.cuda.synchronize(x.device)  # an error that breaks CUDA for good raises here
+                    torch.cuda.empty_cache()  # for runs sharing the GPU
+                log.warning("trainer.step=auto: the segment-wise step failed (%s); using autograd", exc)
         return self.step(x, y)
 
 

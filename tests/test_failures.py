@@ -141,6 +141,14 @@ RUN_PY = [
         then=lambda cwd: not (cwd / "sweep" / "multirun.yaml").exists(),  # Hydra wrote nothing
     ),
     Case(
+        "two jobs, one folder",
+        nothing,
+        ["-m", "hydra/launcher=local", "trainer.step=autograd,segments", "hydra.sweep.dir=sweep"],
+        2,
+        "would train in the same folder sweep/",
+        then=lambda cwd: [p.name for p in (cwd / "sweep").iterdir()] == ["multirun.yaml"],  # no run
+    ),
+    Case(
         "GPU not visible",
         nothing,
         ["-m", "hydra/launcher=local", "hydra.launcher.gpus=[99]", "seed=0,1", "hydra.sweep.dir=sweep"],

@@ -36,7 +36,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
 from hydra_plugins.sdexp_launcher.jobs import Job, end_sweep, job_return, plan_jobs, settled
-from hydra_plugins.sdexp_launcher.packed import PackedTask
+from hydra_plugins.sdexp_launcher.packed import PackedTask, finished
 from sdexp import runs
 from sdexp.errors import SdexpError
 
@@ -149,14 +149,19 @@ def _still_in_slurm(jobs: Sequence[Job]) -> dict[int, submitit.Job]:
 
 
 def _wait(job: Job, handle: submitit.Job) -> JobReturn:
-    """The run's outcome once SLURM is done with its job (requeues included)."""
+    """The run's outcome once SLURM is done with its job (requeues included). A run whose job ended
+    without a result (failed, cancelled, out of time) but whose folder says it finished is completed:
+    another run of its task may have failed it."""
     try:
         result = handle.results()[0]
-        if not isinstance(result, JobReturn):  # a packed task's outcomes: the one of this run
-            [result] = [r for r in result if Path(r.working_dir).name == job.run_dir.name]
     except Exception:  # submitit: the job ended without a result (failed, cancelled, timed out)
         state = handle.get_info().get("State", handle.state)  # fresh from sacct, not the cached state
+        if finished(job):
+            log.info("#%d completed (its SLURM job then ended %s): %s", job.idx, state, job.shown)
+            return job_return(job)
         log.error("#%d failed: SLURM state %s", job.idx, state)
         return job_return(job, f"SLURM job {handle.job_id} ended {state}; see {handle.paths.stderr}")
+    if not isinstance(result, JobReturn):  # a packed task's outcomes: the one of this run
+        [result] = [r for r in result if Path(r.working_dir).resolve() == job.run_dir.resolve()]
     log.info("#%d %s: %s", job.idx, result.status.name.lower(), job.shown)
     return result
