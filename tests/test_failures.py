@@ -270,13 +270,13 @@ def test_aggregate_lists_a_path_without_runs(workspace: Path, capsys: pytest.Cap
     (workspace / "empty").mkdir()
     assert aggregate.main([str(workspace / "run"), str(workspace / "empty")]) == 0
     out = capsys.readouterr().out
-    assert "1 runs in 1 groups" in out and "no run folders (folders with result.json) there" in out
+    assert "1 run in 1 group\n" in out and "no run folders (folders with result.json) there" in out
 
 
 def test_aggregate_with_nothing_completed_says_so(workspace: Path, capsys: pytest.CaptureFixture) -> None:
     running(workspace)
     assert aggregate.main([str(workspace)]) == 0
-    assert "nothing to show yet: 1 run folders, none completed (1 running)" in capsys.readouterr().out
+    assert "nothing to show yet: 1 run folder, none completed (1 running)" in capsys.readouterr().out
 
 
 def test_aggregate_groups_by_list_valued_keys(workspace: Path, capsys: pytest.CaptureFixture) -> None:
@@ -287,7 +287,7 @@ def test_aggregate_groups_by_list_valued_keys(workspace: Path, capsys: pytest.Ca
     (workspace / "other" / runs.CONFIG).write_text(yaml.safe_dump(config))
     assert aggregate.main([str(workspace)]) == 0
     out = capsys.readouterr().out
-    assert "2 runs in 2 groups" in out and "[5, 5, 5]" in out and "[3, 3, 3]" in out
+    assert "2 runs in 2 groups\n" in out and "[5, 5, 5]" in out and "[3, 3, 3]" in out
 
 
 def test_a_full_disk_during_a_checkpoint_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

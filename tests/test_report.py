@@ -144,7 +144,7 @@ def test_printed_formats(sweep: Path, fmt: str) -> None:
 def test_glob_paths(sweep: Path) -> None:
     proc = aggregate(str(sweep / "linear,seed=*"))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("4 runs in 1 groups")
+    assert proc.stdout.startswith("4 runs in 1 group\n")
 
 
 @pytest.mark.slow
