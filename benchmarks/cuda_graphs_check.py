@@ -26,7 +26,8 @@ from sdexp.step import build_step
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
 from sdexp.train import prepare_model
 
-PATHS = {"graphed branches": ["trainer.cuda_graphs=true"], "segments": ["trainer.step=segments"]}
+EAGER = ["trainer.step=autograd"]  # the reference: not the default (auto), which is segments on CUDA
+PATHS = {"graphed branches": [*EAGER, "trainer.cuda_graphs=true"], "segments": ["trainer.step=segments"]}
 TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2}  # largest |loss diff| and relative state diff allowed
 
 
@@ -85,7 +86,7 @@ def main() -> int:
     paths = PATHS if args.device.startswith("cuda") else {"segments": PATHS["segments"]}
     rows = []
     for precision, tolerance in TOLERANCE.items():
-        eager = run(args.model, args.device, [], args.steps, precision)
+        eager = run(args.model, args.device, EAGER, args.steps, precision)
         for path, overrides in paths.items():
             fast = run(args.model, args.device, overrides, args.steps, precision)
             loss_diff = max(abs(a - b) for a, b in zip(eager.losses, fast.losses, strict=True))
