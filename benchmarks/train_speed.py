@@ -31,13 +31,14 @@ from typing import NamedTuple
 
 import pandas as pd
 import torch
+from omegaconf import DictConfig
 from plain_peer import images_per_s  # a sibling script: benchmarks/ is on sys.path when a benchmark runs
 
-from sdexp.config import compose_config, register_configs
+from sdexp.config import ConfigError, compose_config, register_configs, validate
 from sdexp.cuda_graphs import branch_inputs
 from sdexp.data import DeviceLoader, Loader, TorchLoader
 from sdexp.environment import resolve_device, speed_settings
-from sdexp.errors import reported
+from sdexp.errors import SdexpError, reported
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
 from sdexp.step import build_step
@@ -105,13 +106,11 @@ def expected_ratio(
     return sum(p * t for p, t in zip(probs, per_block, strict=True)) / sum(per_block)
 
 
-class Case:
-    """One configuration, built and warmed up: :meth:`time_epoch` trains one timed epoch, :meth:`row`
-    summarises them. Constant and stochastic depth are timed alternately, epoch by epoch, so that a
-    machine that speeds up or slows down during the run changes both alike."""
-
-    def __init__(self, args: argparse.Namespace, rule: str, setting: Setting) -> None:
-        overrides = [
+def case_config(args: argparse.Namespace, rule: str, setting: Setting) -> DictConfig:
+    """The run config of one table row; raises :class:`ConfigError` for a combination that a run
+    would refuse."""
+    cfg = compose_config(
+        [
             f"model={args.model}",
             f"stochastic_depth={rule}",
             f"trainer.device={args.device}",
@@ -121,7 +120,18 @@ class Case:
             f"trainer.cuda_graphs={str(setting.graphs).lower()}",
             f"trainer.compile={str(setting.compiled).lower()}",
         ]
-        cfg = compose_config(overrides)
+    )
+    validate(cfg)
+    return cfg
+
+
+class Case:
+    """One configuration, built and warmed up: :meth:`time_epoch` trains one timed epoch, :meth:`row`
+    summarises them. Constant and stochastic depth are timed alternately, epoch by epoch, so that a
+    machine that speeds up or slows down during the run changes both alike."""
+
+    def __init__(self, args: argparse.Namespace, rule: str, setting: Setting) -> None:
+        cfg = case_config(args, rule, setting)
         self.rule, self.setting, self.repeats = rule, setting, args.repeats
         self.device = resolve_device(cfg.trainer.device)
         self.amp_dtype, self.channels_last = speed_settings(cfg.trainer, self.device)
@@ -231,8 +241,11 @@ def main() -> None:
     for setting in map(
         Setting._make, itertools.product(precisions, layouts, steps, graph_modes, compile_modes, loaders)
     ):
-        if setting.graphs + setting.compiled + (setting.step == "segments") > 1:
-            continue  # one of them at most (config.validate)
+        try:
+            case_config(args, "linear", setting)
+        except ConfigError as exc:  # e.g. segments with graphed branches
+            print(f"skipped {setting}: {exc}", file=sys.stderr)
+            continue
         constant, sd = (Case(args, rule, setting) for rule in ("off", "linear"))
         for _ in range(args.repeats):
             constant.time_epoch()
@@ -245,6 +258,8 @@ def main() -> None:
         rows += pair
         for row in pair:
             print(json.dumps(row), file=sys.stderr, flush=True)
+    if not rows:
+        raise SdexpError("no setting left to time: each was skipped, for the reasons above")
     print(f"\n{args.model} on {rows[0]['device']}, torch {torch.__version__}, "
           f"{args.images} images per timed epoch, median of {args.repeats}")  # fmt: skip
     table = [

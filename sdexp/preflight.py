@@ -9,6 +9,7 @@ command, so two sweeps started in the same second do not share it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import tempfile
@@ -38,6 +39,7 @@ def _check_writable(config: DictConfig, folder_key: str) -> None:
     if not str(OmegaConf.select(config, folder_key) or "").strip():
         raise ConfigError(f"{folder_key} is empty: give a folder, e.g. {folder_key}=outputs/mine")
     folder = Path(OmegaConf.select(config, folder_key))
+    created = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()
@@ -45,6 +47,10 @@ def _check_writable(config: DictConfig, folder_key: str) -> None:
         raise ConfigError(
             f"cannot write the output folder {folder} ({exc.strerror}): set {folder_key}=..."
         ) from None
+    finally:  # Hydra creates the folder when it writes there; a command refused later leaves none
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
