@@ -164,43 +164,46 @@ def test_cancelled_job_is_reported_failed_while_the_other_completes(tmp_path: Pa
     assert [row["epoch"] for row in runs.read_metrics(run_dir(60))] == list(range(1, 61))
 
 
-def test_time_limit_signal_checkpoints_requeues_and_resumes(tmp_path: Path) -> None:
-    # A one-minute limit with SIGUSR2 15 s before it: SLURM signals up to 30 s before that, so the job
-    # is signalled 15-45 s after it starts, in the middle of about 90 s of training (one thread; 46 s
-    # for half as many images in CI left too little room). Once it is requeued, the test gives it 10
-    # minutes so that it finishes in its second attempt; the requeued job waits cred_expire (10 s on
-    # the test cluster) before it starts.
+def check_requeued_after_time_limit(tmp_path: Path, count: int, epochs: int, *overrides: str) -> None:
+    """Sweep ``count`` runs, all in one SLURM job, under a one-minute limit with SIGUSR2 15 s before it;
+    once every run was interrupted by the signal, give the requeued job 10 minutes so that it finishes
+    in its second attempt. Every run must have checkpointed, been requeued and gone on from where it
+    stopped to complete all ``epochs``."""
     limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15"]
-    size = ["trainer.num_threads=1", "dataset.train_size=6144", "trainer.epochs=30"]
-    proc = popen(sweep_command(*limit, *size), tmp_path)
+    proc = popen(sweep_command(*limit, f"trainer.epochs={epochs}", *overrides), tmp_path)
 
-    def run_dir() -> Path:
-        [found] = [p.parent for p in (tmp_path / "sweep").glob("*/result.json")]
-        return found
-
-    def interrupted() -> bool:
+    def all_interrupted() -> bool:
         try:
-            return runs.read_result(run_dir())["status"] == "interrupted"
-        except (ValueError, runs.RunFolderError):  # no folder yet, or no result.json in it yet
+            found = [runs.read_result(p.parent) for p in (tmp_path / "sweep").glob("*/result.json")]
+        except (ValueError, runs.RunFolderError):  # a result.json being replaced
             return False
+        return len(found) == count and all(r["status"] == "interrupted" for r in found)
 
     try:
-        wait_for(interrupted, "the time-limit signal", timeout=300)
-        job = runs.read_result(run_dir())["slurm_job_id"]
+        wait_for(all_interrupted, "the time-limit signal", timeout=300)
+        [job] = {r["slurm_job_id"] for r in results(tmp_path / "sweep").values()}
         subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], check=True, timeout=30)
         output, _ = proc.communicate(timeout=600)
     finally:
         proc.kill()
     assert proc.returncode == 0, output[-3000:]
-    assert "1 runs: 1 new, 0 resumed, 0 skipped (finished before); 0 failed" in output
-    result = runs.read_result(run_dir())
-    assert result["status"] == "completed"
-    [resumed] = result["resumed_from"]
-    assert resumed["epoch"] > 1 or resumed["step"] > 0  # it went on from where it stopped
-    assert [row["epoch"] for row in runs.read_metrics(run_dir())] == list(range(1, 31))
-    assert "received SIGUSR2" in (run_dir() / runs.LOG).read_text()
+    assert f"{count} runs: {count} new, 0 resumed, 0 skipped (finished before); 0 failed" in output
+    for run_dir in (p.parent for p in (tmp_path / "sweep").glob("*/result.json")):
+        result = runs.read_result(run_dir)
+        assert result["status"] == "completed" and result["slurm_job_id"] == job
+        [resumed] = result["resumed_from"]
+        assert resumed["epoch"] > 1 or resumed["step"] > 0  # it went on from where it stopped
+        assert [row["epoch"] for row in runs.read_metrics(run_dir)] == list(range(1, epochs + 1))
+        assert "received SIGUSR2" in (run_dir / runs.LOG).read_text()
     submitit_logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.*"))
     assert "Requeued job" in submitit_logs
+
+
+def test_time_limit_signal_checkpoints_requeues_and_resumes(tmp_path: Path) -> None:
+    # SLURM signals up to 30 s before signal_delay_s asks, so the job is signalled 15-45 s after it
+    # starts, in the middle of about 90 s of training (one thread; 46 s for half as many images in CI
+    # left too little room). The requeued job waits cred_expire (10 s on the test cluster) to start.
+    check_requeued_after_time_limit(tmp_path, 1, 30, "trainer.num_threads=1", "dataset.train_size=6144")
 
 
 PACKED = ["hydra.launcher.runs_per_task=2", "hydra.launcher.cpus_per_task=2"]
@@ -234,32 +237,4 @@ def test_time_limit_signals_both_runs_of_a_task_which_is_requeued_and_resumes_th
     # As in the single-run test above, with two runs of one thread each sharing the task's two CPUs:
     # each epoch takes about twice as long as the single run's, so 15 epochs outlast the signal (about
     # 3 minutes on a slow day of this 2-core machine, 1 on a fast one).
-    limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15"]
-    size = ["dataset.train_size=6144", "trainer.epochs=15"]
-    proc = popen(sweep_command(*PACKED, *limit, *size, "seed=0,1"), tmp_path)
-
-    def both_interrupted() -> bool:
-        try:
-            found = [runs.read_result(p.parent) for p in (tmp_path / "sweep").glob("*/result.json")]
-        except (ValueError, runs.RunFolderError):  # a result.json being replaced
-            return False
-        return len(found) == 2 and all(r["status"] == "interrupted" for r in found)
-
-    try:
-        wait_for(both_interrupted, "the time-limit signal to both runs", timeout=300)
-        [job] = {r["slurm_job_id"] for r in results(tmp_path / "sweep").values()}
-        subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], check=True, timeout=30)
-        output, _ = proc.communicate(timeout=600)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, output[-3000:]
-    assert "2 runs: 2 new, 0 resumed, 0 skipped (finished before); 0 failed" in output
-    for run_dir in (p.parent for p in (tmp_path / "sweep").glob("*/result.json")):
-        result = runs.read_result(run_dir)
-        assert result["status"] == "completed" and result["slurm_job_id"] == job
-        [resumed] = result["resumed_from"]
-        assert resumed["epoch"] > 1 or resumed["step"] > 0  # it went on from where it stopped
-        assert [row["epoch"] for row in runs.read_metrics(run_dir)] == list(range(1, 16))
-        assert "received SIGUSR2" in (run_dir / runs.LOG).read_text()
-    submitit_logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.*"))
-    assert "Requeued job" in submitit_logs
+    check_requeued_after_time_limit(tmp_path, 2, 15, *PACKED, "dataset.train_size=6144", "seed=0,1")
