@@ -1,23 +1,48 @@
 #!/usr/bin/env bash
-# One prepared run on a lent GPU machine (torch preinstalled there; hydra-core, omegaconf and antlr4
-# carried as pure-Python packages in .devsite/, which .git/info/exclude keeps out of the repository):
-# correctness of both CUDA-graph paths against eager autograd, the training-speed table for ResNet-110
-# (autograd: eager and graphed branches; the segment-wise step; fp32 and bf16) with the plain PyTorch
-# peer timed in the same process as the autograd rows. At most 8 minutes (the timeouts); output under $OUT.
-# Carry .devsite (run: carry=[".devsite"]). The segment rows run in a process of their own, so that a
-# failure there loses no other figure.
+# The prepared measurements for a lent GPU machine, in two parts of at most 6 minutes each (the
+# timeouts), so that a failure in the first can be fixed before the second; output under $OUT.
+# First measured on an H200 on 2026-11-28 (docs/performance.md, session 8): check took 82 s.
+#   check: the CUDA-graph paths against eager autograd; one default run of run.py (which step it
+#          takes, its speed, its peak memory); the speed of the segment-wise step, fp32 and bf16, with
+#          the plain PyTorch peer timed in the same process.
+#   more:  several runs per GPU (benchmarks/sweep.py, issue 16), with and without MPS; the autograd rows
+#          (eager and graphed branches, bf16) for comparison.
+# torch is preinstalled there; hydra-core, omegaconf, antlr4, submitit and hydra-submitit-launcher
+# travel as pure-Python packages in .devsite/ (kept out of the repository by .git/info/exclude), made with
+#     pip install --no-deps --target .devsite hydra-core==1.3.8 omegaconf==2.3.1 \
+#         antlr4-python3-runtime==4.9.3 submitit==1.5.4 hydra-submitit-launcher==1.2.0
+#     run: command="bash benchmarks/device_check.sh check", carry=[".devsite"]
 set -u
 OUT=${OUT:-/tmp/sdexp-device}
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD:$PWD/.devsite" PYTHONUNBUFFERED=1
-python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())"
-echo "== CUDA graphs: graphed branches and the segment-wise step vs eager autograd"
-timeout 150 python3 benchmarks/cuda_graphs_check.py 2>&1 | tee "$OUT/cuda_graphs_check.txt"
-echo "== training speed, ResNet-110, channels-last: the segment-wise step"
-timeout 120 python3 benchmarks/train_speed.py --model resnet110 --images 6400 --repeats 3 --channels-last true \
-  --step segments --peer false --json "$OUT/speed_segments.json" 2>"$OUT/speed_segments.log" \
-  | tee "$OUT/speed_segments.txt"
-echo "== training speed, ResNet-110, channels-last: autograd (eager, graphed branches); the plain peer"
-timeout 210 python3 benchmarks/train_speed.py --model resnet110 --images 6400 --repeats 3 --channels-last true \
-  --step autograd --cuda-graphs false,true --json "$OUT/speed_autograd.json" 2>"$OUT/speed_autograd.log" \
-  | tee "$OUT/speed_autograd.txt"
+export PYTHONPATH="$PWD:$PWD/.devsite" PYTHONUNBUFFERED=1 SDEXP_TRACEBACK=1
+RUNS=$(mktemp -d)
+
+check() {
+  python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())"
+  echo "== CUDA graphs: graphed branches and the segment-wise step vs eager autograd"
+  timeout 150 python3 benchmarks/cuda_graphs_check.py 2>&1 | tee "$OUT/cuda_graphs_check.txt"
+  echo "== the default configuration: run.py, ResNet-110, 2 epochs of 12,800 synthetic images"
+  timeout 60 python3 run.py model=resnet110 dataset=synthetic dataset.train_size=12800 dataset.val_size=5000 \
+    dataset.test_size=10000 trainer.epochs=2 trainer.progress=false hydra.run.dir="$RUNS/default" >/dev/null 2>&1
+  cp "$RUNS/default/train.log" "$OUT/default_train.log"; cp "$RUNS/default/result.json" "$OUT/default_result.json"
+  grep -E "trainer.step|WARN|epoch" "$OUT/default_train.log" | cut -c1-220
+  echo "== training speed, ResNet-110, channels-last: the segment-wise step; the plain peer"
+  timeout 150 python3 benchmarks/train_speed.py --model resnet110 --images 6400 --repeats 3 --channels-last true \
+    --step segments --peer true --json "$OUT/speed_segments.json" 2>"$OUT/speed_segments.log" \
+    | tee "$OUT/speed_segments.txt"
+  tail -5 "$OUT/speed_segments.log"
+}
+
+more() {
+  echo "== runs per GPU (issue 16): one round of k runs for k = 1, 2, 4, 8 (MPS where it starts), k = 4 without"
+  timeout 200 python3 benchmarks/sweep.py --runs-per-gpu 1,2,4,8 2>&1 | grep -v "start (CUDA" | tee "$OUT/sweep.txt"
+  timeout 60 python3 benchmarks/sweep.py --runs-per-gpu 4 hydra.launcher.mps=false 2>&1 | grep -v "start (CUDA" \
+    | tee -a "$OUT/sweep.txt"
+  echo "== training speed, ResNet-110, bf16, channels-last: autograd, eager and graphed branches"
+  timeout 100 python3 benchmarks/train_speed.py --model resnet110 --images 6400 --repeats 3 --channels-last true \
+    --precision bf16 --step autograd --cuda-graphs false,true --peer false --json "$OUT/speed_autograd.json" \
+    2>"$OUT/speed_autograd.log" | tee "$OUT/speed_autograd.txt"
+}
+
+"${@:-check}"

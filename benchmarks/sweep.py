@@ -3,18 +3,22 @@
 CPU mode: N tiny jobs through Hydra's basic launcher (in-process, one after another) and the local
 launcher (separate processes, ``--workers`` at a time), against the ideal ⌈N/slots⌉ × one job.
 
-GPU mode (``--runs-per-gpu 1,2,4,8``): N identical short ResNet-110 runs through the local launcher on
-GPU 0, k at a time for each k: wall time, aggregate img/s, each run's peak GPU memory, and the paper's
-grid (6 runs of 500 epochs) projected from the runs' own speed at that k.
+GPU mode (``--runs-per-gpu 1,2,4,8``): for each k, N identical short ResNet-110 runs through the local
+launcher on GPU 0, k at a time (N = k by default: one round): wall time; aggregate img/s over the
+wall time and over the epochs after each run's first (start-ups left out, evaluations kept); each
+run's peak GPU memory; the paper's grid (6 runs of 500 epochs) projected from the runs' own speed.
 
     python benchmarks/sweep.py [--jobs 6] [--workers 2] [--quick]
-    python benchmarks/sweep.py --runs-per-gpu 1,2,4,8 --jobs 8 [extra overrides, e.g. trainer.step=segments]
+    python benchmarks/sweep.py --runs-per-gpu 1,2,4,8 [--jobs N] [overrides, e.g. hydra.launcher.mps=false]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -25,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from sdexp import runs
-from sdexp.errors import reported
+from sdexp.errors import SdexpError, reported
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ["model=resnet20", "dataset=synthetic", "model.widths=[8,16,32]", "model.stem_width=8",
@@ -33,12 +37,23 @@ JOB = ["model=resnet20", "dataset=synthetic", "model.widths=[8,16,32]", "model.s
        "trainer.device=cpu", "trainer.progress=false"]  # fmt: skip
 
 
+def run_py(args: list[str], cwd: Path) -> str:
+    """Run ``run.py`` with ``args``; its output, or its end on stderr and an error if it failed."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        print(*(done.stdout + done.stderr).splitlines()[-30:], sep="\n", file=sys.stderr)
+        raise SdexpError(
+            f"run.py {' '.join(args)} exited with status {done.returncode} (its output's end is above)"
+        )
+    return done.stdout + done.stderr
+
+
 def timed(args: list[str], cwd: Path) -> float:
     start = time.perf_counter()
     flags = [a for a in args if a == "-m"]  # Hydra wants -m before the overrides
-    overrides = [a for a in args if a != "-m"]
-    subprocess.run([sys.executable, str(ROOT / "run.py"), *flags, *JOB, *overrides], cwd=cwd, check=True,
-                   capture_output=True)  # fmt: skip
+    run_py([*flags, *JOB, *(a for a in args if a != "-m")], cwd)
     return time.perf_counter() - start
 
 
@@ -50,38 +65,55 @@ PAPER_GRID_RUNS, PAPER_EPOCHS, PAPER_TRAIN_IMAGES = 6, 500, 45_000
 
 def gpu_mode(args: argparse.Namespace) -> None:
     """N runs at k at a time for each k; ``--quick``: tiny CPU runs (the launcher still sees GPU 0
-    where ``CUDA_VISIBLE_DEVICES=0`` is set), which checks the script, not the GPU."""
+    where ``CUDA_VISIBLE_DEVICES=0`` is set), which checks the script, not the GPU. Each k's row is
+    printed as soon as it is measured (stderr), the table at the end."""
     job = GPU_JOB if not args.quick else [*JOB, "hydra/launcher=local", "hydra.launcher.gpus=[0]"]
-    seeds = "seed=" + ",".join(map(str, range(args.jobs)))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in map(int, args.runs_per_gpu.split(",")):
-            sweep_dir = Path(tmp, f"k{k}")
-            overrides = [
-                *job,
-                *args.overrides,
-                seeds,
-                f"hydra.launcher.runs_per_gpu={k}",
-                f"hydra.sweep.dir={sweep_dir}",
-            ]
-            start = time.perf_counter()
-            subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", *overrides], cwd=tmp, check=True,
-                           capture_output=True)  # fmt: skip
-            wall = time.perf_counter() - start
-            results = [runs.read_result(p.parent) for p in sorted(sweep_dir.glob("*/result.json"))]
-            last_epochs = [runs.read_metrics(p.parent)[-1] for p in sorted(sweep_dir.glob("*/result.json"))]
-            per_run = statistics.median(r["images_per_s"] for r in last_epochs)  # the last epoch: warm
-            images = sum(r["epochs_completed"] for r in results) * int(
-                _value(overrides, "dataset.train_size")
-            )
-            grid_h = math.ceil(PAPER_GRID_RUNS / k) * PAPER_EPOCHS * PAPER_TRAIN_IMAGES / per_run / 3600
-            rows.append({"k": k, "runs": len(results), "wall s": f"{wall:.1f}",
-                         "aggregate img/s (wall)": f"{images / wall:.0f}", "per-run img/s": f"{per_run:.0f}",
-                         "k × per-run": f"{k * per_run:.0f}",
-                         "peak GiB per run": f"{max(r.get('peak_gpu_memory_gib', 0.0) for r in results):.2f}",
-                         "paper grid h (training only)": f"{grid_h:.2f}"})  # fmt: skip
-    print(f"\n{args.jobs} runs per k; overrides: {' '.join(job + args.overrides)}")
+            rows.append(measure(k, [*job, *args.overrides], args.jobs or k, Path(tmp)))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(f"\n{args.jobs or 'k'} runs per k; overrides: {' '.join(job + args.overrides)}")
     print(pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True))
+
+
+def measure(k: int, job: list[str], jobs: int, tmp: Path) -> dict:
+    """One sweep of ``jobs`` runs of ``job``, k at a time on GPU 0: its table row."""
+    sweep_dir = tmp / f"k{k}"
+    seeds = "seed=" + ",".join(map(str, range(jobs)))
+    overrides = [*job, seeds, f"hydra.launcher.runs_per_gpu={k}", f"hydra.sweep.dir={sweep_dir}"]
+    start = time.perf_counter()
+    output = run_py(["-m", *overrides], tmp)
+    wall = time.perf_counter() - start
+    folders = sorted(p.parent for p in sweep_dir.glob("*/result.json"))
+    said = [line for line in output.splitlines() if "launcher" in line or "MPS" in line]
+    said += [line for line in (folders[0] / runs.LOG).read_text().splitlines() if "trainer.step" in line]
+    print(f"k={k}:", *said, sep="\n  ", file=sys.stderr)  # the launcher's summary, one run's step
+    results = [runs.read_result(f) for f in folders]
+    per_run = statistics.median(runs.read_metrics(f)[-1]["images_per_s"] for f in folders)  # warm
+    train_size = int(_value(overrides, "dataset.train_size"))
+    images = sum(r["epochs_completed"] for r in results) * train_size
+    ends = [epoch_ends(f / runs.LOG) for f in folders]
+    # From the first run's first epoch end to the last run's last: the runs' start-ups (which
+    # overlap badly at large k) are left out, their evaluations are not.
+    window = (max(e[-1] for e in ends) - min(e[0] for e in ends)).total_seconds()
+    after_first = sum(len(e) - 1 for e in ends) * train_size
+    grid_h = math.ceil(PAPER_GRID_RUNS / k) * PAPER_EPOCHS * PAPER_TRAIN_IMAGES / per_run / 3600
+    return {"k": k, "runs": len(results), "wall s": f"{wall:.1f}",
+            "aggregate img/s (wall)": f"{images / wall:.0f}",
+            "aggregate img/s (epochs 2+)": f"{after_first / window:.0f}" if window > 0 else "-",
+            "per-run img/s": f"{per_run:.0f}", "k × per-run": f"{k * per_run:.0f}",
+            "peak GiB per run": f"{max(r.get('peak_gpu_memory_gib', 0.0) for r in results):.2f}",
+            "paper grid h (training only)": f"{grid_h:.2f}"}  # fmt: skip
+
+
+EPOCH_LINE = re.compile(r"^\[([\d-]+ [\d:]+,\d+)\]\[sdexp\.train\]\[INFO\] - epoch \d+/\d+ ")
+
+
+def epoch_ends(log: Path) -> list[datetime.datetime]:
+    """When each epoch of a run ended (its evaluation included), from the run's ``train.log``."""
+    found = (EPOCH_LINE.match(line) for line in log.read_text().splitlines())
+    return [datetime.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f") for m in found if m]
 
 
 def _value(overrides: list[str], key: str) -> str:
@@ -91,16 +123,15 @@ def _value(overrides: list[str], key: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=6)
+    parser.add_argument("--jobs", type=int, default=None, help="runs per sweep (6; GPU mode: k, one round)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="2 jobs: checks the script runs")
     parser.add_argument("--runs-per-gpu", default=None, help="GPU mode: comma list of k (runs at a time)")
     parser.add_argument("overrides", nargs="*", help="GPU mode: more overrides for every run")
     args = parser.parse_args()
-    if args.quick:
-        args.jobs = 2
     if args.runs_per_gpu:
         return gpu_mode(args)
+    args.jobs = 2 if args.quick else args.jobs or 6
     seeds = "seed=" + ",".join(map(str, range(args.jobs)))
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)

@@ -37,7 +37,7 @@ from plain_peer import images_per_s  # a sibling script: benchmarks/ is on sys.p
 from sdexp.config import ConfigError, compose_config, register_configs, validate
 from sdexp.cuda_graphs import branch_inputs
 from sdexp.data import DeviceLoader, Loader, TorchLoader
-from sdexp.environment import resolve_device, speed_settings
+from sdexp.environment import resolve_device, seed_everything, speed_settings
 from sdexp.errors import SdexpError, reported
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
@@ -135,7 +135,7 @@ class Case:
         self.rule, self.setting, self.repeats = rule, setting, args.repeats
         self.device = resolve_device(cfg.trainer.device)
         self.amp_dtype, self.channels_last = speed_settings(cfg.trainer, self.device)
-        torch.manual_seed(0)
+        seed_everything(0, cfg.trainer.deterministic)  # as a run does: cudnn.benchmark on CUDA
         self.model = prepare_model(cfg, 10, self.device)
         sd = cfg.stochastic_depth
         probs = survival_probs(sd.rule, len(self.model.sd_blocks), sd.final_survival)

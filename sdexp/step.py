@@ -151,8 +151,8 @@ class Segment:
         with torch.no_grad():
             if self.grad_source is not None:
                 self.grad_source.copy_(grads.pop(0))
-            for p, g in zip(self.params, grads, strict=True):
-                p.grad.copy_(g)
+            if grads:  # one kernel, not one per tensor (a pad shortcut has no parameters)
+                torch._foreach_copy_([p.grad for p in self.params], grads)
 
     def capture(self, amp_dtype: torch.dtype | None, stream: torch.cuda.Stream) -> None:
         """Capture :meth:`forward` and :meth:`backward` as CUDA graphs on ``stream`` (the warm-up's,
@@ -331,6 +331,10 @@ class SegmentStep:
 
     def _capture(self) -> None:
         segments = [self.stem, *(s for _, *pair in self.blocks for s in pair if s is not None), self.head]
+        tolerance = REPLAY_TOLERANCE[self.amp_dtype or torch.float32]
+        # All of the build's autograd work on one side stream: autograd keeps the stream on which each
+        # parameter's gradient node was made, and torch 2.11 warns when a backward on another stream
+        # reaches it (seen on an H200 when the checks ran on the default stream).
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -339,17 +343,16 @@ class SegmentStep:
                     with _autocast(self.x.device, self.amp_dtype):
                         segment.forward()
                     segment.backward()
+            for segment in segments:
+                segment.capture(self.amp_dtype, side)
+            for index, segment in enumerate(segments):
+                difference = segment.check_replay(self.amp_dtype)
+                if not difference <= tolerance:  # NaN fails too
+                    raise RuntimeError(
+                        f"trainer.step=segments: segment {index} of {len(segments)} replayed as a CUDA "
+                        f"graph differs from its eager run by {difference:.2g} (tolerance {tolerance:g})"
+                    )
         torch.cuda.current_stream().wait_stream(side)
-        for segment in segments:
-            segment.capture(self.amp_dtype, side)
-        tolerance = REPLAY_TOLERANCE[self.amp_dtype or torch.float32]
-        for index, segment in enumerate(segments):
-            difference = segment.check_replay(self.amp_dtype)
-            if not difference <= tolerance:  # NaN fails too
-                raise RuntimeError(
-                    f"trainer.step=segments: segment {index} of {len(segments)} replayed as a CUDA graph "
-                    f"differs from its eager run by {difference:.2g} (tolerance {tolerance:g})"
-                )
         log.info(
             "trainer.step=segments: %d segments captured as CUDA graphs; %.2f GiB of GPU memory reserved",
             len(segments), torch.cuda.memory_reserved() / 2**30,

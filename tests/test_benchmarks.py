@@ -88,5 +88,6 @@ def test_sweep_gpu_mode_quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # the launcher sees a GPU 0; the quick runs use the CPU
     rows = cells(benchmark("sweep", "--runs-per-gpu=1,2"))
     assert rows[0][:3] == ["k", "runs", "wall s"]
-    assert [row[:2] for row in rows[2:]] == [["1", "2"], ["2", "2"]]
-    assert all(float(row[3]) > 0 for row in rows[2:])
+    assert [row[:2] for row in rows[2:]] == [["1", "1"], ["2", "2"]]  # one round of k runs for each k
+    assert rows[0][4] == "aggregate img/s (epochs 2+)"  # read from each run's train.log
+    assert all(float(row[3]) > 0 and float(row[4]) > 0 for row in rows[2:])
