@@ -315,6 +315,13 @@ def previous_result(run_dir: Path) -> dict[str, Any] | None:
     return read_result(run_dir) if (Path(run_dir) / RESULT).exists() else None
 
 
+def finished_result(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``result.json`` if the run finished (:data:`FINISHED`: a rerun would only repeat it),
+    else None."""
+    previous = previous_result(run_dir)
+    return previous if previous is not None and previous.get("status") in FINISHED else None
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     """The rows of ``metrics.csv`` as floats (``epoch`` as int)."""
 

@@ -323,8 +323,8 @@ def _finished(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     """The result of a finished run in ``run_dir``, or None if there is one to train (or resume);
     a run with another config raises :class:`~sdexp.runs.RunFolderError`."""
     runs.check_config(run_dir, cfg)
-    previous = runs.previous_result(run_dir)
-    if previous is not None and previous.get("status") in runs.FINISHED:
+    previous = runs.finished_result(run_dir)
+    if previous is not None:
         log.info("%s already holds a %s run: nothing to do", run_dir, previous["status"])
         return previous
     return None

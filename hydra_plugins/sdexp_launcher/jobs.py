@@ -48,10 +48,10 @@ def run_state(run_dir: Path, cfg: DictConfig) -> tuple[str, str]:
     checkpoint) or ``new``."""
     try:
         runs.check_config(run_dir, cfg)
-        previous = runs.previous_result(run_dir)
+        finished = runs.finished_result(run_dir) is not None
     except runs.RunFolderError as exc:  # another config, or a damaged file in the folder
         return "refused", str(exc)
-    if previous is not None and previous.get("status") in runs.FINISHED:
+    if finished:
         return "skipped", ""
     return ("resumed" if (run_dir / runs.CHECKPOINT).exists() else "new"), ""
 

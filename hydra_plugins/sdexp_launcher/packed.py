@@ -45,10 +45,9 @@ def run_environments(count: int, environ: dict[str, str]) -> list[dict[str, str]
 def finished(job: Job) -> bool:
     """Whether the run's folder holds a finished run (a requeued task does not start it again)."""
     try:
-        previous = runs.previous_result(job.run_dir)
+        return runs.finished_result(job.run_dir) is not None
     except runs.RunFolderError:  # damaged: the run's own process says so
         return False
-    return previous is not None and previous.get("status") in runs.FINISHED
 
 
 class PackedTask:
