@@ -4,7 +4,8 @@
 # First measured on an H200 on 2026-11-28 (docs/performance.md, session 8): check took 82 s.
 #   check: the CUDA-graph paths against eager autograd; one default run of run.py (which step it
 #          takes, its speed, its peak memory); the speed of the segment-wise step, fp32 and bf16, with
-#          the plain PyTorch peer timed in the same process.
+#          the plain PyTorch peer timed in the same process; where the default step's time goes
+#          (benchmarks/step_profile.py).
 #   more:  several runs per GPU (benchmarks/sweep.py, issue 16), with and without MPS; the autograd rows
 #          (eager and graphed branches, bf16) for comparison.
 # torch is preinstalled there; hydra-core, omegaconf, antlr4, submitit and hydra-submitit-launcher
@@ -32,6 +33,10 @@ check() {
     --step segments --peer true --json "$OUT/speed_segments.json" 2>"$OUT/speed_segments.log" \
     | tee "$OUT/speed_segments.txt"
   tail -5 "$OUT/speed_segments.log"
+  echo "== where the default step's time goes: constant depth, then stochastic depth"
+  for rule in off linear; do
+    timeout 60 python3 benchmarks/step_profile.py --rule $rule 2>/dev/null | tee -a "$OUT/step_profile.txt"
+  done
 }
 
 more() {

@@ -146,15 +146,15 @@ class Case:
         loader_args = (self.batch, self.device, self.channels_last, args.workers)
         self.loader = make_loader(setting.loader, args.images, *loader_args)
         self.epochs: list[dict] = []
-        self._train(make_loader(setting.loader, self.batch * 10, *loader_args))  # warm-up
+        self.train(make_loader(setting.loader, self.batch * 10, *loader_args))  # warm-up
 
-    def _train(self, data: Loader) -> dict:
+    def train(self, data: Loader) -> dict:
         progress, stop = EpochProgress.start(data), StopSignals()
         return train_one_epoch(self.model, self.step, data, progress, stop, False, "")
 
     def time_epoch(self) -> None:
         faults = page_faults()
-        stats = self._train(self.loader)
+        stats = self.train(self.loader)
         stats["page_faults_per_step"] = (page_faults() - faults) / len(self.loader)
         self.epochs.append(stats)
 

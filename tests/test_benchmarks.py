@@ -91,3 +91,11 @@ def test_sweep_gpu_mode_quick(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [row[:2] for row in rows[2:]] == [["1", "1"], ["2", "2"]]  # one round of k runs for each k
     assert rows[0][4] == "aggregate img/s (epochs 2+)"  # read from each run's train.log
     assert all(float(row[3]) > 0 and float(row[4]) > 0 for row in rows[2:])
+
+
+def test_step_profile_quick() -> None:
+    printed = benchmark("step_profile")
+    assert "wall per step" in printed and "2 steps of 128" in printed
+    rows = cells(printed)
+    assert rows[0][:2] == ["operator (own CPU time)", "ms per step"]
+    assert any(row[0] == "aten::convolution_backward" for row in rows[2:])  # the backward is profiled
