@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The prepared measurements for a lent GPU machine, in two parts of at most 6 minutes each (the
+# The prepared measurements for a lent GPU machine, in two parts of at most 8 and 6 minutes (the
 # timeouts), so that a failure in the first can be fixed before the second; output under $OUT.
-# First measured on an H200 on 2026-11-28 (docs/performance.md, session 8): check took 82 s.
+# First run on an H200 on 2026-11-28 (docs/performance.md, session 8): check took 82 s (before the
+# profiles were added).
 #   check: the CUDA-graph paths against eager autograd; one default run of run.py (which step it
 #          takes, its speed, its peak memory); the speed of the segment-wise step, fp32 and bf16, with
 #          the plain PyTorch peer timed in the same process; where the default step's time goes
@@ -33,9 +34,9 @@ check() {
     --step segments --peer true --json "$OUT/speed_segments.json" 2>"$OUT/speed_segments.log" \
     | tee "$OUT/speed_segments.txt"
   tail -5 "$OUT/speed_segments.log"
-  echo "== where the default step's time goes: constant depth, then stochastic depth"
-  for rule in off linear; do
-    timeout 60 python3 benchmarks/step_profile.py --rule $rule 2>/dev/null | tee -a "$OUT/step_profile.txt"
+  echo "== where the time goes: the default step at constant and stochastic depth; the peer's whole-step graph"
+  for how in "--rule off" "--rule linear" "--rule off --peer graph"; do
+    timeout 45 python3 benchmarks/step_profile.py --images 2560 $how 2>&1 | tee -a "$OUT/step_profile.txt"
   done
 }
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -59,6 +60,20 @@ def images_per_s(
     depth: int, mode: str, stochastic_depth: bool, bf16: bool, batch: int, steps: int, device: torch.device
 ) -> float:
     """Train ``steps`` steps of the peer (``mode`` eager or graph) after a warm-up; images per second."""
+    step = build_step(depth, mode, stochastic_depth, bf16, batch, device)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def build_step(
+    depth: int, mode: str, stochastic_depth: bool, bf16: bool, batch: int, device: torch.device
+) -> Callable[[], None]:
+    """The peer's training step on one fixed random batch (``mode`` eager, or graph: captured and
+    replayed), warmed up."""
     torch.manual_seed(0)
     model = plain_resnet(depth, stochastic_depth).to(device, memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
@@ -85,13 +100,8 @@ def images_per_s(
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             step()
-        step = graph.replay
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return steps * batch / (time.perf_counter() - start)
+        return graph.replay
+    return step
 
 
 def _sync(device: torch.device) -> None:

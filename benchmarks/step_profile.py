@@ -1,14 +1,16 @@
 """Where a training step's time goes: wall time per step against the device time of its kernels,
-kernels per step, and the kernels that take the most time.
+GPU activities per step, and the costliest kernels; for sdexp's step or for the plain PyTorch peer.
 
 Builds one case of ``train_speed.py`` (model, optimizer, training step and loader as a run builds
-them), trains its warm-up epoch, times one epoch of the trainer's ``train_one_epoch``, then profiles
-another with ``torch.profiler`` (kernels inside CUDA-graph replays included). A GPU busy for most of
-the wall time means the kernels set the pace; idle for much of it, the host. On the CPU the table
-lists operators by their own CPU time instead (summed over threads).
+them) or, with ``--peer graph|eager``, the step of ``plain_peer.py`` (graph: its whole step as one
+CUDA graph, the mark the segments are measured against). Times one epoch, then profiles another with
+``torch.profiler`` (kernels inside CUDA-graph replays included). A GPU busy for most of the wall time
+means the kernels set the pace; idle for much of it, the host. On the CPU the table lists operators
+by their own CPU time instead (summed over threads).
 
     python benchmarks/step_profile.py                         # ResNet-110, the default step, SD
     python benchmarks/step_profile.py --step autograd --rule off
+    python benchmarks/step_profile.py --peer graph            # the plain model's whole-step graph
     python benchmarks/step_profile.py --quick                 # seconds on the CPU; what CI runs
 """
 
@@ -17,16 +19,47 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 
 import pandas as pd
 import torch
+from plain_peer import build_step  # sibling scripts: benchmarks/ is on sys.path
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
-from train_speed import Case, Setting, sync  # a sibling script: benchmarks/ is on sys.path
+from train_speed import Case, Setting, sync
 
 from sdexp.config import register_configs
 from sdexp.environment import resolve_device
-from sdexp.errors import reported
+from sdexp.errors import SdexpError, reported
+from sdexp.step import AutoStep
+
+
+def profiled(epoch: Callable[[], None], device: torch.device) -> tuple[float, pd.DataFrame, int]:
+    """Wall seconds of one unprofiled ``epoch``, then the profile of another: total microseconds and
+    calls per kernel (per operator on the CPU), and the number of device activities."""
+    on_cuda = device.type == "cuda"
+    sync(device)
+    start = time.perf_counter()
+    epoch()
+    sync(device)
+    wall = time.perf_counter() - start
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_cuda else [])]) as prof:
+        epoch()
+        sync(device)
+    kind = DeviceType.CUDA if on_cuda else DeviceType.CPU
+    # record_function ranges (zero_grad, optimizer step) also appear on the device: not kernels
+    events = [
+        e for e in prof.events() if e.device_type == kind and not getattr(e, "is_user_annotation", False)
+    ]
+    times = pd.DataFrame({
+        "name": [e.name[:80] for e in events],
+        "us": [e.time_range.elapsed_us() if on_cuda else e.self_cpu_time_total for e in events],
+    })  # fmt: skip
+    return (
+        wall,
+        times.groupby("name")["us"].agg(["sum", "count"]).sort_values("sum", ascending=False),
+        len(events),
+    )
 
 
 def main() -> None:
@@ -35,6 +68,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rule", default="linear", help="stochastic_depth: linear, off, ...")
     parser.add_argument("--step", default="auto", help="trainer.step: auto, autograd or segments")
+    parser.add_argument("--peer", choices=["graph", "eager"], help="profile the plain PyTorch peer instead")
     parser.add_argument("--precision", default=None, help="fp32 or bf16 (default: bf16 on CUDA, else fp32)")
     parser.add_argument("--images", type=int, default=6400, help="images per profiled epoch")
     parser.add_argument("--top", type=int, default=15, help="rows of the table")
@@ -47,34 +81,43 @@ def main() -> None:
     device = resolve_device(args.device)
     on_cuda = device.type == "cuda"
     precision = args.precision or ("bf16" if on_cuda else "fp32")
-    case = Case(args, args.rule, Setting(precision, True, args.step, False, False, "fast"))
-    steps = len(case.loader)
-    sync(device)
-    start = time.perf_counter()
-    case.train(case.loader)
-    wall_ms = (time.perf_counter() - start) * 1000 / steps
-    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_cuda else [])]) as prof:
-        case.train(case.loader)
-    kind = DeviceType.CUDA if on_cuda else DeviceType.CPU
-    events = [e for e in prof.events() if e.device_type == kind]
-    times = pd.DataFrame(
-        {
-            "name": [e.name[:80] for e in events],
-            "us": [e.time_range.elapsed_us() if on_cuda else e.self_cpu_time_total for e in events],
-        }
-    )
-    table = times.groupby("name")["us"].agg(["sum", "count"]).sort_values("sum", ascending=False)
-    busy_ms = table["sum"].sum() / 1000 / steps
-    what = "kernel" if on_cuda else "operator (own CPU time)"
-    print(f"\n{args.model}, stochastic_depth={args.rule}, trainer.step={args.step}, {precision}, on "
-          f"{torch.cuda.get_device_name(device) if on_cuda else 'cpu'}, torch {torch.__version__}: "
-          f"{steps} steps of {case.batch}")  # fmt: skip
-    share = 100 * busy_ms / wall_ms  # on the CPU summed over threads: it can pass 100
-    print(f"wall per step {wall_ms:.2f} ms (unprofiled); {what} time per step {busy_ms:.2f} ms "
-          f"({share:.0f} % of the wall time); {len(events) / steps:.0f} per step")  # fmt: skip
+    if on_cuda and hasattr(torch.profiler, "_utils"):  # CUPTI must start before graphs are captured
+        getattr(torch.profiler._utils, "_init_for_cuda_graphs", lambda: None)()
+    if args.peer == "graph" and not on_cuda:
+        raise SdexpError(
+            "--peer graph replays a CUDA graph: it needs a CUDA device (--peer eager runs anywhere)"
+        )
+    if args.peer:
+        depth, batch = int(args.model.removeprefix("resnet")), 128
+        step = build_step(depth, args.peer, args.rule != "off", precision == "bf16", batch, device)
+        steps = args.images // batch
+        what = f"plain peer ({args.peer})"
+
+        def epoch() -> None:
+            for _ in range(steps):
+                step()
+
+    else:
+        case = Case(args, args.rule, Setting(precision, True, args.step, False, False, "fast"))
+        taken = case.step.step if isinstance(case.step, AutoStep) else case.step  # built by the warm-up
+        batch, steps = case.batch, len(case.loader)
+        what = f"trainer.step={args.step} ({type(taken).__name__})"
+
+        def epoch() -> None:
+            case.train(case.loader)
+
+    wall, table, count = profiled(epoch, device)
+    wall_ms, busy_ms = wall * 1000 / steps, table["sum"].sum() / 1000 / steps
+    unit = "kernel" if on_cuda else "operator (own CPU time)"
+    where = torch.cuda.get_device_name(device) if on_cuda else "cpu"
+    print(f"\n{args.model}, stochastic_depth={args.rule}, {what}, {precision}, on {where}, "
+          f"torch {torch.__version__}: {steps} steps of {batch}")  # fmt: skip
+    print(f"wall per step {wall_ms:.2f} ms (unprofiled); {unit} time per step {busy_ms:.2f} ms "
+          f"({100 * busy_ms / wall_ms:.0f} % of the wall time); {count / steps:.0f} "
+          f"{'device activities (kernels, copies, fills)' if on_cuda else 'operators'} per step")  # fmt: skip
     top = table.head(args.top)
     print(pd.DataFrame({
-        what: top.index,
+        unit: top.index,
         "ms per step": (top["sum"] / 1000 / steps).map("{:.3f}".format),
         "share %": (100 * top["sum"] / table["sum"].sum()).map("{:.1f}".format),
         "calls per step": (top["count"] / steps).map("{:.1f}".format),

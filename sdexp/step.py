@@ -335,24 +335,27 @@ class SegmentStep:
         # All of the build's autograd work on one side stream: autograd keeps the stream on which each
         # parameter's gradient node was made, and torch 2.11 warns when a backward on another stream
         # reaches it (seen on an H200 when the checks ran on the default stream).
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for segment in segments:
-                for _ in range(CUDA_WARMUP_STEPS):
-                    with _autocast(self.x.device, self.amp_dtype):
-                        segment.forward()
-                    segment.backward()
-            for segment in segments:
-                segment.capture(self.amp_dtype, side)
-            for index, segment in enumerate(segments):
-                difference = segment.check_replay(self.amp_dtype)
-                if not difference <= tolerance:  # NaN fails too
-                    raise RuntimeError(
-                        f"trainer.step=segments: segment {index} of {len(segments)} replayed as a CUDA "
-                        f"graph differs from its eager run by {difference:.2g} (tolerance {tolerance:g})"
-                    )
-        torch.cuda.current_stream().wait_stream(side)
+        side, current = torch.cuda.Stream(), torch.cuda.current_stream()
+        side.wait_stream(current)
+        try:
+            with torch.cuda.stream(side):
+                for segment in segments:
+                    for _ in range(CUDA_WARMUP_STEPS):
+                        with _autocast(self.x.device, self.amp_dtype):
+                            segment.forward()
+                        segment.backward()
+                for segment in segments:
+                    segment.capture(self.amp_dtype, side)
+                for index, segment in enumerate(segments):
+                    difference = segment.check_replay(self.amp_dtype)
+                    if not difference <= tolerance:  # NaN fails too
+                        raise RuntimeError(
+                            f"trainer.step=segments: segment {index} of {len(segments)} replayed as a "
+                            f"CUDA graph differs from its eager run by {difference:.2g} "
+                            f"(tolerance {tolerance:g})"
+                        )
+        finally:  # what runs next on the current stream (the BatchNorm restore, training) waits
+            current.wait_stream(side)
         log.info(
             "trainer.step=segments: %d segments captured as CUDA graphs; %.2f GiB of GPU memory reserved",
             len(segments), torch.cuda.memory_reserved() / 2**30,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -89,13 +90,27 @@ def test_sweep_gpu_mode_quick(monkeypatch: pytest.MonkeyPatch) -> None:
     rows = cells(benchmark("sweep", "--runs-per-gpu=1,2"))
     assert rows[0][:3] == ["k", "runs", "wall s"]
     assert [row[:2] for row in rows[2:]] == [["1", "1"], ["2", "2"]]  # one round of k runs for each k
-    assert rows[0][4] == "aggregate img/s (epochs 2+)"  # read from each run's train.log
+    assert rows[0][4] == "aggregate img/s (all running)"  # read from each run's train.log
     assert all(float(row[3]) > 0 and float(row[4]) > 0 for row in rows[2:])
 
 
+def test_concurrent_images_per_s_counts_only_the_time_all_runs_train() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        sweep = importlib.import_module("sweep")
+    finally:
+        sys.path.pop(0)
+    # two runs of 100 images per 1-s epoch, the second started 0.5 s later: 200 img/s while both train
+    assert sweep.concurrent_images_per_s([[0, 1, 2, 3], [0.5, 1.5, 2.5, 3.5]], 100) == pytest.approx(200)
+    assert sweep.concurrent_images_per_s([[0, 1, 2, 3], [0, 2, 4, 6]], 100) == pytest.approx(150)
+    assert sweep.concurrent_images_per_s([[0, 1, 2], [5, 6, 7]], 100) is None  # one after the other
+    assert sweep.concurrent_images_per_s([[0, 1, 2], [1]], 100) is None  # a run with one epoch
+
+
 def test_step_profile_quick() -> None:
-    printed = benchmark("step_profile")
-    assert "wall per step" in printed and "2 steps of 128" in printed
-    rows = cells(printed)
-    assert rows[0][:2] == ["operator (own CPU time)", "ms per step"]
-    assert any(row[0] == "aten::convolution_backward" for row in rows[2:])  # the backward is profiled
+    for args, what in (((), "trainer.step=auto (AutogradStep)"), (("--peer=eager",), "plain peer (eager)")):
+        printed = benchmark("step_profile", *args)
+        assert what in printed and "2 steps of 128" in printed and "wall per step" in printed
+        rows = cells(printed)
+        assert rows[0][:2] == ["operator (own CPU time)", "ms per step"]
+        assert any(row[0] == "aten::convolution_backward" for row in rows[2:])  # the backward is profiled
