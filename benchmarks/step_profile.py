@@ -31,7 +31,6 @@ from train_speed import Case, Setting, sync
 from sdexp.config import register_configs
 from sdexp.environment import resolve_device
 from sdexp.errors import SdexpError, reported
-from sdexp.step import AutoStep
 
 
 def profiled(epoch: Callable[[], None], device: torch.device) -> tuple[float, pd.DataFrame, int]:
@@ -99,9 +98,8 @@ def main() -> None:
 
     else:
         case = Case(args, args.rule, Setting(precision, True, args.step, False, False, "fast"))
-        taken = case.step.step if isinstance(case.step, AutoStep) else case.step  # built by the warm-up
         batch, steps = case.batch, len(case.loader)
-        what = f"trainer.step={args.step} ({type(taken).__name__})"
+        what = f"trainer.step={args.step} (took {case.step.kind})"  # taken by the warm-up epoch
 
         def epoch() -> None:
             case.train(case.loader)

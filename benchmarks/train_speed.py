@@ -192,7 +192,7 @@ class Case:
             "rule": self.rule,
             "precision": "bf16" if self.amp_dtype is not None else "fp32",
             "channels_last": self.channels_last,
-            "step": self.setting.step,
+            "step": self.setting.step + (f" ({self.step.kind})" if self.setting.step == "auto" else ""),
             "cuda_graphs": self.setting.graphs,
             "compiled": self.setting.compiled,
             "loader": self.setting.loader,

@@ -72,6 +72,8 @@ def _why_not_segments(tcfg: DictConfig, mode: str, device: torch.device) -> str 
 
 
 class Step(Protocol):
+    kind: StepKind  # the step this is (AutoStep: the one it took)
+
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Train on one mini-batch; return its mean loss and its logits (both detached)."""
         ...
@@ -79,6 +81,8 @@ class Step(Protocol):
 
 class AutogradStep:
     """Autograd over the whole model; the model draws its gates in its forward."""
+
+    kind = StepKind.autograd
 
     def __init__(
         self, model: ResNet, optimizer: torch.optim.Optimizer, amp_dtype: torch.dtype | None
@@ -223,6 +227,8 @@ class SegmentStep:
     undone. Build it after a checkpoint is restored: the graphs read the parameters in place, but the
     optimizer's state must be the restored one. ``batch`` mode only (``row`` mode draws random masks
     inside the branch)."""
+
+    kind = StepKind.segments
 
     def __init__(
         self, model: ResNet, optimizer: torch.optim.Optimizer, amp_dtype: torch.dtype | None
@@ -370,7 +376,12 @@ class AutoStep:
     def __init__(self, segments: SegmentStep, fallback: AutogradStep) -> None:
         self.segments: SegmentStep | None = segments
         self.fallback = fallback
-        self.step: Step | None = None
+        self.step: SegmentStep | AutogradStep | None = None
+
+    @property
+    def kind(self) -> StepKind:
+        """The step it took at its first call (``auto`` before)."""
+        return self.step.kind if self.step is not None else StepKind.auto
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.step is None:

@@ -108,7 +108,7 @@ def test_concurrent_images_per_s_counts_only_the_time_all_runs_train() -> None:
 
 
 def test_step_profile_quick() -> None:
-    for args, what in (((), "trainer.step=auto (AutogradStep)"), (("--peer=eager",), "plain peer (eager)")):
+    for args, what in (((), "trainer.step=auto (took autograd)"), (("--peer=eager",), "plain peer (eager)")):
         printed = benchmark("step_profile", *args)
         assert what in printed and "2 steps of 128" in printed and "wall per step" in printed
         rows = cells(printed)

@@ -146,6 +146,7 @@ def test_auto_step_falls_back_to_autograd_with_one_warning_where_the_segments_fa
 
     monkeypatch.setattr(SegmentStep, "_build", failing_build)
     step = step_module.AutoStep(segments, AutogradStep(auto_model, auto_opt, None))
+    assert step.kind == "auto"  # not built yet
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,))
     with caplog.at_level("WARNING", logger="sdexp.step"):
         with pytest.raises(RuntimeError):  # the public build restores the statistics around _build
@@ -155,6 +156,16 @@ def test_auto_step_falls_back_to_autograd_with_one_warning_where_the_segments_fa
         for _ in range(3):
             torch.testing.assert_close(step(x, y), ref_step(x, y), rtol=0, atol=0)
     assert step.step is step.fallback and step.segments is None and segments.shape is None
+    assert step.kind == "autograd"  # what train_speed.py and step_profile.py report
     [warning] = caplog.messages
     assert warning.startswith("trainer.step=auto: the segment-wise step failed (CUDA error: operation not")
     assert warning.endswith("); using autograd")
+
+
+def test_auto_step_says_which_step_it_took() -> None:
+    model = ResNet([1, 1], [4, 8], 4, num_classes=3, gate_seed=0).train()
+    optimizer, _ = build_optimizer(model, compose_config().optimizer, epochs=10)
+    step = step_module.AutoStep(SegmentStep(model, optimizer, None), AutogradStep(model, optimizer, None))
+    assert step.kind == "auto"
+    step(torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,)))  # the CPU builds the segments eagerly
+    assert step.kind == "segments" and step.step is step.segments
