@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import pandas as pd
 import torch
+from arg_types import count  # a sibling script: benchmarks/ is on sys.path
 
 from sdexp.config import compose_config, validate
 from sdexp.environment import seed_everything, speed_settings
@@ -80,7 +81,7 @@ def run(model_name: str, device: str, overrides: list[str], steps: int, precisio
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet110")
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=count, default=6)
     parser.add_argument("--device", default="cuda", help="cpu: a rehearsal, segments only and eager")
     args = parser.parse_args()
     paths = PATHS if args.device.startswith("cuda") else {"segments": PATHS["segments"]}

@@ -21,6 +21,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sdexp.config import compose_config
+from sdexp.errors import SdexpError
+
 
 class PlainBlock(nn.Module):
     """conv-BN-ReLU-conv-BN plus a shortcut that subsamples and pads with zero channels."""
@@ -54,6 +57,18 @@ def plain_resnet(depth: int, stochastic_depth: bool) -> nn.Sequential:
             c_in = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
     return nn.Sequential(*layers)
+
+
+def cifar_depth(model: str) -> int:
+    """The depth of sdexp's ``model`` config, which must be a CIFAR ResNet: three equal stages of basic
+    blocks, the network the peer builds."""
+    cfg = compose_config([f"model={model}"]).model
+    if cfg.block != "basic" or len(cfg.blocks_per_stage) != 3 or len(set(cfg.blocks_per_stage)) != 1:
+        raise SdexpError(
+            f"model={model}: the plain peer is a CIFAR ResNet (three equal stages of basic blocks, "
+            "e.g. resnet20 or resnet110); choose one of those"
+        )
+    return 6 * cfg.blocks_per_stage[0] + 2
 
 
 def images_per_s(

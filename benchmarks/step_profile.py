@@ -23,10 +23,11 @@ from collections.abc import Callable
 
 import pandas as pd
 import torch
-from plain_peer import build_step  # sibling scripts: benchmarks/ is on sys.path
+from arg_types import count  # sibling scripts: benchmarks/ is on sys.path
+from plain_peer import build_step, cifar_depth
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
-from train_speed import Case, Setting, sync
+from train_speed import Case, Setting, check_images, sync
 
 from sdexp.config import register_configs
 from sdexp.environment import resolve_device
@@ -69,8 +70,8 @@ def main() -> None:
     parser.add_argument("--step", default="auto", help="trainer.step: auto, autograd or segments")
     parser.add_argument("--peer", choices=["graph", "eager"], help="profile the plain PyTorch peer instead")
     parser.add_argument("--precision", default=None, help="fp32 or bf16 (default: bf16 on CUDA, else fp32)")
-    parser.add_argument("--images", type=int, default=6400, help="images per profiled epoch")
-    parser.add_argument("--top", type=int, default=15, help="rows of the table")
+    parser.add_argument("--images", type=count, default=6400, help="images per profiled epoch")
+    parser.add_argument("--top", type=count, default=15, help="rows of the table")
     parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
     args = parser.parse_args()
     if args.quick:
@@ -87,7 +88,8 @@ def main() -> None:
             "--peer graph replays a CUDA graph: it needs a CUDA device (--peer eager runs anywhere)"
         )
     if args.peer:
-        depth, batch = int(args.model.removeprefix("resnet")), 128
+        depth, batch = cifar_depth(args.model), 128
+        check_images(args.images, batch)
         step = build_step(depth, args.peer, args.rule != "off", precision == "bf16", batch, device)
         steps = args.images // batch
         what = f"plain peer ({args.peer})"
@@ -104,14 +106,14 @@ def main() -> None:
         def epoch() -> None:
             case.train(case.loader)
 
-    wall, table, count = profiled(epoch, device)
+    wall, table, activities = profiled(epoch, device)
     wall_ms, busy_ms = wall * 1000 / steps, table["sum"].sum() / 1000 / steps
     unit = "kernel" if on_cuda else "operator (own CPU time)"
     where = torch.cuda.get_device_name(device) if on_cuda else "cpu"
     print(f"\n{args.model}, stochastic_depth={args.rule}, {what}, {precision}, on {where}, "
           f"torch {torch.__version__}: {steps} steps of {batch}")  # fmt: skip
     print(f"wall per step {wall_ms:.2f} ms (unprofiled); {unit} time per step {busy_ms:.2f} ms "
-          f"({100 * busy_ms / wall_ms:.0f} % of the wall time); {count / steps:.0f} "
+          f"({100 * busy_ms / wall_ms:.0f} % of the wall time); {activities / steps:.0f} "
           f"{'device activities (kernels, copies, fills)' if on_cuda else 'operators'} per step")  # fmt: skip
     top = table.head(args.top)
     print(pd.DataFrame({

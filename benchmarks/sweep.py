@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from arg_types import count, counts  # a sibling script: benchmarks/ is on sys.path
 
 from sdexp import runs
 from sdexp.errors import SdexpError, reported
@@ -74,7 +75,7 @@ def gpu_mode(args: argparse.Namespace) -> None:
                "hydra/launcher=local", "hydra.launcher.gpus=[0]"]  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for k in map(int, args.runs_per_gpu.split(",")):
+        for k in args.runs_per_gpu:
             rows.append(measure(k, [*job, *args.overrides], args.jobs or k, Path(tmp)))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(f"\n{args.jobs or 'k'} runs per k; overrides: {' '.join(job + args.overrides)}")
@@ -140,10 +141,12 @@ def _value(overrides: list[str], key: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=None, help="runs per sweep (6; GPU mode: k, one round)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--jobs", type=count, default=None, help="runs per sweep (6; GPU mode: k, one round)")
+    parser.add_argument("--workers", type=count, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny CPU runs: checks the script runs")
-    parser.add_argument("--runs-per-gpu", default=None, help="GPU mode: comma list of k (runs at a time)")
+    parser.add_argument(
+        "--runs-per-gpu", type=counts, default=None, help="GPU mode: comma list of k (runs at a time)"
+    )
     parser.add_argument("overrides", nargs="*", help="GPU mode: more overrides for every run")
     args = parser.parse_args()
     if args.runs_per_gpu:

@@ -31,8 +31,9 @@ from typing import NamedTuple
 
 import pandas as pd
 import torch
+from arg_types import count  # sibling scripts: benchmarks/ is on sys.path when a benchmark runs
 from omegaconf import DictConfig
-from plain_peer import images_per_s  # a sibling script: benchmarks/ is on sys.path when a benchmark runs
+from plain_peer import cifar_depth, images_per_s
 
 from sdexp.config import ConfigError, compose_config, register_configs, validate
 from sdexp.cuda_graphs import branch_inputs
@@ -106,6 +107,12 @@ def expected_ratio(
     return sum(p * t for p, t in zip(probs, per_block, strict=True)) / sum(per_block)
 
 
+def check_images(images: int, batch: int) -> None:
+    """An epoch of ``images`` must hold at least one batch (an incomplete last batch is dropped)."""
+    if images < batch:
+        raise SdexpError(f"--images {images} is less than one batch ({batch} images)")
+
+
 def case_config(args: argparse.Namespace, rule: str, setting: Setting) -> DictConfig:
     """The run config of one table row; raises :class:`ConfigError` for a combination that a run
     would refuse."""
@@ -144,6 +151,7 @@ class Case:
         self.step = build_step(cfg.trainer, sd.mode, self.model, optimizer, self.amp_dtype)
         self.batch = cfg.trainer.batch_size
         loader_args = (self.batch, self.device, self.channels_last, args.workers)
+        check_images(args.images, self.batch)
         self.loader = make_loader(setting.loader, args.images, *loader_args)
         self.epochs: list[dict] = []
         self.train(make_loader(setting.loader, self.batch * 10, *loader_args))  # warm-up
@@ -212,15 +220,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet110")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--images", type=int, default=None, help="images per timed epoch")
-    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per case (median)")
+    parser.add_argument("--images", type=count, default=None, help="images per timed epoch")
+    parser.add_argument("--repeats", type=count, default=5, help="timed epochs per case (median)")
     parser.add_argument("--precision", default=None, help="comma list of fp32,bf16")
     parser.add_argument("--channels-last", default=None, help="comma list of false,true")
     parser.add_argument("--step", default="autograd", help="comma list of auto,autograd,segments")
     parser.add_argument("--cuda-graphs", default="false", help="comma list of false,true (CUDA only)")
     parser.add_argument("--compile", default="false", help="comma list of false,true: torch.compile branches")
     parser.add_argument("--loader", default="fast", help="comma list of fast,torch (DataLoader)")
-    parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes (torch loader)")
+    parser.add_argument("--workers", type=count, default=4, help="DataLoader worker processes (torch loader)")
     parser.add_argument("--peer", default=None, help="true/false: time the plain PyTorch peer too")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
@@ -290,7 +298,7 @@ def peer_rows(args: argparse.Namespace, rows: list[dict]) -> list[dict]:
     graph at constant depth; ``sdexp/peer``: the speed of the first sdexp row of the same rule and
     precision over the peer's."""
     device = resolve_device(args.device)
-    depth = int(args.model.removeprefix("resnet"))
+    depth = cifar_depth(args.model)
     steps = max(3, args.images // 128)
     cases = [("eager", "off"), ("eager", "linear")] + ([("graph", "off")] if device.type == "cuda" else [])
     peer = []

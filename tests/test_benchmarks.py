@@ -114,3 +114,23 @@ def test_step_profile_quick() -> None:
         rows = cells(printed)
         assert rows[0][:2] == ["operator (own CPU time)", "ms per step"]
         assert any(row[0] == "aten::convolution_backward" for row in rows[2:])  # the backward is profiled
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("sweep", ["--jobs", "0"], "argument --jobs: '0' is not an integer >= 1"),
+        ("sweep", ["--runs-per-gpu", "1,x"], "argument --runs-per-gpu: 'x' is not an integer >= 1"),
+        ("train_speed", ["--images", "-3"], "argument --images: '-3' is not an integer >= 1"),
+        ("train_speed", ["--quick", "--images", "5"], "--images 5 is less than one batch (128 images)"),
+        ("step_profile", ["--peer=eager", "--model=resnet18"], "model=resnet18: the plain peer is a CIFAR"),
+    ],
+)
+def test_bad_benchmark_arguments_are_named(script: str, args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
