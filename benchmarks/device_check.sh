@@ -2,11 +2,11 @@
 # The prepared measurements for a lent GPU machine, in two parts of at most 8 and 6 minutes (the
 # timeouts), so that a failure in the first can be fixed before the second; output under $OUT.
 # First run on an H200 on 2026-11-28 (docs/performance.md, session 8): check took 82 s (before the
-# profiles were added).
-#   check: the CUDA-graph paths against eager autograd; one default run of run.py (which step it
-#          takes, its speed, its peak memory); the speed of the segment-wise step, fp32 and bf16, with
-#          the plain PyTorch peer timed in the same process; where the default step's time goes
-#          (benchmarks/step_profile.py).
+# profiles and the one-graph step were added; now expect 3-5 minutes).
+#   check: the CUDA-graph paths against eager autograd; the speed of the segment-wise and the
+#          one-graph step, fp32 and bf16, with the plain PyTorch peer timed in the same process; two
+#          runs of run.py (the default step and trainer.step=graph: which step, speed, peak memory);
+#          where the steps' time goes (benchmarks/step_profile.py).
 #   more:  several runs per GPU (benchmarks/sweep.py, issue 16), with and without MPS; the autograd rows
 #          (eager and graphed branches, bf16) for comparison.
 # torch is preinstalled there; hydra-core, omegaconf, antlr4, submitit and hydra-submitit-launcher
@@ -22,20 +22,24 @@ RUNS=$(mktemp -d)
 
 check() {
   python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())"
-  echo "== CUDA graphs: graphed branches and the segment-wise step vs eager autograd"
-  timeout 150 python3 benchmarks/cuda_graphs_check.py 2>&1 | tee "$OUT/cuda_graphs_check.txt"
-  echo "== the default configuration: run.py, ResNet-110, 2 epochs of 12,800 synthetic images"
-  timeout 60 python3 run.py model=resnet110 dataset=synthetic dataset.train_size=12800 dataset.val_size=5000 \
-    dataset.test_size=10000 trainer.epochs=2 trainer.progress=false hydra.run.dir="$RUNS/default" >/dev/null 2>&1
-  cp "$RUNS/default/train.log" "$OUT/default_train.log"; cp "$RUNS/default/result.json" "$OUT/default_result.json"
-  grep -E "trainer.step|WARN|epoch" "$OUT/default_train.log" | cut -c1-220
-  echo "== training speed, ResNet-110, channels-last: the segment-wise step; the plain peer"
-  timeout 150 python3 benchmarks/train_speed.py --model resnet110 --images 6400 --repeats 3 --channels-last true \
-    --step segments --peer true --json "$OUT/speed_segments.json" 2>"$OUT/speed_segments.log" \
-    | tee "$OUT/speed_segments.txt"
-  tail -5 "$OUT/speed_segments.log"
-  echo "== where the time goes: the default step at constant and stochastic depth; the peer's whole-step graph"
-  for how in "--rule off" "--rule linear" "--rule off --peer graph"; do
+  echo "== CUDA graphs: graphed branches, the segment-wise step and the one-graph step vs eager autograd"
+  timeout 200 python3 benchmarks/cuda_graphs_check.py 2>&1 | tee "$OUT/cuda_graphs_check.txt" | grep -v "^  File"
+  echo "== training speed, ResNet-110, channels-last: segments and one graph, fp32 and bf16; the plain peer"
+  timeout 200 python3 benchmarks/train_speed.py --model resnet110 --images 6400 --repeats 3 --channels-last true \
+    --step segments,graph --peer true --json "$OUT/speed_steps.json" 2>"$OUT/speed_steps.log" \
+    | tee "$OUT/speed_steps.txt"
+  tail -5 "$OUT/speed_steps.log"
+  echo "== run.py, ResNet-110, 2 epochs of 12,800 synthetic images: the default step, then trainer.step=graph"
+  for step in auto graph; do
+    timeout 60 python3 run.py model=resnet110 dataset=synthetic dataset.train_size=12800 dataset.val_size=5000 \
+      dataset.test_size=10000 trainer.epochs=2 trainer.progress=false trainer.step=$step \
+      hydra.run.dir="$RUNS/$step" >/dev/null 2>&1
+    cp "$RUNS/$step/train.log" "$OUT/${step}_train.log"; cp "$RUNS/$step/result.json" "$OUT/${step}_result.json"
+    grep -E "trainer.step|WARN|epoch" "$OUT/${step}_train.log" | cut -c1-220
+  done
+  echo "== where the time goes: segments and one graph at constant and stochastic depth; the peer's whole-step graph"
+  for how in "--step segments --rule off" "--step graph --rule off" "--step graph --rule linear" \
+    "--rule off --peer graph"; do
     timeout 45 python3 benchmarks/step_profile.py --images 2560 $how 2>&1 | tee -a "$OUT/step_profile.txt"
   done
 }

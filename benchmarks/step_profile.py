@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet110")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rule", default="linear", help="stochastic_depth: linear, off, ...")
-    parser.add_argument("--step", default="auto", help="trainer.step: auto, autograd or segments")
+    parser.add_argument("--step", default="auto", help="trainer.step: auto, autograd, segments or graph")
     parser.add_argument("--peer", choices=["graph", "eager"], help="profile the plain PyTorch peer instead")
     parser.add_argument("--precision", default=None, help="fp32 or bf16 (default: bf16 on CUDA, else fp32)")
     parser.add_argument("--images", type=count, default=6400, help="images per profiled epoch")

@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=count, default=5, help="timed epochs per case (median)")
     parser.add_argument("--precision", default=None, help="comma list of fp32,bf16")
     parser.add_argument("--channels-last", default=None, help="comma list of false,true")
-    parser.add_argument("--step", default="autograd", help="comma list of auto,autograd,segments")
+    parser.add_argument("--step", default="autograd", help="comma list of auto,autograd,segments,graph")
     parser.add_argument("--cuda-graphs", default="false", help="comma list of false,true (CUDA only)")
     parser.add_argument("--compile", default="false", help="comma list of false,true: torch.compile branches")
     parser.add_argument("--loader", default="fast", help="comma list of fast,torch (DataLoader)")

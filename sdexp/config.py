@@ -26,6 +26,7 @@ from sdexp.models import Block, Shortcut
 from sdexp.optim import Schedule
 from sdexp.overrides import run_name
 from sdexp.step import StepKind
+from sdexp.step.graph import unsupported as unsupported_graph
 from sdexp.stochastic_depth import Mode, Rule, Scaling
 
 
@@ -215,24 +216,33 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("trainer.cuda_graphs=true and trainer.compile=true: choose one of the two")
     if cfg.trainer.cuda_graphs and (cfg.trainer.device == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("trainer.cuda_graphs=true needs a CUDA device: set trainer.cuda_graphs=false")
-    if cfg.trainer.step == StepKind.segments:
+    if cfg.trainer.step in (StepKind.segments, StepKind.graph):
         _check_segments(cfg)
     if cfg.optimizer.nesterov and (cfg.optimizer.momentum == 0 or cfg.optimizer.dampening != 0):
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0")
 
 
 def _check_segments(cfg: DictConfig) -> None:
-    """The segment-wise step replaces what ``cuda_graphs`` and ``compile`` do to the branches, and
-    captures branches without random numbers in them."""
+    """The segment-wise and the one-graph step replace what ``cuda_graphs`` and ``compile`` do to the
+    branches, and capture branches without random numbers in them; the one graph needs CUDA, torch
+    >= 2.8 and the driver's node switch."""
+    step = cfg.trainer.step
     for key in ("cuda_graphs", "compile"):
         if cfg.trainer[key]:
-            raise ConfigError(f"trainer.step=segments and trainer.{key}=true: choose one of the two")
-    if cfg.trainer.detect_anomaly and resolve_device(cfg.trainer.device).type == "cuda":
+            raise ConfigError(f"trainer.step={step} and trainer.{key}=true: choose one of the two")
+    device = resolve_device(cfg.trainer.device)
+    if cfg.trainer.detect_anomaly and device.type == "cuda":
         raise ConfigError(
             "trainer.detect_anomaly=true cannot check inside CUDA graphs: add trainer.step=autograd to debug"
         )
     if cfg.stochastic_depth.mode != "batch":
         raise ConfigError(
-            f"trainer.step=segments needs stochastic_depth.mode=batch (it is {cfg.stochastic_depth.mode}): "
+            f"trainer.step={step} needs stochastic_depth.mode=batch (it is {cfg.stochastic_depth.mode}): "
             "per-sample masks draw random numbers inside the branch"
         )
+    if step == StepKind.graph:
+        why = unsupported_graph() if device.type == "cuda" else f"this run is on {device.type}"
+        if why:
+            raise ConfigError(
+                f"trainer.step=graph needs CUDA graphs it can switch ({why}): use trainer.step=segments"
+            )

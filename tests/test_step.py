@@ -12,7 +12,9 @@ from sdexp import step as step_module
 from sdexp.config import ConfigError, compose_config, validate
 from sdexp.models import ResNet
 from sdexp.optim import build_optimizer
-from sdexp.step import AutogradStep, SegmentStep, build_step
+from sdexp.step import build_step
+from sdexp.step.autograd import AutogradStep
+from sdexp.step.segments import SegmentStep
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
 
 TINY_MODELS = {

@@ -1,42 +1,30 @@
-"""The training step, forward + backward + optimizer step on one mini-batch (``trainer.step``).
+"""``trainer.step=segments``: the network cut into segments, each one CUDA graph on CUDA.
 
-``autograd`` is the plain PyTorch step: autograd over the whole model. On a big GPU its pace is set
-by the host, not the GPU: a ResNet-110 step is some 2,300 kernel launches plus as many autograd nodes,
-and a dropped block saves its kernels but little of that host work.
-
-``segments`` cuts the network into segments: the stem, each residual block (kept: branch and
-shortcut; dropped: its shortcut alone, where that is not the identity) and the head with the loss.
-Segments pass the activation and its gradient through static buffers, one pair per activation shape,
-which each segment reads and overwrites in place; a dropped block with an identity shortcut is no
-segment at all. A step runs the forward of the stem, of each block's segment for its gate and of the
-head, then their backwards in reverse. On CUDA each of those is one CUDA graph captured at the first
-step, so a step costs about two launches per kept block (:class:`Segment`). Each segment's backward
-is autograd's own (``torch.autograd.grad`` of the segment), so the arithmetic is autograd's; what is
-written here are the seams: the gradient handed from segment to segment, and each parameter's
-gradient copied into its ``.grad``. The gates are drawn on the host as before.
-
-``auto`` (the default) is ``segments`` where it can help and work (CUDA, ``batch`` mode, neither
-``cuda_graphs`` nor ``compile`` nor ``detect_anomaly``), else ``autograd``, saying which in one log
-line. On CUDA each captured segment is checked once against its eager run; if the capture fails or a
-check does not hold, the run goes on with ``autograd`` after one warning line (:class:`AutoStep`).
+The segments are the stem, each residual block (kept: branch and shortcut; dropped: its shortcut
+alone, where that is not the identity) and the head with the loss. They pass the activation and its
+gradient through static buffers, one pair per activation shape, which each segment reads and
+overwrites in place; a dropped block with an identity shortcut is no segment at all. A step runs the
+forward of the stem, of each block's segment for its gate and of the head, then their backwards in
+reverse. On CUDA each of those is one CUDA graph captured at the first step, so a step costs about two
+launches per kept block (:class:`Segment`). Each segment's backward is autograd's own
+(``torch.autograd.grad`` of the segment), so the arithmetic is autograd's; what is written here are
+the seams: the gradient handed from segment to segment, and each parameter's gradient copied into its
+``.grad``. The gates are drawn on the host, from the model's generator, as with autograd.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 from collections.abc import Callable
-from enum import StrEnum
 from functools import partial
-from typing import Protocol
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.nn import functional as F
 
 from sdexp.models import ResNet
+from sdexp.step.base import StepKind, autocast
 from sdexp.stochastic_depth import StochasticDepthBlock
 
 log = logging.getLogger(__name__)
@@ -46,62 +34,6 @@ CUDA_WARMUP_STEPS = 3  # eager runs of each segment before capture (cuDNN's algo
 # largest difference over largest magnitude (graphs replay the same kernels; cuDNN's backward sums in
 # varying order, which moves bf16 results by a few units in the last place).
 REPLAY_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 3e-2, torch.float16: 3e-2}
-
-
-class StepKind(StrEnum):
-    """``trainer.step``: autograd over the whole model, the segment-wise step, or ``auto``."""
-
-    auto = "auto"
-    autograd = "autograd"
-    segments = "segments"
-
-
-def _why_not_segments(tcfg: DictConfig, mode: str, device: torch.device) -> str | None:
-    """Why ``auto`` trains this run with ``autograd``, or None where it takes the segments. On the
-    CPU the segments' copies cost more than the host work they save (docs/performance.md)."""
-    for reason, holds in (
-        (f"the segments capture CUDA graphs; this run is on {device.type}", device.type != "cuda"),
-        ("trainer.cuda_graphs=true graphs the branches instead", tcfg.cuda_graphs),
-        ("trainer.compile=true compiles the branches instead", tcfg.compile),
-        ("trainer.detect_anomaly=true needs autograd", tcfg.detect_anomaly),
-        (f"stochastic_depth.mode={mode} draws random numbers inside the branch", mode != "batch"),
-    ):
-        if holds:
-            return reason
-    return None
-
-
-class Step(Protocol):
-    kind: StepKind  # the step this is (AutoStep: the one it took)
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Train on one mini-batch; return its mean loss and its logits (both detached)."""
-        ...
-
-
-class AutogradStep:
-    """Autograd over the whole model; the model draws its gates in its forward."""
-
-    kind = StepKind.autograd
-
-    def __init__(
-        self, model: ResNet, optimizer: torch.optim.Optimizer, amp_dtype: torch.dtype | None
-    ) -> None:
-        self.model, self.optimizer, self.amp_dtype = model, optimizer, amp_dtype
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with _autocast(x.device, self.amp_dtype):
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
-        self.optimizer.zero_grad(set_to_none=False)  # see build_optimizer
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach(), logits.detach()
-
-
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    # cache_enabled=False: autocast's cache of cast weights must not outlive a CUDA graph capture
-    return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None, cache_enabled=False)
 
 
 class Segment:
@@ -169,7 +101,7 @@ class Segment:
         pool = torch.cuda.graph_pool_handle()
         forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         options = {"pool": pool, "stream": stream, "capture_error_mode": "thread_local"}
-        with torch.cuda.graph(forward, **options), _autocast(self.source.device, amp_dtype):
+        with torch.cuda.graph(forward, **options), autocast(self.source.device, amp_dtype):
             self.forward()
         with torch.cuda.graph(backward, **options):
             self.backward()
@@ -187,7 +119,7 @@ class Segment:
             kept = [self.target, *([self.grad_source] if self.grad_source is not None else []), *grads]
             return [t.detach().float().clone() for t in kept]
 
-        with _autocast(self.source.device, amp_dtype):
+        with autocast(self.source.device, amp_dtype):
             self._forward()
         self._backward()
         eager = results()
@@ -197,10 +129,16 @@ class Segment:
         self.output = None  # the eager run's activations; the graphs keep their own
         self.forward()
         self.backward()
-        return max(
-            ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item()
-            for a, b in zip(eager, results(), strict=True)
-        )
+        return relative_difference(eager, results())
+
+
+def relative_difference(expected: list[torch.Tensor], actual: list[torch.Tensor]) -> float:
+    """The largest difference between two lists of tensors, each relative to the largest magnitude of
+    its expected tensor (NaN if any result is not finite)."""
+    return max(
+        ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item()
+        for a, b in zip(expected, actual, strict=True)
+    )
 
 
 def _check_shared_buffers(
@@ -242,29 +180,43 @@ class SegmentStep:
         their ``.grad`` and the BatchNorm buffers: those tensors must be updated in place, never
         replaced (``zero_grad(set_to_none=False)``, ``load_state_dict`` without ``assign``)."""
         if not self.model.training:
-            raise RuntimeError("trainer.step=segments trains: call model.train() first")
+            raise RuntimeError(f"trainer.step={self.kind} trains: call model.train() first")
         if self.shape is None:
             self.build(x, y)
         elif (x.shape, y.shape) != self.shape:
-            raise ValueError(f"trainer.step=segments was built for batches of {self.shape[0]}, got {x.shape}")
+            raise ValueError(
+                f"trainer.step={self.kind} was built for batches of {self.shape[0]}, got {x.shape}"
+            )
         self.model.draw_gates()
         with torch.no_grad():
             self.x.copy_(x)
             self.y.copy_(y)
+        self._run()
+        return self.loss, self.logits
+
+    def _run(self) -> None:
+        """Forward and backward of the segments the gates ask for, then the optimizer step."""
+        self.optimizer.zero_grad(set_to_none=False)  # a dropped block's weights get zeros (build_optimizer)
+        self._forward_backward(self._plan(), graphed=True)
+        self.optimizer.step()
+
+    def _plan(self) -> list[Segment]:
+        """The segments that run for the current gates, in forward order."""
         plan = [self.stem]
         for block, kept, dropped in self.blocks:
             segment = kept if block.gate else dropped
             if segment is not None:
                 plan.append(segment)
-        plan.append(self.head)
-        self.optimizer.zero_grad(set_to_none=False)  # a dropped block's weights get zeros (build_optimizer)
-        with _autocast(x.device, self.amp_dtype):
+        return [*plan, self.head]
+
+    def _forward_backward(self, plan: list[Segment], graphed: bool) -> None:
+        """The forwards of ``plan``, then their backwards in reverse: replays of their graphs where
+        they have them and ``graphed``, else eager."""
+        with autocast(self.x.device, self.amp_dtype):
             for segment in plan:
-                segment.forward()
+                segment.forward() if graphed else segment._forward()
         for segment in reversed(plan):
-            segment.backward()
-        self.optimizer.step()
-        return self.loss, self.logits
+            segment.backward() if graphed else segment._backward()
 
     def build(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Build the segments for batches shaped like ``x`` and ``y`` and, on CUDA, capture and check
@@ -285,7 +237,7 @@ class SegmentStep:
         def link(
             fn: Callable, params: list[nn.Parameter], source: torch.Tensor, grad: torch.Tensor | None
         ) -> Segment:
-            with torch.no_grad(), _autocast(device, self.amp_dtype):
+            with torch.no_grad(), autocast(device, self.amp_dtype):
                 out = fn(source)  # its shape, dtype and memory layout
             key = (out.shape, out.dtype, out.stride())
             if key not in stream:
@@ -305,7 +257,7 @@ class SegmentStep:
             self.blocks.append((block, kept, dropped))
             _check_shared_buffers(index, block, kept, dropped)
             last = kept
-        with torch.no_grad(), _autocast(device, self.amp_dtype):
+        with torch.no_grad(), autocast(device, self.amp_dtype):
             self.logits = torch.zeros_like(model.classify(last.target))
         self.loss = torch.zeros((), device=device)
         ones = torch.ones((), device=device)
@@ -336,83 +288,39 @@ class SegmentStep:
         return F.cross_entropy(logits, self.y)
 
     def _capture(self) -> None:
+        """Warm up every segment eagerly, then capture and check the graphs (:meth:`_capture_on`).
+
+        All of the build's autograd work runs on one side stream: autograd keeps the stream on which
+        each parameter's gradient node was made, and torch 2.11 warns when a backward on another
+        stream reaches it (seen on an H200 when the checks ran on the default stream)."""
         segments = [self.stem, *(s for _, *pair in self.blocks for s in pair if s is not None), self.head]
-        tolerance = REPLAY_TOLERANCE[self.amp_dtype or torch.float32]
-        # All of the build's autograd work on one side stream: autograd keeps the stream on which each
-        # parameter's gradient node was made, and torch 2.11 warns when a backward on another stream
-        # reaches it (seen on an H200 when the checks ran on the default stream).
         side, current = torch.cuda.Stream(), torch.cuda.current_stream()
         side.wait_stream(current)
         try:
             with torch.cuda.stream(side):
                 for segment in segments:
                     for _ in range(CUDA_WARMUP_STEPS):
-                        with _autocast(self.x.device, self.amp_dtype):
-                            segment.forward()
-                        segment.backward()
-                for segment in segments:
-                    segment.capture(self.amp_dtype, side)
-                for index, segment in enumerate(segments):
-                    difference = segment.check_replay(self.amp_dtype)
-                    if not difference <= tolerance:  # NaN fails too
-                        raise RuntimeError(
-                            f"trainer.step=segments: segment {index} of {len(segments)} replayed as a "
-                            f"CUDA graph differs from its eager run by {difference:.2g} "
-                            f"(tolerance {tolerance:g})"
-                        )
+                        with autocast(self.x.device, self.amp_dtype):
+                            segment._forward()
+                        segment._backward()
+                self._capture_on(side, segments)
         finally:  # what runs next on the current stream (the BatchNorm restore, training) waits
             current.wait_stream(side)
+
+    def _capture_on(self, side: torch.cuda.Stream, segments: list[Segment]) -> None:
+        """Capture each segment's forward and backward as graphs of their own and check each replay
+        against the segment's eager run."""
+        tolerance = REPLAY_TOLERANCE[self.amp_dtype or torch.float32]
+        for segment in segments:
+            segment.capture(self.amp_dtype, side)
+        for index, segment in enumerate(segments):
+            difference = segment.check_replay(self.amp_dtype)
+            if not difference <= tolerance:  # NaN fails too
+                raise RuntimeError(
+                    f"trainer.step=segments: segment {index} of {len(segments)} replayed as a "
+                    f"CUDA graph differs from its eager run by {difference:.2g} (tolerance {tolerance:g})"
+                )
         log.info(
             "trainer.step=segments: %d segments captured as CUDA graphs; %.2f GiB of GPU memory reserved",
             len(segments), torch.cuda.memory_reserved() / 2**30,
         )  # fmt: skip
-
-
-class AutoStep:
-    """``trainer.step=auto`` where it chose segments: the segment-wise step, or autograd (after one
-    warning line) if the segments cannot be built here, e.g. a capture this GPU or torch version
-    refuses, or a replay that does not match its eager run."""
-
-    def __init__(self, segments: SegmentStep, fallback: AutogradStep) -> None:
-        self.segments: SegmentStep | None = segments
-        self.fallback = fallback
-        self.step: SegmentStep | AutogradStep | None = None
-
-    @property
-    def kind(self) -> StepKind:
-        """The step it took at its first call (``auto`` before)."""
-        return self.step.kind if self.step is not None else StepKind.auto
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.step is None:
-            assert self.segments is not None
-            try:
-                self.segments.build(x, y)
-                self.step = self.segments
-            except RuntimeError as exc:  # CUDA errors, out of memory among them, are RuntimeErrors
-                self.step, self.segments = self.fallback, None  # its graphs' memory goes with it
-                if x.device.type == "cuda":
-                    torch.cuda.synchronize(x.device)  # an error that breaks CUDA for good raises here
-                    torch.cuda.empty_cache()  # for runs sharing the GPU
-                log.warning("trainer.step=auto: the segment-wise step failed (%s); using autograd", exc)
-        return self.step(x, y)
-
-
-def build_step(
-    tcfg: DictConfig,
-    mode: str,
-    model: ResNet,
-    optimizer: torch.optim.Optimizer,
-    amp_dtype: torch.dtype | None,
-) -> Step:
-    """The step ``tcfg.step`` asks for (``mode``: ``stochastic_depth.mode``) for ``model`` and
-    ``optimizer``; ``auto`` says in one log line which it took and why."""
-    autograd = AutogradStep(model, optimizer, amp_dtype)
-    kind = StepKind(tcfg.step)
-    if kind == StepKind.auto:
-        reason = _why_not_segments(tcfg, mode, next(model.parameters()).device)
-        log.info("trainer.step=auto: %s", f"autograd ({reason})" if reason else "segments (CUDA graphs)")
-        if reason:
-            return autograd
-        return AutoStep(SegmentStep(model, optimizer, amp_dtype), autograd)
-    return SegmentStep(model, optimizer, amp_dtype) if kind == StepKind.segments else autograd
