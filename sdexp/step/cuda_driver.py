@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Callable
 from enum import IntEnum
 
 import torch
@@ -94,6 +95,13 @@ def graph_nodes(graph: int) -> list[int]:
     nodes = (ctypes.c_void_p * count.value)()
     _call("cuGraphGetNodes", ctypes.c_void_p(graph), nodes, ctypes.byref(count))
     return [node for node in nodes[: count.value] if node]
+
+
+def added_nodes(graph: int, run: Callable[[], None]) -> list[int]:
+    """The nodes that ``run`` adds to ``graph`` (one being captured, by work on its stream)."""
+    before = set(graph_nodes(graph))
+    run()
+    return [node for node in graph_nodes(graph) if node not in before]
 
 
 def node_type(node: int) -> NodeType | int:

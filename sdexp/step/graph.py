@@ -4,7 +4,7 @@ part of it switched on or off before each launch to match its gate.
 The segments of :mod:`sdexp.step.segments` (stem, every block's kept and, at a stage transition, its
 dropped variant, head with the loss) are captured in order into one graph: all forwards, then all
 backwards in reverse, after the gradients are zeroed. While capturing, the nodes each block adds are
-noted (:func:`~sdexp.step.cuda_driver.graph_nodes` before and after). Before each launch the nodes of
+noted (:func:`~sdexp.step.cuda_driver.added_nodes`). Before each launch the nodes of
 the blocks whose gate changed are switched with ``cuGraphNodeSetEnabled``: a dropped block's nodes
 become empty nodes, so it runs no kernel, forward or backward, and updates no BatchNorm statistics,
 exactly as with the segments, whose static buffers the graph shares (an identity block updates its
@@ -82,12 +82,7 @@ class GraphStep(SegmentStep):
         graph = torch.cuda.CUDAGraph(keep_graph=True)
         grads = [p.grad for p in self.model.parameters()]
         with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
-            captured = cuda_driver.capturing_graph(side)
-
-            def nodes_of(run: Callable[[], None]) -> list[int]:
-                before = set(cuda_driver.graph_nodes(captured))
-                run()
-                return [n for n in cuda_driver.graph_nodes(captured) if n not in before]
+            nodes_of = partial(cuda_driver.added_nodes, cuda_driver.capturing_graph(side))
 
             def forward(segment: Segment | None) -> None:
                 if segment is not None:
