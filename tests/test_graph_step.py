@@ -160,7 +160,15 @@ class FakeGraph:
         def record(*args: object) -> None:
             if FakeGraph.capturing is None:
                 return original(*args)
-            FakeGraph.capturing.nodes.append(lambda: original(*args))
+            # a capture records the kernels as grad mode and autocast made them
+            grad_mode, amp = torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")
+            amp_dtype = torch.get_autocast_dtype("cpu")
+
+            def node() -> None:
+                with torch.set_grad_enabled(grad_mode), torch.autocast("cpu", amp_dtype, enabled=amp):
+                    original(*args)
+
+            FakeGraph.capturing.nodes.append(node)
 
         return record
 
@@ -179,10 +187,19 @@ def fake_switch(graph_exec: int, node: int, enabled: bool) -> None:
     disabled.discard(node) if enabled else disabled.add(node)
 
 
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", ["pad shortcut", "projection, bottleneck"])
-def test_graph_step_trains_like_autograd(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+def test_graph_step_trains_like_autograd(
+    monkeypatch: pytest.MonkeyPatch, name: str, amp_dtype: torch.dtype | None
+) -> None:
     """Bit for bit, on the fake graph: the same gates, losses, weights, statistics and momentum."""
-    for owner, attribute in ((Segment, "_forward"), (Segment, "_backward"), (torch, "_foreach_zero_")):
+    recorded = [
+        (Segment, "_forward"),
+        (Segment, "_backward"),
+        (torch, "_foreach_zero_"),
+        (torch, "_foreach_copy_"),
+    ]
+    for owner, attribute in recorded:
         monkeypatch.setattr(owner, attribute, FakeGraph.recording(getattr(owner, attribute)))
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", fake_capture)
@@ -197,8 +214,8 @@ def test_graph_step_trains_like_autograd(monkeypatch: pytest.MonkeyPatch, name: 
     model = ResNet(num_classes=5, gate_seed=3, **TINY_MODELS[name])
     set_survival_probs(model.sd_blocks, survival_probs("uniform", len(model.sd_blocks), 0.5))
     model.train()
-    reference, ref_opt, ref_step = _trainer(AutogradStep, model)
-    ours, our_opt, our_step = _trainer(graph.GraphStep, model)
+    reference, ref_opt, ref_step = _trainer(AutogradStep, model, amp_dtype)
+    ours, our_opt, our_step = _trainer(graph.GraphStep, model, amp_dtype)
     x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,))
     before = copy.deepcopy(ours.state_dict())
     our_step.build(x, y)  # the segments, eagerly on the CPU; then what a GPU build does after them:

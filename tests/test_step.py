@@ -35,21 +35,25 @@ TINY_MODELS = {
 }
 
 
-def _trainer(kind: type, model: ResNet) -> tuple[ResNet, torch.optim.Optimizer, object]:
+def _trainer(
+    kind: type, model: ResNet, amp_dtype: torch.dtype | None = None
+) -> tuple[ResNet, torch.optim.Optimizer, object]:
     model = copy.deepcopy(model)
     optimizer, _ = build_optimizer(model, compose_config().optimizer, epochs=10)
-    return model, optimizer, kind(model, optimizer, None)
+    return model, optimizer, kind(model, optimizer, amp_dtype)
 
 
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", TINY_MODELS)
-def test_segment_step_trains_like_autograd(name: str) -> None:
-    """Bit for bit on the CPU: each segment's backward is autograd's, on the same tensors."""
+def test_segment_step_trains_like_autograd(name: str, amp_dtype: torch.dtype | None) -> None:
+    """Bit for bit on the CPU: each segment's backward is autograd's, on the same tensors; with
+    autocast, the convolutions' own low-precision weights give the numbers autocast's casts give."""
     torch.manual_seed(0)
     model = ResNet(num_classes=5, gate_seed=3, **TINY_MODELS[name])
     set_survival_probs(model.sd_blocks, survival_probs("uniform", len(model.sd_blocks), 0.5))
     model.train()
-    reference, ref_opt, ref_step = _trainer(AutogradStep, model)
-    segmented, seg_opt, seg_step = _trainer(SegmentStep, model)
+    reference, ref_opt, ref_step = _trainer(AutogradStep, model, amp_dtype)
+    segmented, seg_opt, seg_step = _trainer(SegmentStep, model, amp_dtype)
     dropped, dropped_transitions = 0, 0
     for _ in range(8):
         x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 5, (6,))

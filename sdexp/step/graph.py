@@ -90,6 +90,7 @@ class GraphStep(SegmentStep):
                         segment._forward()
 
             torch._foreach_zero_(grads)  # a dropped block's weights get zeros (build_optimizer)
+            self._refresh_low()
             forward(self.stem)
             nodes = [
                 (nodes_of(partial(forward, k)), nodes_of(partial(forward, d))) for _, k, d in self.blocks
