@@ -58,8 +58,8 @@ class FakeDriver:
         return 0
 
     def cuGraphNodeGetType(self, node: ctypes.c_void_p, kind: object) -> int:
-        kind._obj.value = {7: 0, 8: 5, 9: 13}.get(node.value, 999)
-        return 0 if node.value in (7, 8, 9) else 400  # CUDA_ERROR_INVALID_HANDLE
+        kind._obj.value = {7: 0, 8: 5, 9: 13, 11: 6, 12: 3}.get(node.value, 999)
+        return 0 if node.value in (7, 8, 9, 11, 12) else 400  # CUDA_ERROR_INVALID_HANDLE
 
     def cuGraphNodeSetEnabled(self, graph_exec: int, node: int, enabled: int) -> int:
         self.calls.append(("set_enabled", graph_exec, node, enabled))
@@ -90,9 +90,11 @@ def test_driver_calls_read_the_captured_graph_and_its_nodes(
 
 def test_only_switchable_nodes_are_kept_and_others_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cuda_driver, "_driver", lambda: FakeDriver([]))
-    assert graph._switchable([7, 8, 7]) == [7, 7]  # the empty node has nothing to switch
+    assert graph._switchable([7, 8, 11, 7]) == [7, 7]  # empty and event-wait nodes do no work
     with pytest.raises(RuntimeError, match="holds a node of type 13"):
         graph._switchable([7, 9])
+    with pytest.raises(RuntimeError, match=r"holds a node of type host \(3\)"):
+        graph._switchable([12])
 
 
 def test_the_graph_step_says_why_it_cannot_be_built_here(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,7 @@ CAPTURE_ACTIVE = 1  # CU_STREAM_CAPTURE_STATUS_ACTIVE
 
 
 class NodeType(IntEnum):
-    """``CUgraphNodeType``: the kinds of node a capture of torch's work produces, and which of them
-    ``cuGraphNodeSetEnabled`` can switch (kernel, memcpy, memset)."""
+    """``CUgraphNodeType``: the kinds of node a capture of torch's work may produce."""
 
     kernel = 0
     memcpy = 1
@@ -26,10 +25,18 @@ class NodeType(IntEnum):
     host = 3
     graph = 4
     empty = 5
+    wait_event = 6
+    event_record = 7
 
     @property
     def switchable(self) -> bool:
+        """Whether ``cuGraphNodeSetEnabled`` can switch it off (the nodes that do work)."""
         return self in (NodeType.kernel, NodeType.memcpy, NodeType.memset)
+
+    @property
+    def inert(self) -> bool:
+        """Whether it only orders other nodes (nothing to switch off)."""
+        return self in (NodeType.empty, NodeType.wait_event, NodeType.event_record)
 
 
 class DriverError(RuntimeError):

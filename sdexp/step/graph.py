@@ -146,14 +146,15 @@ class GraphStep(SegmentStep):
 
 
 def _switchable(nodes: list[int]) -> list[int]:
-    """``nodes`` without the empty ones (nothing to switch); raises RuntimeError for a kind of node
-    that cannot be switched off."""
+    """``nodes`` without those that only order others (empty, event nodes: nothing to switch off);
+    raises RuntimeError for a node that does work but cannot be switched off."""
     kept = []
     for node in nodes:
         kind = cuda_driver.node_type(node)
-        if kind == cuda_driver.NodeType.empty:
+        if isinstance(kind, cuda_driver.NodeType) and kind.inert:
             continue
         if not isinstance(kind, cuda_driver.NodeType) or not kind.switchable:
-            raise RuntimeError(f"trainer.step=graph: a block's part of the graph holds a node of type {kind}")
+            name = f"{kind.name} ({kind:d})" if isinstance(kind, cuda_driver.NodeType) else f"{kind}"
+            raise RuntimeError(f"trainer.step=graph: a block's part of the graph holds a node of type {name}")
         kept.append(node)
     return kept
