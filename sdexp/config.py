@@ -26,7 +26,6 @@ from sdexp.models import Block, Shortcut
 from sdexp.optim import Schedule
 from sdexp.overrides import run_name
 from sdexp.step import StepKind
-from sdexp.step.graph import unsupported as unsupported_graph
 from sdexp.stochastic_depth import Mode, Rule, Scaling
 
 
@@ -224,8 +223,7 @@ def validate(cfg: DictConfig) -> None:
 
 def _check_segments(cfg: DictConfig) -> None:
     """The segment-wise and the one-graph step replace what ``cuda_graphs`` and ``compile`` do to the
-    branches, and capture branches without random numbers in them; the one graph needs CUDA, torch
-    >= 2.8 and the driver's node switch."""
+    branches, and capture branches without random numbers in them; the one graph needs CUDA."""
     step = cfg.trainer.step
     for key in ("cuda_graphs", "compile"):
         if cfg.trainer[key]:
@@ -240,9 +238,7 @@ def _check_segments(cfg: DictConfig) -> None:
             f"trainer.step={step} needs stochastic_depth.mode=batch (it is {cfg.stochastic_depth.mode}): "
             "per-sample masks draw random numbers inside the branch"
         )
-    if step == StepKind.graph:
-        why = unsupported_graph() if device.type == "cuda" else f"this run is on {device.type}"
-        if why:
-            raise ConfigError(
-                f"trainer.step=graph needs CUDA graphs it can switch ({why}): use trainer.step=segments"
-            )
+    if step == StepKind.graph and cfg.trainer.device == "cpu":  # the GPU's own checks: build_step
+        raise ConfigError(
+            "trainer.step=graph needs a CUDA device (trainer.device=cpu): use trainer.step=segments"
+        )

@@ -133,6 +133,14 @@ RUN_PY = [
         then=lambda cwd: not (cwd / "new").exists(),
     ),
     Case(
+        "the one-graph step on the CPU",
+        nothing,
+        ["trainer.step=graph", "hydra.run.dir=new"],
+        2,
+        "trainer.step=graph needs a CUDA device (trainer.device=cpu): use trainer.step=segments",
+        then=lambda cwd: not (cwd / "new").exists(),
+    ),
+    Case(
         "cpu_workers not a number",
         nothing,
         ["-m", "hydra/launcher=local", "hydra.launcher.cpu_workers=abc", "seed=0,1", "hydra.sweep.dir=sweep"],

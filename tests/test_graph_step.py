@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from sdexp.config import ConfigError, compose_config, validate
+from sdexp.errors import SdexpError
 from sdexp.models import ResNet
-from sdexp.step import cuda_driver, graph
+from sdexp.optim import build_optimizer
+from sdexp.step import build_step, cuda_driver, graph
 from sdexp.step.autograd import AutogradStep
 from sdexp.step.segments import Segment
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
@@ -116,10 +118,7 @@ def test_the_graph_step_says_why_it_cannot_be_built_here(monkeypatch: pytest.Mon
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (
-            [],
-            r"trainer.step=graph needs CUDA graphs it can switch \(this run is on cpu\): use trainer.step",
-        ),
+        ([], r"trainer.step=graph needs a CUDA device \(trainer.device=cpu\): use trainer.step=segments"),
         (["trainer.compile=true"], "trainer.step=graph and trainer.compile=true: choose one of the two"),
         (["stochastic_depth.mode=row"], "trainer.step=graph needs stochastic_depth.mode=batch"),
     ],
@@ -127,6 +126,16 @@ def test_the_graph_step_says_why_it_cannot_be_built_here(monkeypatch: pytest.Mon
 def test_the_graph_step_refuses_what_it_cannot_capture(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         validate(compose_config(["trainer.step=graph", "trainer.device=cpu", *overrides]))
+
+
+def test_the_graph_step_refuses_a_machine_without_a_gpu_when_the_run_starts() -> None:
+    """Not in validate: a sweep is checked where it is launched, perhaps a login node without a GPU."""
+    cfg = compose_config(["trainer.step=graph"])  # trainer.device=auto
+    validate(cfg)
+    model = ResNet([1, 1], [4, 8], 4, num_classes=3)
+    optimizer, _ = build_optimizer(model, cfg.optimizer, epochs=10)
+    with pytest.raises(SdexpError, match=r"needs CUDA graphs it can switch \(this run is on cpu\): use"):
+        build_step(cfg.trainer, cfg.stochastic_depth.mode, model, optimizer, None)
 
 
 class FakeGraph:

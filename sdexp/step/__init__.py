@@ -18,10 +18,12 @@ import logging
 import torch
 from omegaconf import DictConfig
 
+from sdexp.errors import SdexpError
 from sdexp.models import ResNet
 from sdexp.step.autograd import AutogradStep
 from sdexp.step.base import Step, StepKind
 from sdexp.step.graph import GraphStep
+from sdexp.step.graph import unsupported as unsupported_graph
 from sdexp.step.segments import SegmentStep
 
 __all__ = ["AutoStep", "Step", "StepKind", "build_step"]
@@ -91,5 +93,12 @@ def build_step(
         if reason:
             return autograd
         return AutoStep(SegmentStep(model, optimizer, amp_dtype), autograd)
+    if kind == StepKind.graph:
+        device = next(model.parameters()).device
+        why = unsupported_graph() if device.type == "cuda" else f"this run is on {device.type}"
+        if why:  # here, not in config.validate: a sweep may be checked on a login node without a GPU
+            raise SdexpError(
+                f"trainer.step=graph needs CUDA graphs it can switch ({why}): use trainer.step=segments"
+            )
     captured = {StepKind.segments: SegmentStep, StepKind.graph: GraphStep}
     return captured[kind](model, optimizer, amp_dtype) if kind in captured else autograd
