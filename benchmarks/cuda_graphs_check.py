@@ -7,7 +7,7 @@ per step). Losses, gates, weights, BatchNorm statistics and momentum buffers mus
 tolerance (cuDNN in deterministic mode; fp32, then bf16). A path that fails to build is a FAIL row
 (its traceback on stderr); the others still run. Exits non-zero on a mismatch or a failure.
 
-    python benchmarks/cuda_graphs_check.py [--model resnet110] [--steps 6]
+    python benchmarks/cuda_graphs_check.py [--model resnet110] [--steps 6] [--paths branches,segments,graph]
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ from sdexp.environment import seed_everything, speed_settings
 from sdexp.errors import reported
 from sdexp.optim import build_optimizer
 from sdexp.step import build_step, cuda_driver
+from sdexp.step import graph as step_graph
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
 from sdexp.train import prepare_model
 
 EAGER = ["trainer.step=autograd"]  # the reference: not the default (auto), which is segments on CUDA
-PATHS = {
-    "graphed branches": [*EAGER, "trainer.cuda_graphs=true"],
+PATHS = {  # each against EAGER
+    "branches": [*EAGER, "trainer.cuda_graphs=true"],  # graphed residual branches
     "segments": ["trainer.step=segments"],
-    "one graph": ["trainer.step=graph"],
+    "graph": ["trainer.step=graph"],  # one graph, blocks switched per step
 }
 TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2}  # largest |loss diff| and relative state diff allowed
 
@@ -87,31 +88,57 @@ def run(model_name: str, device: str, overrides: list[str], steps: int, precisio
 
 
 def node_switch_check(device: str) -> bool:
-    """The driver calls of ``trainer.step=graph`` on a graph of three additions: each one's nodes found
-    while capturing, the middle one switched off and on again; prints the host time per switch."""
-    total = torch.zeros(1, device=device)
+    """The driver calls of ``trainer.step=graph`` on a small graph captured as the step captures
+    (thread-local mode, a side stream): three parts, a kernel, a copy and an autograd backward (which
+    autograd's worker thread launches), each one's nodes found while capturing, checked to be
+    switchable, switched off and on again. Prints the host time per switch while the GPU is busy."""
+    total, source, copied = (
+        torch.zeros(1, device=device),
+        torch.full((4,), 2.0, device=device),
+        torch.zeros(4, device=device),
+    )
+    weight, grad = torch.full((4,), 3.0, device=device, requires_grad=True), torch.zeros(4, device=device)
+
+    def backward() -> None:
+        grad.copy_(torch.autograd.grad((weight * weight).sum(), weight)[0])
+
     graph, side = torch.cuda.CUDAGraph(keep_graph=True), torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.graph(graph, stream=side):
+    with torch.cuda.stream(side):
+        backward()  # autograd's warm-up, outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
         captured = cuda_driver.capturing_graph(side)
-        parts = [cuda_driver.added_nodes(captured, partial(total.add_, k)) for k in (1, 2, 4)]
+        parts = [
+            cuda_driver.added_nodes(captured, run)
+            for run in (partial(total.add_, 1), partial(copied.copy_, source), backward)
+        ]
+    switchable = [len(step_graph.switchable(part)) for part in parts]
     graph.instantiate()
     switch = partial(cuda_driver.set_enabled, graph.raw_cuda_graph_exec())
-    sums = []
+    results = []
     for enabled in (True, False, True):
-        for node in parts[1]:
-            switch(node, enabled)
-        total.zero_()
+        for part in parts:
+            for node in step_graph.switchable(part):
+                switch(node, enabled)
+        for tensor in (total, copied, grad):
+            tensor.zero_()
         graph.replay()
-        sums.append(total.item())
-    start, flips = time.perf_counter(), 5000
+        results.append([total.item(), copied.sum().item(), grad.sum().item()])
+    node, flips = step_graph.switchable(parts[0])[0], 5000
+    total.zero_()
+    torch.cuda._sleep(2_000_000_000)  # about a second of GPU work, then a launch of the graph waiting
+    graph.replay()
+    start = time.perf_counter()
     for index in range(flips):
-        switch(parts[1][0], index % 2 == 1)  # ends enabled
+        switch(node, index % 2 == 0)  # ends switched off; the launch queued before keeps it on
     per_switch = (time.perf_counter() - start) / flips * 1e6
-    passed = sums == [7, 5, 7] and all(parts)
+    results.append([total.item()])  # waits for the queued launch
+    passed = results == [[1, 8, 24], [0, 0, 0], [1, 8, 24], [1]] and all(switchable)
     verdict = "PASS" if passed else "FAIL"
-    print(f"node switch: nodes per addition {[len(p) for p in parts]}, sums on/off/on {sums} "
-          f"(7, 5, 7 expected), {per_switch:.2f} us per cuGraphNodeSetEnabled: {verdict}")  # fmt: skip
+    print(f"node switch: nodes per part (kernel, copy, backward) {[len(p) for p in parts]}, switchable "
+          f"{switchable}; results on/off/on/queued {results} ([1, 8, 24], zeros, [1, 8, 24], [1] expected); "
+          f"{per_switch:.2f} us per cuGraphNodeSetEnabled with the GPU busy: {verdict}")  # fmt: skip
     return passed
 
 
@@ -120,12 +147,18 @@ def main() -> int:
     parser.add_argument("--model", default="resnet110")
     parser.add_argument("--steps", type=count, default=6)
     parser.add_argument("--device", default="cuda", help="cpu: a rehearsal, segments only and eager")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma list of {', '.join(PATHS)}")
     args = parser.parse_args()
+    unknown = [p for p in args.paths.split(",") if p not in PATHS]
+    if unknown:
+        parser.error(f"--paths: {unknown[0]} is not one of {', '.join(PATHS)}")
     on_cuda = args.device.startswith("cuda")
-    paths = PATHS if on_cuda else {"segments": PATHS["segments"]}
+    paths = {p: PATHS[p] for p in args.paths.split(",") if on_cuda or p == "segments"}
+    if not paths:
+        parser.error("--paths: on the CPU only segments can be checked")
     try:
         switched = node_switch_check(args.device) if on_cuda else True
-    except RuntimeError:  # a driver call refused: its traceback, then the paths
+    except Exception:  # a driver call refused: its traceback, then the paths
         traceback.print_exc()
         switched = False
     rows = []
@@ -134,7 +167,7 @@ def main() -> int:
         for path, overrides in paths.items():
             try:
                 fast = run(args.model, args.device, overrides, args.steps, precision)
-            except RuntimeError as exc:  # a capture the GPU refuses, a replay check that fails
+            except Exception as exc:  # a capture the GPU refuses, a failed replay check, a driver call
                 traceback.print_exc()
                 rows.append({"path": path, "precision": precision, "result": f"FAIL: {exc}"[:200]})
                 continue

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The prepared measurements for a lent GPU machine, in two parts of at most 8 and 6 minutes (the
-# timeouts), so that a failure in the first can be fixed before the second; output under $OUT.
-# First run on an H200 on 2026-11-28 (docs/performance.md, session 8): check took 82 s (before the
-# profiles and the one-graph step were added; now expect 3-5 minutes).
-#   check: the CUDA-graph paths against eager autograd; the speed of the segment-wise and the
-#          one-graph step, fp32 and bf16, with the plain PyTorch peer timed in the same process; two
-#          runs of run.py (the default step and trainer.step=graph: which step, speed, peak memory);
-#          where the steps' time goes (benchmarks/step_profile.py).
-#   more:  several runs per GPU (benchmarks/sweep.py, issue 16), with and without MPS; the autograd rows
-#          (eager and graphed branches, bf16) for comparison.
+# The prepared measurements for a lent GPU machine, in parts of at most 8, 3 and 6 minutes (the
+# timeouts), so that a failure in one can be fixed before the next; output under $OUT.
+# First run on an H200 on 2026-11-28 (docs/performance.md, session 8).
+#   check:   the one-graph step (trainer.step=graph, session 9, never run on a GPU yet): the driver's node
+#            switch and the step on ResNet-20 first, stopping there on a failure; then ResNet-110 against
+#            eager autograd (segments too: they changed), the speed of segments and one graph, fp32 and
+#            bf16, with the plain PyTorch peer in the same process; one run.py run with the graph step.
+#   profile: where the steps' time goes (benchmarks/step_profile.py), against the peer's whole-step graph.
+#   more:    several runs per GPU (benchmarks/sweep.py, issue 16), with and without MPS; the autograd rows
+#            (eager and graphed branches, bf16) for comparison.
 # torch is preinstalled there; hydra-core, omegaconf, antlr4, submitit and hydra-submitit-launcher
 # travel as pure-Python packages in .devsite/ (kept out of the repository by .git/info/exclude), made with
 #     pip install --no-deps --target .devsite hydra-core==1.3.8 omegaconf==2.3.1 \
@@ -22,23 +22,29 @@ RUNS=$(mktemp -d)
 
 check() {
   python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())"
-  echo "== CUDA graphs: graphed branches, the segment-wise step and the one-graph step vs eager autograd"
-  timeout 200 python3 benchmarks/cuda_graphs_check.py 2>&1 | tee "$OUT/cuda_graphs_check.txt" | grep -v "^  File"
-  echo "== training speed, ResNet-110, channels-last: segments and one graph, fp32 and bf16; the plain peer"
-  timeout 200 python3 benchmarks/train_speed.py --model resnet110 --images 6400 --repeats 3 --channels-last true \
+  echo "== 1. the driver's node switch, then the one-graph step on ResNet-20 against eager autograd"
+  timeout 90 python3 benchmarks/cuda_graphs_check.py --model resnet20 --steps 3 --paths graph 2>&1 \
+    | tee "$OUT/graph_quick_check.txt" | grep -v "^  File"
+  if [ "${PIPESTATUS[0]}" != 0 ]; then echo "STOP: the one-graph step failed (traceback above)"; return 1; fi
+  echo "== 2. ResNet-110 against eager autograd: segments (bf16 weight copies since session 9) and one graph"
+  timeout 150 python3 benchmarks/cuda_graphs_check.py --paths segments,graph 2>&1 | tee "$OUT/cuda_graphs_check.txt" \
+    | grep -v "^  File"
+  echo "== 3. training speed, ResNet-110, channels-last: segments and one graph, fp32 and bf16; the plain peer"
+  timeout 170 python3 benchmarks/train_speed.py --model resnet110 --images 6400 --repeats 3 --channels-last true \
     --step segments,graph --peer true --json "$OUT/speed_steps.json" 2>"$OUT/speed_steps.log" \
     | tee "$OUT/speed_steps.txt"
-  tail -5 "$OUT/speed_steps.log"
-  echo "== run.py, ResNet-110, 2 epochs of 12,800 synthetic images: the default step, then trainer.step=graph"
-  for step in auto graph; do
-    timeout 60 python3 run.py model=resnet110 dataset=synthetic dataset.train_size=12800 dataset.val_size=5000 \
-      dataset.test_size=10000 trainer.epochs=2 trainer.progress=false trainer.step=$step \
-      hydra.run.dir="$RUNS/$step" >/dev/null 2>&1
-    cp "$RUNS/$step/train.log" "$OUT/${step}_train.log"; cp "$RUNS/$step/result.json" "$OUT/${step}_result.json"
-    grep -E "trainer.step|WARN|epoch" "$OUT/${step}_train.log" | cut -c1-220
-  done
-  echo "== where the time goes: segments and one graph at constant and stochastic depth; the peer's whole-step graph"
-  for how in "--step segments --rule off" "--step graph --rule off" "--step graph --rule linear" \
+  grep -E "^(failed|skipped)|Error" "$OUT/speed_steps.log" | head -5
+  echo "== 4. run.py trainer.step=graph, ResNet-110, 2 epochs of 12,800 synthetic images"
+  timeout 60 python3 run.py model=resnet110 dataset=synthetic dataset.train_size=12800 dataset.val_size=5000 \
+    dataset.test_size=10000 trainer.epochs=2 trainer.progress=false trainer.step=graph \
+    hydra.run.dir="$RUNS/graph" >/dev/null 2>&1
+  cp "$RUNS/graph/train.log" "$OUT/graph_train.log"; cp "$RUNS/graph/result.json" "$OUT/graph_result.json"
+  grep -E "trainer.step|WARN|ERROR|epoch" "$OUT/graph_train.log" | cut -c1-220
+}
+
+profile() {
+  echo "== where the time goes: one graph and segments at constant depth, one graph with SD; the peer's graph"
+  for how in "--step graph --rule off" "--step segments --rule off" "--step graph --rule linear" \
     "--rule off --peer graph"; do
     timeout 45 python3 benchmarks/step_profile.py --images 2560 $how 2>&1 | tee -a "$OUT/step_profile.txt"
   done

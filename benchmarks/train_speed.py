@@ -26,6 +26,7 @@ import resource
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import NamedTuple
 
@@ -245,6 +246,7 @@ def main() -> None:
     graph_modes = [s == "true" for s in args.cuda_graphs.split(",")]
     compile_modes = [s == "true" for s in args.compile.split(",")]
     loaders = args.loader.split(",")
+    check_images(args.images, compose_config([f"model={args.model}"]).trainer.batch_size)  # before any row
     rows = []
     for setting in map(
         Setting._make, itertools.product(precisions, layouts, steps, graph_modes, compile_modes, loaders)
@@ -254,10 +256,15 @@ def main() -> None:
         except ConfigError as exc:  # e.g. segments with graphed branches
             print(f"skipped {setting}: {exc}", file=sys.stderr)
             continue
-        constant, sd = (Case(args, rule, setting) for rule in ("off", "linear"))
-        for _ in range(args.repeats):
-            constant.time_epoch()
-            sd.time_epoch()
+        try:
+            constant, sd = (Case(args, rule, setting) for rule in ("off", "linear"))
+            for _ in range(args.repeats):
+                constant.time_epoch()
+                sd.time_epoch()
+        except (RuntimeError, SdexpError):  # a step that cannot be built here: the other rows still run
+            print(f"failed {setting}:", file=sys.stderr)
+            traceback.print_exc()
+            continue
         pair = [constant.row(), sd.row()]
         pair[0]["ratio_to_constant"] = 1.0
         pair[1]["ratio_to_constant"] = statistics.median(  # of the ratios of epochs timed side by side

@@ -116,6 +116,22 @@ def test_step_profile_quick() -> None:
         assert any(row[0] == "aten::convolution_backward" for row in rows[2:])  # the backward is profiled
 
 
+def test_cuda_graphs_check_rehearses_on_the_cpu() -> None:
+    """The GPU check's CPU rehearsal: the segments against eager autograd, fp32 and bf16, exactly."""
+    script = ROOT / "benchmarks" / "cuda_graphs_check.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--device=cpu", "--model=resnet20", "--steps=2",
+         "--paths=segments,graph"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = cells(proc.stdout)
+    assert [(row[0], row[1], row[-1]) for row in rows[2:]] == [
+        ("segments", "fp32", "PASS"),
+        ("segments", "bf16", "PASS"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("script", "args", "message"),
     [
@@ -124,6 +140,11 @@ def test_step_profile_quick() -> None:
         ("train_speed", ["--images", "-3"], "argument --images: '-3' is not an integer >= 1"),
         ("train_speed", ["--quick", "--images", "5"], "--images 5 is less than one batch (128 images)"),
         ("step_profile", ["--peer=eager", "--model=resnet18"], "model=resnet18: the plain peer is a CIFAR"),
+        (
+            "cuda_graphs_check",
+            ["--paths=segments,nope"],
+            "--paths: nope is not one of branches, segments, graph",
+        ),
     ],
 )
 def test_bad_benchmark_arguments_are_named(script: str, args: list[str], message: str) -> None:

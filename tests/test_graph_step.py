@@ -92,11 +92,11 @@ def test_driver_calls_read_the_captured_graph_and_its_nodes(
 
 def test_only_switchable_nodes_are_kept_and_others_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cuda_driver, "_driver", lambda: FakeDriver([]))
-    assert graph._switchable([7, 8, 11, 7]) == [7, 7]  # empty and event-wait nodes do no work
+    assert graph.switchable([7, 8, 11, 7]) == [7, 7]  # empty and event-wait nodes do no work
     with pytest.raises(RuntimeError, match="holds a node of type 13"):
-        graph._switchable([7, 9])
+        graph.switchable([7, 9])
     with pytest.raises(RuntimeError, match=r"holds a node of type host \(3\)"):
-        graph._switchable([12])
+        graph.switchable([12])
 
 
 def test_the_graph_step_says_why_it_cannot_be_built_here(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,7 +111,7 @@ def test_the_graph_step_says_why_it_cannot_be_built_here(monkeypatch: pytest.Mon
     monkeypatch.setattr(ctypes, "CDLL", lambda name: SimpleNamespace(cuGraphGetNodes=None))
     assert graph.unsupported() == "the CUDA driver has no cuGraphNodeGetType (CUDA 11.6 or newer is needed)"
     monkeypatch.setattr(torch.cuda, "CUDAGraph", type("OldGraph", (), {}))
-    assert graph.unsupported().endswith("cannot hand over a captured graph (torch 2.8 or newer can)")
+    assert graph.unsupported().endswith("cannot hand over a captured graph (torch 2.9 or newer can)")
     cuda_driver._driver.cache_clear()
 
 

@@ -2,7 +2,7 @@
 calls under every torch and CUDA version (``libcuda`` keeps its entry points). They read the nodes of
 a graph while it is being captured, and switch nodes of an instantiated graph on and off
 (``cuGraphNodeSetEnabled``: a disabled node is an empty node until enabled again). Used by
-:mod:`sdexp.graph_step`."""
+:mod:`sdexp.step.graph`."""
 
 from __future__ import annotations
 

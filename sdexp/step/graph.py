@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 def unsupported() -> str | None:
     """Why the one-graph step cannot be built with this torch and driver, or None if it can."""
     if not hasattr(torch.cuda.CUDAGraph, "raw_cuda_graph_exec"):
-        return f"torch {torch.__version__} cannot hand over a captured graph (torch 2.8 or newer can)"
+        return f"torch {torch.__version__} cannot hand over a captured graph (torch 2.9 or newer can)"
     try:
         cuda_driver.check_available()
     except cuda_driver.DriverError as exc:
@@ -93,7 +93,8 @@ class GraphStep(SegmentStep):
             self._refresh_low()
             forward(self.stem)
             nodes = [
-                (nodes_of(partial(forward, k)), nodes_of(partial(forward, d))) for _, k, d in self.blocks
+                (nodes_of(partial(forward, k)), nodes_of(partial(forward, d)) if d else [])
+                for _, k, d in self.blocks
             ]
             forward(self.head)
             self.head._backward()
@@ -106,7 +107,7 @@ class GraphStep(SegmentStep):
         graph.instantiate()
         self.graph = graph
         self.switch = NodeSwitch(
-            [(_switchable(k), _switchable(d)) for k, d in nodes],
+            [(switchable(k), switchable(d)) for k, d in nodes],
             partial(cuda_driver.set_enabled, graph.raw_cuda_graph_exec()),
         )
         tolerance = REPLAY_TOLERANCE[self.amp_dtype or torch.float32]
@@ -119,6 +120,8 @@ class GraphStep(SegmentStep):
                     f"trainer.step=graph: the graph with {dropped} of {len(gates)} blocks switched off "
                     f"differs from the eager segments by {difference:.2g} (tolerance {tolerance:g})"
                 )
+        for segment in segments:
+            segment.output = None  # the checks' eager activations (the graph keeps its own in its pool)
         log.info(
             "trainer.step=graph: one CUDA graph of %d nodes, %d of them switched by the gates; "
             "%.2f GiB of GPU memory reserved",
@@ -145,7 +148,7 @@ class GraphStep(SegmentStep):
         return relative_difference(eager, results())
 
 
-def _switchable(nodes: list[int]) -> list[int]:
+def switchable(nodes: list[int]) -> list[int]:
     """``nodes`` without those that only order others (empty, event nodes: nothing to switch off);
     raises RuntimeError for a node that does work but cannot be switched off."""
     kept = []
