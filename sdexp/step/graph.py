@@ -3,9 +3,10 @@ part of it switched on or off before each launch to match its gate.
 
 The segments of :mod:`sdexp.step.segments` (stem, every block's kept and, at a stage transition, its
 dropped variant, head with the loss) are captured in order into one graph: all forwards, then all
-backwards in reverse, after the gradients are zeroed. While capturing, the nodes each block adds are
-noted (:func:`~sdexp.step.cuda_driver.added_nodes`). Before each launch the nodes of
-the blocks whose gate changed are switched with ``cuGraphNodeSetEnabled``: a dropped block's nodes
+backwards in reverse, after the gradients are zeroed and the bf16 weight copies refreshed. While
+capturing, the nodes each block adds are noted (:func:`~sdexp.step.cuda_driver.added_nodes`). Before
+each launch the nodes of the blocks whose gate changed are switched with ``cuGraphNodeSetEnabled``: a
+dropped block's nodes
 become empty nodes, so it runs no kernel, forward or backward, and updates no BatchNorm statistics,
 exactly as with the segments, whose static buffers the graph shares (an identity block updates its
 buffer in place, so skipping it leaves its input as its output). A step is then one graph launch plus
