@@ -6,12 +6,11 @@ dropped variant, head with the loss) are captured in order into one graph: all f
 backwards in reverse, after the gradients are zeroed and the bf16 weight copies refreshed. While
 capturing, the nodes each block adds are noted (:func:`~sdexp.step.cuda_driver.added_nodes`). Before
 each launch the nodes of the blocks whose gate changed are switched with ``cuGraphNodeSetEnabled``: a
-dropped block's nodes
-become empty nodes, so it runs no kernel, forward or backward, and updates no BatchNorm statistics,
-exactly as with the segments, whose static buffers the graph shares (an identity block updates its
-buffer in place, so skipping it leaves its input as its output). A step is then one graph launch plus
-the optimizer step instead of two launches per kept block, and no gate pattern needs a graph of its
-own. The gates are drawn on the host as before.
+dropped block's nodes become empty nodes, so it runs no kernel, forward or backward, and updates no
+BatchNorm statistics, exactly as with the segments, whose static buffers the graph shares (an identity
+block updates its buffer in place, so skipping it leaves its input as its output). A step is then one
+graph launch plus the optimizer step instead of two launches per kept block, and no gate pattern needs a
+graph of its own. The gates are drawn on the host as before.
 
 Every tensor one block's nodes write and another's read is a static buffer (activations, gradients,
 ``.grad``, BatchNorm statistics); what a block keeps for its own backward lives in the graph's pool
