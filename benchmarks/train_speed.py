@@ -140,6 +140,7 @@ class Case:
 
     def __init__(self, args: argparse.Namespace, rule: str, setting: Setting) -> None:
         cfg = case_config(args, rule, setting)
+        check_images(args.images, cfg.trainer.batch_size)  # before the model and step are built
         self.rule, self.setting, self.repeats = rule, setting, args.repeats
         self.device = resolve_device(cfg.trainer.device)
         self.amp_dtype, self.channels_last = speed_settings(cfg.trainer, self.device)
@@ -152,7 +153,6 @@ class Case:
         self.step = build_step(cfg.trainer, sd.mode, self.model, optimizer, self.amp_dtype)
         self.batch = cfg.trainer.batch_size
         loader_args = (self.batch, self.device, self.channels_last, args.workers)
-        check_images(args.images, self.batch)
         self.loader = make_loader(setting.loader, args.images, *loader_args)
         self.epochs: list[dict] = []
         self.train(make_loader(setting.loader, self.batch * 10, *loader_args))  # warm-up

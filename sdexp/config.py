@@ -228,8 +228,7 @@ def _check_segments(cfg: DictConfig) -> None:
     for key in ("cuda_graphs", "compile"):
         if cfg.trainer[key]:
             raise ConfigError(f"trainer.step={step} and trainer.{key}=true: choose one of the two")
-    device = resolve_device(cfg.trainer.device)
-    if cfg.trainer.detect_anomaly and device.type == "cuda":
+    if cfg.trainer.detect_anomaly and resolve_device(cfg.trainer.device).type == "cuda":
         raise ConfigError(
             "trainer.detect_anomaly=true cannot check inside CUDA graphs: add trainer.step=autograd to debug"
         )

@@ -75,21 +75,11 @@ def capturing_graph(stream: torch.cuda.Stream) -> int:
     """The graph that ``stream`` is being captured into (valid until the capture ends)."""
     status, graph = ctypes.c_int(), ctypes.c_void_p()
     handle = ctypes.c_void_p(stream.cuda_stream)
-    if hasattr(_driver(), "cuStreamGetCaptureInfo_v3"):  # CUDA >= 12.3: edge data too
-        _call(
-            "cuStreamGetCaptureInfo_v3",
-            handle,
-            ctypes.byref(status),
-            None,
-            ctypes.byref(graph),
-            None,
-            None,
-            None,
-        )
+    outputs = [ctypes.byref(status), None, ctypes.byref(graph), None]  # None: not wanted (id, nodes)
+    if hasattr(_driver(), "cuStreamGetCaptureInfo_v3"):  # CUDA >= 12.3: one more output, edge data
+        _call("cuStreamGetCaptureInfo_v3", handle, *outputs, None, None)
     else:
-        _call(
-            "cuStreamGetCaptureInfo_v2", handle, ctypes.byref(status), None, ctypes.byref(graph), None, None
-        )
+        _call("cuStreamGetCaptureInfo_v2", handle, *outputs, None)
     if status.value != CAPTURE_ACTIVE or not graph.value:
         raise DriverError("the stream is not being captured")
     return graph.value

@@ -154,10 +154,9 @@ def switchable(nodes: list[int]) -> list[int]:
     kept = []
     for node in nodes:
         kind = cuda_driver.node_type(node)
-        if isinstance(kind, cuda_driver.NodeType) and kind.inert:
-            continue
-        if not isinstance(kind, cuda_driver.NodeType) or not kind.switchable:
+        if not isinstance(kind, cuda_driver.NodeType) or not (kind.inert or kind.switchable):
             name = f"{kind.name} ({kind:d})" if isinstance(kind, cuda_driver.NodeType) else f"{kind}"
             raise RuntimeError(f"trainer.step=graph: a block's part of the graph holds a node of type {name}")
-        kept.append(node)
+        if kind.switchable:
+            kept.append(node)
     return kept
