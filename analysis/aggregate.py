@@ -18,6 +18,7 @@ import pandas as pd
 from sdexp import plots, report
 from sdexp.errors import SdexpError, reported
 from sdexp.files import atomic_write_text
+from sdexp.wording import count
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
@@ -57,10 +58,6 @@ def _write_outputs(out: Path, loaded: report.Runs, summary: pd.DataFrame, shown:
     return [*texts, *(p.name for p in figures)]
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' if n != 1 else ''}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="sweep folders, run folders or globs (searched recursively)")
@@ -78,14 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         statuses = table["status"].value_counts().to_dict() if len(table) else {}
         counts = [f"{n} {status}" for status, n in statuses.items()]
         counts += [f"{len(loaded.unusable)} unreadable"] if len(loaded.unusable) else []
-        folders = _count(len(table) + len(loaded.unusable), "run folder")
+        folders = count(len(table) + len(loaded.unusable), "run folder")
         print(f"nothing to show yet: {folders}, none completed ({', '.join(counts) or 'none found'})")
     else:
         by = args.by.split(",") if args.by else report.experiment_keys(table)
         _check_keys(table, by, args.metric)
         summary = report.summarize(table, loaded.epochs, by, args.metric)
         shown = report.display_table(summary, by, args.metric)
-        print(f"{_count(len(table), 'run')} in {_count(summary.shape[0], 'group')}\n")
+        print(f"{count(len(table), 'run')} in {count(summary.shape[0], 'group')}\n")
         print(render(shown, args.format))
     unfinished = report.problems(table) if len(table) else table
     if len(unfinished):

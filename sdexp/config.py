@@ -176,9 +176,11 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, this_host: bool = True) -> None:
     """Raise :class:`ConfigError` naming the first key that the schema lacks (added with ``+key=``)
-    or whose value is outside its allowed range."""
+    or whose value is outside its allowed range. ``this_host=False`` leaves out whether this machine
+    has the device asked for: for sweeps whose jobs run on other machines (a SLURM sweep submitted from
+    a login node without a GPU), where each job checks its own node as it starts."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} must be given: add {missing[0]}=... to the command")
@@ -202,7 +204,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.root is null: give the folder that holds {data.name}")
     if (data.mean is None) != (data.std is None):
         raise ConfigError("dataset.mean and dataset.std must be both null or both set")
-    if str(cfg.trainer.device).startswith("cuda") and not torch.cuda.is_available():
+    no_cuda = this_host and not torch.cuda.is_available()
+    if str(cfg.trainer.device).startswith("cuda") and no_cuda:
         raise ConfigError(
             f"trainer.device={cfg.trainer.device} but CUDA is not available here: use auto or cpu"
         )
@@ -213,7 +216,7 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.trainer.cuda_graphs and cfg.trainer.compile:
         raise ConfigError("trainer.cuda_graphs=true and trainer.compile=true: choose one of the two")
-    if cfg.trainer.cuda_graphs and (cfg.trainer.device == "cpu" or not torch.cuda.is_available()):
+    if cfg.trainer.cuda_graphs and (cfg.trainer.device == "cpu" or no_cuda):
         raise ConfigError("trainer.cuda_graphs=true needs a CUDA device: set trainer.cuda_graphs=false")
     if cfg.trainer.step in (StepKind.segments, StepKind.graph):
         _check_segments(cfg)

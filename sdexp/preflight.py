@@ -31,8 +31,14 @@ from sdexp.overrides import quote_override
 log = logging.getLogger(__name__)
 
 
-def _validate(config: DictConfig) -> None:
-    validate(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
+def _validate(config: DictConfig, this_host: bool = True) -> None:
+    validate(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), this_host)
+
+
+def jobs_run_here(config: DictConfig) -> bool:
+    """Whether the sweep's launcher runs its jobs on this machine: all but the SLURM launchers, whose
+    jobs run on the cluster's nodes."""
+    return not str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher")
 
 
 def _check_writable(config: DictConfig, folder_key: str) -> None:
@@ -63,14 +69,16 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
 
 
 def check_sweep_jobs(config: DictConfig, config_name: str | None) -> None:
-    """Compose and validate every job of the sweep; the first bad one raises, naming the job."""
+    """Compose and validate every job of the sweep (for this machine if it runs them,
+    :func:`jobs_run_here`); the first bad one raises, naming the job."""
+    here = jobs_run_here(config)
     jobs = sweep_jobs(config)
     if len(jobs) > 1:
         log.info("checking the configs of %d jobs", len(jobs))
     swept = {o.split("=")[0] for o in itertools.chain(*jobs) if sum(o in job for job in jobs) < len(jobs)}
     for idx, overrides in enumerate(jobs):
         try:
-            validate(compose(config_name=config_name, overrides=overrides))
+            validate(compose(config_name=config_name, overrides=overrides), here)
         except (SdexpError, HydraException, OmegaConfBaseException) as exc:
             shown = " ".join(o for o in overrides if o.split("=")[0] in swept)
             exc.add_note(f"in job #{idx} ({shown}); no job was started")
@@ -131,7 +139,7 @@ class Preflight(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with reported():
-            _validate(config)
+            _validate(config, jobs_run_here(config))
             check_sweep_jobs(config, kwargs.get("config_name"))
             claim_timed_sweep_folder(config)
             _check_writable(config, "hydra.sweep.dir")

@@ -25,6 +25,7 @@ from sdexp import runs
 from sdexp.files import read_file
 from sdexp.overrides import run_name
 from sdexp.preflight import sweep_jobs
+from sdexp.wording import count
 
 MULTIRUN = "multirun.yaml"
 COLUMNS = ["run", "status", "epoch", "last val error %", "img/s", "time left", "slurm job"]
@@ -120,7 +121,7 @@ def sweep_status(paths: Sequence[str | Path]) -> pd.DataFrame:
 def totals(table: pd.DataFrame) -> str:
     """``6 runs: 2 completed, 1 running, 3 not started; longest time left 1:02:03`` (of a started run)."""
     counts = table["status"].str.split(":").str[0].value_counts()
-    line = f"{len(table)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+    line = f"{count(len(table), 'run')}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
     left = table["time left"].dropna()
     return line + (f"; longest time left {_clock(left.max())} (of a started run)" if len(left) else "")
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from sdexp.config import CONF_DIR, ConfigError, compose_config, validate
 from sdexp.loggers import missing_package
+from sdexp.preflight import jobs_run_here
 
 GROUPS = [
     "model",
@@ -109,6 +111,30 @@ def test_added_unknown_key_fails_validation() -> None:
     cfg = compose_config(["+trainer.epoch=3"])  # "+" bypasses the schema while composing
     with pytest.raises(ConfigError, match=r"trainer\.epoch is not a config key"):
         validate(cfg)
+
+
+@pytest.mark.parametrize("override", ["trainer.device=cuda", "trainer.cuda_graphs=true"])
+def test_a_missing_gpu_is_refused_only_where_the_jobs_run(
+    override: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    cfg = compose_config([override])
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        validate(cfg)
+    validate(cfg, this_host=False)  # a SLURM sweep from a login node: each job checks its node
+
+
+@pytest.mark.parametrize(
+    ("launcher", "here"),
+    [
+        ("hydra_plugins.sdexp_launcher.slurm_launcher.SlurmLauncher", False),
+        ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", False),
+        ("hydra_plugins.sdexp_launcher.local_launcher.LocalLauncher", True),
+        ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", True),
+    ],
+)
+def test_only_slurm_launchers_run_jobs_elsewhere(launcher: str, here: bool) -> None:
+    assert jobs_run_here(OmegaConf.create({"hydra": {"launcher": {"_target_": launcher}}})) is here
 
 
 def test_nesterov_needs_momentum() -> None:

@@ -60,7 +60,7 @@ def test_a_folder_holding_another_config_is_refused_without_starting_the_job(tmp
     assert again.returncode != 0
     log = again.stderr + again.stdout
     summary = (
-        "1 runs: 0 new, 0 resumed, 0 skipped (finished before), "
+        "1 run: 0 new, 0 resumed, 0 skipped (finished before), "
         "1 refused (another config or a damaged file in the folder)"
     )
     assert f"{summary}; 1 failed" in log

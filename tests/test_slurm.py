@@ -130,6 +130,16 @@ def test_a_rerun_while_the_jobs_are_in_slurm_waits_for_them_instead_of_submittin
     assert all(r["status"] == "completed" and r["resumed_from"] == [] for r in done.values())
 
 
+def test_a_gpu_run_submitted_from_a_host_without_one_is_checked_on_its_node(tmp_path: Path) -> None:
+    # The submitting host (a login node) need not have the GPU a job asks for: the job is submitted,
+    # and its node, which on this test cluster has none either, refuses it in one line.
+    proc = sweep(tmp_path, "trainer.device=cuda")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "1 run: 1 new, 0 resumed, 0 skipped (finished before); 1 failed" in proc.stdout
+    log_err = Path(proc.stdout.split("; see ")[-1].split()[0])
+    assert "error: trainer.device=cuda but CUDA is not available here" in log_err.read_text()
+
+
 def test_cancelled_job_is_reported_failed_while_the_other_completes(tmp_path: Path) -> None:
     # The long job (60 tiny epochs, about 15 s) is cancelled after its first epoch.
     proc = popen(sweep_command("trainer.epochs=2,60"), tmp_path)
@@ -187,7 +197,7 @@ def check_requeued_after_time_limit(tmp_path: Path, count: int, epochs: int, *ov
     finally:
         proc.kill()
     assert proc.returncode == 0, output[-3000:]
-    assert f"{count} runs: {count} new, 0 resumed, 0 skipped (finished before); 0 failed" in output
+    assert f": {count} new, 0 resumed, 0 skipped (finished before); 0 failed" in output
     for run_dir in (p.parent for p in (tmp_path / "sweep").glob("*/result.json")):
         result = runs.read_result(run_dir)
         assert result["status"] == "completed" and result["slurm_job_id"] == job

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from sdexp import runs
 from sdexp.errors import SdexpError, SweepFailed
 from sdexp.overrides import quote_override
+from sdexp.wording import count
 
 log = logging.getLogger(__name__)
 CONSOLE_LOG = "console.log"
@@ -136,13 +137,13 @@ def end_sweep(launcher: str, jobs: Sequence[Job], results: Sequence[JobReturn]) 
     failed = [(job, r) for job, r in zip(jobs, results, strict=True) if r.status == JobStatus.FAILED]
     log.log(
         logging.ERROR if failed else logging.INFO,
-        "%s: %d runs: %s; %d failed%s",
-        launcher, len(jobs), counts, len(failed),
+        "%s: %s: %s; %d failed%s",
+        launcher, count(len(jobs), "run"), counts, len(failed),
         "".join(f"\n  failed: #{job.idx} {job.shown}: {r._return_value}" for job, r in failed),
     )  # fmt: skip
     if failed:
         raise SweepFailed(
-            f"{len(failed)} of {len(jobs)} runs failed (listed above); run the same command again to "
-            "retry them: finished runs are skipped"
+            f"{len(failed)} of {count(len(jobs), 'run')} failed (listed above); run the same command "
+            "again to retry them: finished runs are skipped"
         )
     return results

@@ -34,6 +34,7 @@ from hydra_plugins.sdexp_launcher.jobs import (
     start_process,
 )
 from sdexp.errors import SdexpError
+from sdexp.wording import count
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class LocalLauncher(Launcher):
             f"{len(gpus)} GPU(s), {self.runs_per_gpu} per GPU" if gpus else f"{self.cpu_workers} CPU workers"
         )
         sweep_dir = self.config.hydra.sweep.dir
-        log.info("local launcher: %d runs on %s, sweep folder %s", len(jobs), kind, sweep_dir)
+        log.info("local launcher: %s on %s, sweep folder %s", count(len(jobs), "run"), kind, sweep_dir)
         start_mps = mps_daemon.wanted(self.mps, self.runs_per_gpu, gpus)
         with mps_daemon.daemon(sweep_dir, start_mps) as mps_env:
             slots: queue.Queue[dict[str, str]] = queue.Queue()

@@ -39,6 +39,7 @@ from hydra_plugins.sdexp_launcher.jobs import Job, end_sweep, job_return, plan_j
 from hydra_plugins.sdexp_launcher.packed import PackedTask, finished
 from sdexp import runs
 from sdexp.errors import SdexpError
+from sdexp.wording import count
 
 if TYPE_CHECKING:
     import submitit
@@ -64,8 +65,8 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         todo = [job for job in jobs if job.state in ("new", "resumed")]
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(
-            "slurm launcher: %d runs, %d to submit (%d per array task), sweep folder %s",
-            len(jobs), len(todo), self.runs_per_task, self.config.hydra.sweep.dir,
+            "slurm launcher: %s, %d to submit (%d per array task), sweep folder %s",
+            count(len(jobs), "run"), len(todo), self.runs_per_task, self.config.hydra.sweep.dir,
         )  # fmt: skip
         for job in jobs:
             if job.state == "queued":
