@@ -29,6 +29,16 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     return table.to_markdown(index=False)
 
 
+def _group_keys(by: str | None, table: pd.DataFrame) -> list[str]:
+    """``--by`` as a list of keys (spaces stripped, each once), or the keys that vary."""
+    if by is None:
+        return report.experiment_keys(table)
+    keys = list(dict.fromkeys(k.strip() for k in by.split(",") if k.strip()))
+    if "seed" in keys or not keys:
+        raise SdexpError(f"--by {by!r}: give config keys other than seed (each row is a mean over seeds)")
+    return keys
+
+
 def _check_keys(table: pd.DataFrame, by: list[str], metric: str) -> None:
     unknown = [k for k in [*by, metric] if k not in table.columns]
     if unknown:
@@ -78,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         folders = count(len(table) + len(loaded.unusable), "run folder")
         print(f"nothing to show yet: {folders}, none completed ({', '.join(counts) or 'none found'})")
     else:
-        by = args.by.split(",") if args.by else report.experiment_keys(table)
+        by = _group_keys(args.by, table)
         _check_keys(table, by, args.metric)
         summary = report.summarize(table, loaded.epochs, by, args.metric)
         shown = report.display_table(summary, by, args.metric)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose
+from hydra._internal.config_loader_impl import get_overrides_dirname  # Hydra's own folder naming
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -26,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sdexp.config import ConfigError, validate
 from sdexp.errors import SdexpError, reported
-from sdexp.overrides import quote_override
+from sdexp.overrides import quote_override, run_name
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +69,46 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
+def job_folders(config: DictConfig, jobs: list[list[str]]) -> list[str]:
+    """Each job's run folder name under the sweep folder, as ``hydra.sweep.subdir`` in conf/config.yaml
+    names it (from the overrides, less ``override_dirname.exclude_keys``)."""
+    exclude = list(config.hydra.job.config.override_dirname.exclude_keys)
+    parse = OverridesParser.create().parse_overrides
+    return [run_name(get_overrides_dirname(parse(job), exclude, item_sep=",", kv_sep="=")) for job in jobs]
+
+
+def _check_folders_differ(config: DictConfig, jobs: list[list[str]], shown: list[str]) -> None:
+    """Refuse two jobs that would train in one folder (they differ only in keys left out of its name);
+    the second would find the first's run there and skip or resume it."""
+    if OmegaConf.to_container(config.hydra.sweep)["subdir"] != "${run_name:${hydra.job.override_dirname}}":
+        return  # folders named otherwise are the user's
+    first: dict[str, int] = {}
+    for idx, folder in enumerate(job_folders(config, jobs)):
+        if folder in first:
+            raise ConfigError(
+                f"jobs #{first[folder]} ({shown[first[folder]]}) and #{idx} ({shown[idx]}) would train in "
+                f"the same run folder {folder}: they differ only in keys that do not name run folders "
+                "(e.g. trainer.step); sweep those in separate sweep folders (hydra.sweep.dir)"
+            )
+        first[folder] = idx
+
+
 def check_sweep_jobs(config: DictConfig, config_name: str | None) -> None:
     """Compose and validate every job of the sweep (for this machine if it runs them,
-    :func:`jobs_run_here`); the first bad one raises, naming the job."""
+    :func:`jobs_run_here`), and check that no two share a run folder; the first bad one raises, naming
+    the job."""
     here = jobs_run_here(config)
     jobs = sweep_jobs(config)
     if len(jobs) > 1:
         log.info("checking the configs of %d jobs", len(jobs))
     swept = {o.split("=")[0] for o in itertools.chain(*jobs) if sum(o in job for job in jobs) < len(jobs)}
+    shown = [" ".join(o for o in overrides if o.split("=")[0] in swept) for overrides in jobs]
+    _check_folders_differ(config, jobs, shown)
     for idx, overrides in enumerate(jobs):
         try:
             validate(compose(config_name=config_name, overrides=overrides), here)
         except (SdexpError, HydraException, OmegaConfBaseException) as exc:
-            shown = " ".join(o for o in overrides if o.split("=")[0] in swept)
-            exc.add_note(f"in job #{idx} ({shown}); no job was started")
+            exc.add_note(f"in job #{idx} ({shown[idx]}); no job was started")
             raise
 
 

@@ -75,7 +75,20 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
     if missing:
         raise runs.RunFolderError(f"{path}: a completed run without {', '.join(missing)}")
     row = {**runs.flatten(runs.read_config(run_dir)), **runs.flatten(result), "run_dir": str(run_dir)}
+    if row.get("stochastic_depth.rule") == "off":  # every block survives, whatever p_L was set to
+        row["stochastic_depth.final_survival"] = 1.0
     return {key: _hashable(value) for key, value in row.items()}
+
+
+def _repeats(table: pd.DataFrame) -> pd.Series:
+    """For each run that repeats another's experiment and seed (the same sweep run twice into new
+    folders, a copied folder), the run_dir of the one that counts (a completed one, else the first);
+    those would otherwise count as more seeds than there are."""
+    keys = [c for c in table.columns if is_config_key(c) and c not in NOT_EXPERIMENT_KEYS] + ["seed"]
+    unfinished = table["status"] != "completed"
+    order = table.assign(_unfinished=unfinished).sort_values(["_unfinished", "run_dir"], kind="stable")
+    counted = order.groupby(keys, dropna=False)["run_dir"].transform("first")
+    return counted[counted != order["run_dir"]]
 
 
 def _epochs(run_dir: Path) -> pd.DataFrame:
@@ -110,7 +123,14 @@ def load_runs(paths: Sequence[str | Path]) -> Runs:
         except runs.RunFolderError as exc:
             unusable.append({"run_dir": str(run_dir), "reason": str(exc)})
     table = pd.DataFrame(rows)
+    repeats = _repeats(table) if len(table) else pd.Series()
+    for index, counted in repeats.items():
+        reason = f"the same experiment and seed as {counted}, which counts instead"
+        unusable.append({"run_dir": table.at[index, "run_dir"], "reason": reason})
+    table = table.drop(index=repeats.index).reset_index(drop=True)
     epochs = pd.concat(epoch_tables, ignore_index=True) if epoch_tables else pd.DataFrame()
+    if len(epochs):
+        epochs = epochs[epochs["run_dir"].isin(table["run_dir"])].reset_index(drop=True)
     return Runs(table, epochs, pd.DataFrame(unusable, columns=["run_dir", "reason"]))
 
 
@@ -176,7 +196,8 @@ def _base_keys(by: Sequence[str]) -> list[str]:
 
 def _paired(done: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFrame:
     base = _base_keys(by)
-    constant = done[done["stochastic_depth.rule"] == "off"][[*base, "seed", metric]]
+    constant = done[done["stochastic_depth.rule"] == "off"]  # one baseline per seed, also where `by`
+    constant = constant.groupby([*base, "seed"], dropna=False, as_index=False)[metric].mean()  # splits it
     sd = done[done["stochastic_depth.rule"] != "off"]
     pairs = sd.merge(constant, on=[*base, "seed"], suffixes=("", "_constant"))
     pairs["diff"] = pairs[metric] - pairs[f"{metric}_constant"]
@@ -202,7 +223,11 @@ def _with_time_ratio(summary: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     constant = constant[[*base, "train_time_s", "epoch_time_s"]].rename(
         columns={"train_time_s": "_train_c", "epoch_time_s": "_epoch_c"}
     )
-    merged = summary.merge(constant, on=base, how="left") if base else summary.join(constant, how="left")
+    if base:  # one baseline per base, also where `by` splits the constant-depth runs
+        constant = constant.groupby(base, dropna=False, as_index=False)[["_train_c", "_epoch_c"]].mean()
+        merged = summary.merge(constant, on=base, how="left")
+    else:
+        merged = summary.assign(_train_c=constant["_train_c"].mean(), _epoch_c=constant["_epoch_c"].mean())
     merged["time_ratio"] = merged["train_time_s"] / merged["_train_c"]
     merged["epoch_time_ratio"] = merged["epoch_time_s"] / merged["_epoch_c"]
     return merged.drop(columns=["_train_c", "_epoch_c"])

@@ -375,7 +375,8 @@ def find_run_dirs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     for pattern in map(str, paths):
         if not pattern.strip():
             raise RunFolderError("an empty path was given: name sweep folders, run folders or globs")
-        matches = [Path(p) for p in glob.glob(pattern)] if glob.has_magic(pattern) else [Path(pattern)]
+        is_glob = glob.has_magic(pattern) and not Path(pattern).exists()  # a list value, [4,8,16], is none
+        matches = [Path(p) for p in glob.glob(pattern)] if is_glob else [Path(pattern)]
         if not matches or not all(m.exists() for m in matches):
             raise RunFolderError(f"{pattern}: no such file or folder")
         here = {p.parent for match in matches if match.is_dir() for p in match.rglob(RESULT)}

@@ -17,14 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from hydra._internal.config_loader_impl import get_overrides_dirname  # Hydra's own folder naming
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from sdexp import runs
 from sdexp.files import read_file
-from sdexp.overrides import run_name
-from sdexp.preflight import sweep_jobs
+from sdexp.preflight import job_folders, sweep_jobs
 from sdexp.wording import count
 
 MULTIRUN = "multirun.yaml"
@@ -38,15 +35,10 @@ def planned_runs(sweep_dir: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     config = read_file(path, OmegaConf.load, runs.RunFolderError, "restore it, or start the sweep again")
-    exclude = list(config.hydra.job.config.override_dirname.exclude_keys)
-    parser = OverridesParser.create()
     jobs = sweep_jobs(config)
     common = set.intersection(*(set(job) for job in jobs)) if len(jobs) > 1 else set()
-    planned = {}
-    for job in jobs:
-        name = run_name(get_overrides_dirname(parser.parse_overrides(job), exclude, item_sep=",", kv_sep="="))
-        planned[name] = " ".join(o for o in job if o not in common)
-    return planned
+    names = job_folders(config, jobs)
+    return {name: " ".join(o for o in job if o not in common) for name, job in zip(names, jobs, strict=True)}
 
 
 def run_row(run_dir: Path, shown: str | None = None) -> dict[str, Any]:

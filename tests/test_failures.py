@@ -90,6 +90,7 @@ RUN = ["hydra.run.dir=run"]  # the finished run's folder
 RESULT, CONFIG = f"run/{runs.RESULT}", f"run/{runs.CONFIG}"
 RUN_PY = [
     Case("unknown option", nothing, ["model=resnet999"], 2, "model=resnet999: no such option; model is one"),
+    Case("unknown preset", nothing, ["experiment=quickstrat"], 2, "experiment=quickstrat: no such option"),
     Case("unknown key", nothing, ["trainer.epochz=3"], 2, "trainer.epochz is not a config key; trainer has"),
     Case("wrong type", nothing, ["trainer.epochs=abc"], 2, "trainer.epochs: Value 'abc'"),
     Case("unparsable", nothing, ["seed=["], 2, "cannot parse the override 'seed=['"),
@@ -148,13 +149,16 @@ RUN_PY = [
         "hydra.launcher.cpu_workers=abc is not allowed: an integer >= 1",
         then=lambda cwd: not (cwd / "sweep").exists(),  # nothing written, no empty folder left
     ),
-    Case(
-        "two jobs, one folder",
-        nothing,
-        ["-m", "hydra/launcher=local", "trainer.step=autograd,segments", "hydra.sweep.dir=sweep"],
-        2,
-        "would train in the same folder sweep/",
-        then=lambda cwd: [p.name for p in (cwd / "sweep").iterdir()] == ["multirun.yaml"],  # no run
+    *(
+        Case(
+            f"two jobs, one folder ({name} launcher)",
+            nothing,
+            ["-m", *launcher, "trainer.step=autograd,segments", "hydra.sweep.dir=sweep"],
+            2,
+            "#0 (trainer.step=autograd) and #1 (trainer.step=segments) would train in the same run folder",
+            then=lambda cwd: not (cwd / "sweep").exists(),
+        )
+        for name, launcher in (("basic", []), ("local", ["hydra/launcher=local"]))
     ),
     Case(
         "GPU not visible",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,14 +24,18 @@ CONSTANT, STOCHASTIC = [6.0, 6.5, 7.0], [5.0, 5.5, 6.5]
 
 
 def make_run(
-    folder: Path, rule: str, seed: int, reported: float, status: str = "completed", **extra: object
-) -> None:
+    folder: Path, rule: str, seed: int, reported: float, status: str = "completed",
+    final_survival: float | None = None, **extra: object,
+) -> None:  # fmt: skip
     """A run folder as the trainer writes it, with known values."""
     config = {
         "seed": seed,
         "model": {"name": "resnet110"},
         "dataset": {"name": "cifar10", "root": f"/data/{seed}"},
-        "stochastic_depth": {"rule": rule, "final_survival": 1.0 if rule == "off" else 0.5},
+        "stochastic_depth": {
+            "rule": rule,
+            "final_survival": final_survival or (1.0 if rule == "off" else 0.5),
+        },
         "trainer": {"epochs": 3, "device": "cpu"},
     }
     runs.atomic_write_text(folder / runs.CONFIG, yaml.safe_dump(config))
@@ -108,6 +113,40 @@ def test_group_by_override(sweep: Path) -> None:
     assert math.isnan(summary.loc[0, "time_ratio"])  # nothing to compare without the rule key
 
 
+def test_a_repeated_experiment_and_seed_counts_once(sweep: Path, tmp_path: Path) -> None:
+    # The same sweep aggregated twice (a copy, or a rerun into a new timed folder): 3 seeds, not 6.
+    copy = tmp_path.parent / f"{tmp_path.name}-copy"
+    shutil.copytree(sweep, copy)
+    table, epochs, unusable = report.load_runs([sweep, copy])
+    assert len(table) == 10 and len(epochs) == 30
+    assert len(unusable) == 10 and unusable["reason"].str.startswith("the same experiment and seed as").all()
+    linear = report.summarize(table, epochs).set_index("stochastic_depth.rule").loc["linear"]
+    assert (linear["seeds"], linear["pairs"]) == (3, 3)
+    assert linear["std"] == pytest.approx(0.7637626, abs=1e-6)
+    assert linear["p_value"] == pytest.approx(0.03775, abs=1e-4)
+
+
+def test_constant_depth_is_one_baseline_whatever_final_survival_says(tmp_path: Path) -> None:
+    # rule=off x final_survival=0.5,0.8 (a Hydra grid with p_L swept): both constant-depth runs of a
+    # seed are the same experiment; each SD group is paired with one baseline per seed.
+    for seed, (c, s) in enumerate(zip(CONSTANT, STOCHASTIC, strict=True)):
+        for p_l in (0.5, 0.8):
+            make_run(tmp_path / f"off,{p_l},{seed}", "off", seed, c, final_survival=p_l)
+            make_run(tmp_path / f"linear,{p_l},{seed}", "linear", seed, s + p_l, final_survival=p_l)
+    table, epochs, unusable = report.load_runs([tmp_path])
+    assert len(table) == 9 and len(unusable) == 3
+    summary = report.summarize(table, epochs)
+    assert len(summary) == 3  # off (p_L 1.0), linear 0.5, linear 0.8
+    linear = summary[summary["stochastic_depth.rule"] == "linear"].set_index(
+        "stochastic_depth.final_survival"
+    )
+    assert list(linear["pairs"]) == [3, 3]
+    assert linear.loc[0.5, "diff_mean"] == pytest.approx(-5 / 6 + 0.5)
+    assert list(linear["time_ratio"]) == pytest.approx([0.75, 0.75])
+    by_rule = report.summarize(table, epochs, by=["stochastic_depth.rule"]).set_index("stochastic_depth.rule")
+    assert by_rule.loc["linear", "time_ratio"] == pytest.approx(0.75)  # no base keys: one baseline
+
+
 def aggregate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "analysis" / "aggregate.py"), *args],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -148,11 +187,21 @@ def test_glob_paths(sweep: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["missing", "empty", "unknown_key"])
+def test_a_folder_named_with_a_list_value_is_a_path_not_a_glob(sweep: Path) -> None:
+    named = sweep / "model.widths=[4,8,16],seed=0"
+    (sweep / "linear,seed=0").rename(named)
+    proc = aggregate(str(named), "--by", " stochastic_depth.rule,stochastic_depth.rule")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("1 run in 1 group\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["missing", "empty", "unknown_key", "by_seed"])
 def test_bad_paths_and_keys_fail_clearly(tmp_path: Path, sweep: Path, case: str) -> None:
     (tmp_path / "empty").mkdir()
     args = {"missing": [str(tmp_path / "nope")], "empty": [str(tmp_path / "empty")],
-            "unknown_key": [str(sweep), "--by", "model.depth"]}[case]  # fmt: skip
+            "unknown_key": [str(sweep), "--by", "model.depth"],
+            "by_seed": [str(sweep), "--by", "stochastic_depth.rule,seed"]}[case]  # fmt: skip
     proc = aggregate(*args)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1

@@ -21,7 +21,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
 from sdexp import runs
-from sdexp.errors import SdexpError, SweepFailed
+from sdexp.errors import SweepFailed
 from sdexp.overrides import quote_override
 from sdexp.wording import count
 
@@ -66,16 +66,8 @@ def plan_jobs(
         sweep = hydra_context.config_loader.load_sweep_config(config, list(overrides))
         run_dir = Path(str(sweep.hydra.sweep.dir)) / str(sweep.hydra.sweep.subdir)
         task = OmegaConf.masked_copy(sweep, [key for key in sweep if key != "hydra"])
-        job = Job(idx, list(overrides), run_dir, *run_state(run_dir, task))
-        for other in jobs:
-            if other.run_dir == run_dir:
-                raise SdexpError(
-                    f"jobs #{other.idx} ({other.shown}) and #{idx} ({job.shown}) would train in the same "
-                    f"folder {run_dir}: they differ only in keys that do not name run folders (e.g. "
-                    "trainer.step); sweep those in separate sweep folders (hydra.sweep.dir)"
-                )
-        jobs.append(job)
-    return jobs
+        jobs.append(Job(idx, list(overrides), run_dir, *run_state(run_dir, task)))
+    return jobs  # no two share a folder: preflight.check_sweep_jobs
 
 
 def start_process(job: Job, script: str, env: dict[str, str]) -> subprocess.Popen:
