@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from sdexp import runs
+from sdexp import errors, runs
 from sdexp.files import read_file
 from sdexp.preflight import job_folders, sweep_jobs
 from sdexp.wording import count
@@ -51,11 +51,9 @@ def run_row(run_dir: Path, shown: str | None = None) -> dict[str, Any]:
         result = runs.previous_result(run_dir)
         slurm = runs.read_slurm_job(run_dir) or {}
         if result is None:
-            return {
-                **row,
-                "status": "queued" if slurm else "starting",
-                "slurm job": slurm.get("slurm_job_id"),
-            }
+            failed = _failure_before_training(run_dir)
+            status = "queued" if slurm else f"failed: {failed}" if failed else "starting"
+            return {**row, "status": status, "slurm job": slurm.get("slurm_job_id")}
         epochs = runs.read_config(run_dir)["trainer"]["epochs"]
         metrics = runs.read_metrics(run_dir) if (run_dir / runs.METRICS).exists() else []
     except runs.RunFolderError as exc:
@@ -73,6 +71,16 @@ def run_row(run_dir: Path, shown: str | None = None) -> dict[str, Any]:
     if status not in runs.FINISHED and done:
         row["time left"] = pd.Timedelta(seconds=round(result["train_time_s"] / done * (epochs - done)))
     return row
+
+
+def _failure_before_training(run_dir: Path) -> str | None:
+    """The error a run wrote to its train.log if it failed before writing result.json (a data set not
+    found, say), else None."""
+    path = run_dir / runs.LOG
+    marker = f"[{errors.failure_log.name}][ERROR] - error: "
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    failures = [line.split(marker, 1)[1] for line in lines if marker in line]
+    return failures[-1] if failures else None
 
 
 def _held(run_dir: Path) -> bool:

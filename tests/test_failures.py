@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from analysis import aggregate
-from sdexp import checkpoint, errors, runs, train
+from sdexp import checkpoint, errors, runs, status, train
 from sdexp.config import compose_config
 from sdexp.errors import WriteError
 from tests.conftest import ROOT, TINY, change_saved_epochs, run_command
@@ -183,6 +183,8 @@ RUN_PY = [
             statuses(cwd / "sweep") == ["completed"]  # the other job ran to its end
             and "error: dataset cifar10: nothing found at"
             in next((cwd / "sweep").glob("*cifar10*/console.log")).read_text()
+            and "failed: dataset cifar10: nothing found at"  # status.py: it never wrote result.json
+            in status.sweep_status([cwd / "sweep"]).set_index("run").loc["dataset=cifar10", "status"]
         ),
     ),
 ]
