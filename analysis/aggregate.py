@@ -24,8 +24,8 @@ from sdexp.wording import count
 def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "csv":
         return table.to_csv(index=False)
-    if fmt == "latex":
-        return table.to_latex(index=False)
+    if fmt == "latex":  # special characters escaped, ± and − as math: it compiles with booktabs alone
+        return table.to_latex(index=False, escape=True).replace("±", r"$\pm$").replace("−", "$-$")
     return table.to_markdown(index=False)
 
 

@@ -25,8 +25,8 @@ def main() -> None:
     parser.add_argument("--watch", type=float, nargs="?", const=10.0, default=None, metavar="SECONDS",
                         help="refresh every SECONDS (default 10) until Ctrl-C")  # fmt: skip
     args = parser.parse_args()
-    if args.watch is not None and args.watch <= 0:
-        parser.error(f"--watch {args.watch}: give a number of seconds > 0")
+    if args.watch is not None and not 0 < args.watch < 86400:  # NaN fails too
+        parser.error(f"--watch {args.watch}: give a number of seconds > 0 and below a day")
     if args.watch is None:
         print(report(args.paths))
         return

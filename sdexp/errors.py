@@ -15,13 +15,19 @@ import signal
 import sys
 from collections.abc import Iterator
 
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.errors import (
+    HydraException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+)
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 TRACEBACK_VARIABLE = "SDEXP_TRACEBACK"
 BAD_INPUT = 2
 FAILED = 1
 INTERRUPTED = 128 + signal.SIGINT
+BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 # The failure line (and the traceback of an unexpected error) goes to this logger: conf/config.yaml sends
@@ -80,6 +86,8 @@ def _config_message(exc: Exception) -> str:
         return f"{group}={option}: no such option; {group} is one of {', '.join(sorted(exc.options))}"
     if isinstance(exc, OverrideParseException):
         return f"cannot parse the override {exc.override!r} ({_first_line(exc.message)})"
+    if isinstance(exc, InstantiationException):  # "Error in call to target 'X':", the reason below it
+        return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
     key = getattr(cause, "full_key", None)
     if isinstance(cause, ConfigKeyError | ConfigAttributeError) and key:
@@ -116,6 +124,9 @@ def reported() -> Iterator[None]:
         yield
     except (SystemExit, GeneratorExit):
         raise
+    except BrokenPipeError:  # the reader left (``aggregate.py ... | head``): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(BROKEN_PIPE)
     except BaseException as exc:
         if tracebacks_wanted():
             raise

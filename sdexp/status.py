@@ -34,10 +34,14 @@ def planned_runs(sweep_dir: Path) -> dict[str, str]:
     path = sweep_dir / MULTIRUN
     if not path.is_file():
         return {}
-    config = read_file(path, OmegaConf.load, runs.RunFolderError, "restore it, or start the sweep again")
-    jobs = sweep_jobs(config)
+
+    def parse(path: Path) -> tuple[list[list[str]], list[str]]:
+        config = OmegaConf.load(path)
+        jobs = sweep_jobs(config)  # a file that is no Hydra multirun record fails here, or below
+        return jobs, job_folders(config, jobs)
+
+    jobs, names = read_file(path, parse, runs.RunFolderError, "restore it, or start the sweep again")
     common = set.intersection(*(set(job) for job in jobs)) if len(jobs) > 1 else set()
-    names = job_folders(config, jobs)
     return {name: " ".join(o for o in job if o not in common) for name, job in zip(names, jobs, strict=True)}
 
 

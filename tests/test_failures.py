@@ -160,6 +160,13 @@ RUN_PY = [
         )
         for name, launcher in (("basic", []), ("local", ["hydra/launcher=local"]))
     ),
+    *(
+        Case(name, nothing, ["-m", "hydra/launcher=local", key, "seed=0,1", "hydra.sweep.dir=sweep"], 2, says)
+        for name, key, says in (
+            ("GPU ids not a list", "hydra.launcher.gpus=0", "hydra.launcher.gpus=0 is not allowed: a list"),
+            ("unknown launcher key", "+hydra.launcher.foo=1", "unexpected keyword argument 'foo'"),
+        )
+    ),
     Case(
         "GPU not visible",
         nothing,

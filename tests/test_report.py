@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +179,20 @@ def test_printed_formats(sweep: Path, fmt: str) -> None:
     proc = aggregate(str(sweep), "--format", fmt)
     assert proc.returncode == 0, proc.stderr
     assert ("\\begin{tabular}" in proc.stdout) == (fmt == "latex")
+    if fmt == "latex":  # nothing pdflatex would choke on: unescaped % or _, raw ± or −
+        assert re.search(r"(?<!\\)[%_]|[±−]", proc.stdout) is None, proc.stdout
+        assert "$\\pm$" in proc.stdout and "SD $-$ constant" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_reader_that_leaves_early_ends_it_quietly(sweep: Path) -> None:
+    # aggregate.py ... | head -1: the pipe closes before the table is written
+    command = [sys.executable, str(ROOT / "analysis" / "aggregate.py"), str(sweep)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=300) == 128 + signal.SIGPIPE
+    assert stderr == ""
 
 
 @pytest.mark.slow

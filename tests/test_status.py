@@ -95,6 +95,15 @@ def test_status_names_a_damaged_file_and_goes_on(sweep: Path, tmp_path: Path) ->
     assert states[2:] == ["stopped", "failed", "queued", "not started"]
 
 
+@pytest.mark.parametrize("text", ["", "foo: 1\n", "hydra: {}\n"])
+def test_a_multirun_record_that_is_not_one_is_named(sweep: Path, tmp_path: Path, text: str) -> None:
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    (copy / status.MULTIRUN).write_text(text)
+    with pytest.raises(runs.RunFolderError, match=f"cannot read {copy / status.MULTIRUN}"):
+        status.sweep_status([copy])
+
+
 @pytest.mark.slow
 def test_status_command_prints_the_table_and_watches(sweep: Path, tmp_path: Path) -> None:
     command = [sys.executable, str(ROOT / "analysis" / "status.py"), str(sweep)]
@@ -103,6 +112,8 @@ def test_status_command_prints_the_table_and_watches(sweep: Path, tmp_path: Path
     lines = proc.stdout.splitlines()
     assert lines[0].split("|")[1].strip() == "run" and len(lines) == 2 + 6 + 1
     assert lines[-1].startswith("6 runs: 1 completed")
+    never = run_command([*command, "--watch", "nan"], tmp_path)
+    assert never.returncode == 2 and "--watch nan: give a number of seconds > 0" in never.stderr
     missing = run_command([*command[:2], str(tmp_path / "nowhere")], tmp_path)
     assert (
         missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder"

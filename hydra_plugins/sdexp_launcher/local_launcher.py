@@ -75,7 +75,11 @@ class LocalLauncher(Launcher):
         if mps not in mps_daemon.CHOICES:
             raise SdexpError(f"hydra.launcher.mps={mps} is not allowed: auto, true or false")
         if gpus is not None:
-            if isinstance(gpus, str) or not all(str(g).isdigit() for g in gpus):
+            if (
+                not isinstance(gpus, Sequence)
+                or isinstance(gpus, str)
+                or not all(str(g).isdigit() for g in gpus)
+            ):
                 raise SdexpError(f"hydra.launcher.gpus={gpus} is not allowed: a list of GPU ids, e.g. [0,2]")
             unknown = [str(g) for g in gpus if str(g) not in visible_gpus()]
             if unknown:
