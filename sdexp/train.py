@@ -324,10 +324,14 @@ def _finished(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     a run with another config raises :class:`~sdexp.runs.RunFolderError`."""
     runs.check_config(run_dir, cfg)
     previous = runs.finished_result(run_dir)
-    if previous is not None:
-        log.info("%s already holds a %s run: nothing to do", run_dir, previous["status"])
-        return previous
-    return None
+    if previous is None:
+        return None
+    checkpoint = run_dir / runs.CHECKPOINT
+    if not (run_dir / runs.METRICS).exists() and checkpoint.exists():  # moved away, say, when damaged
+        runs.write_metrics(run_dir, load_checkpoint(checkpoint)["rows"])
+        log.info("%s: %s written again from %s", run_dir, runs.METRICS, runs.CHECKPOINT)
+    log.info("%s already holds a %s run: nothing to do", run_dir, previous["status"])
+    return previous
 
 
 def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> dict[str, Any]:

@@ -182,6 +182,9 @@ def test_finished_run_is_not_retrained(tmp_path: Path) -> None:
     result = train.run(cfg, tmp_path)
     assert result["status"] == "completed"
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == snapshot
+    (tmp_path / runs.METRICS).unlink()  # a damaged one moved away, as status.py advises
+    assert train.run(cfg, tmp_path)["status"] == "completed"
+    assert (tmp_path / runs.METRICS).read_bytes() == snapshot[runs.METRICS]  # from checkpoint.pt
 
 
 def _files(folder: Path) -> dict[str, bytes]:
