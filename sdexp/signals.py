@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from types import FrameType, TracebackType
 
@@ -45,6 +46,8 @@ class StopSignals:
         Ctrl-C is not passed on (Python's handler would raise KeyboardInterrupt): the process exits."""
         if self.received is None:
             return
+        name = signal.Signals(self.received).name  # the command's last line, on stderr (README)
+        print(f"stopped ({name}): checkpoint written; run the same command again to resume", file=sys.stderr)
         if self.received != signal.SIGINT:
             log.warning("passing %s on", signal.Signals(self.received).name)
             signal.raise_signal(self.received)

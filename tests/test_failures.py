@@ -375,6 +375,8 @@ def test_ctrl_c_checkpoints_and_says_how_to_resume(tmp_path: Path) -> None:
     assert "Traceback" not in out + err
     last = out.strip().splitlines()[-1]
     assert "received SIGINT: stopped in epoch" in last and "run the same command again to resume" in last
+    said = "stopped (SIGINT): checkpoint written; run the same command again to resume"
+    assert err.strip().splitlines()[-1] == said
     result = runs.read_result(tmp_path / "run")
     assert result["status"] == "interrupted"
     assert (tmp_path / "run" / runs.CHECKPOINT).exists()
