@@ -5,10 +5,13 @@ Rerunning a command resumes its run from the run folder's checkpoint, or skips i
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sdexp import errors
@@ -20,10 +23,25 @@ register_configs()
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with errors.reported():  # a job's failure: one line and its exit status (the sweep stops too)
-        hydra_cfg = HydraConfig.get()
+    hydra_cfg = HydraConfig.get()
+    with errors.reported(), _stops_the_sweep(hydra_cfg):  # a job's failure: one line and its exit status
         validate(cfg)
         run(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg)
+
+
+@contextlib.contextmanager
+def _stops_the_sweep(hydra_cfg: DictConfig) -> Iterator[None]:
+    """Under Hydra's basic launcher (jobs one after another in this process) a failing job ends the
+    sweep: its error says which job it was and that the rest did not start."""
+    try:
+        yield
+    except Exception as exc:
+        if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher._target_.endswith(".BasicLauncher"):
+            exc.add_note(
+                f"in job #{hydra_cfg.job.num} ({hydra_cfg.job.override_dirname}); the jobs after it were "
+                "not started (hydra/launcher=local runs every job whatever the others do)"
+            )
+        raise
 
 
 if __name__ == "__main__":

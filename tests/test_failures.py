@@ -175,6 +175,14 @@ RUN_PY = [
         "hydra.launcher.gpus: GPU 99 is not visible here",
     ),
     Case(
+        "a sweep job fails (basic launcher)",
+        nothing,
+        ["-m", "dataset=cifar10,synthetic", "dataset.root=none", "hydra.sweep.dir=sweep"],
+        2,
+        "the jobs after it were not started (hydra/launcher=local runs every job",
+        then=lambda cwd: statuses(cwd / "sweep") == [],  # it stopped the sweep: no run trained
+    ),
+    Case(
         "a sweep job fails",
         nothing,
         [
