@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out and len(completed):
         written = _write_outputs(Path(args.out), loaded, summary, shown, by, args.metric)
         print(f"\nwrote {args.out}/: {' '.join(written)}")
+    elif args.out:
+        print(f"\nwrote nothing to {args.out}/: no run has completed yet")
     return 0
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import ticker
 
+from sdexp import report
 from sdexp.files import atomic_write
 
 FIGSIZE = (8.0, 4.5)
@@ -56,7 +57,8 @@ def final_errors(table: pd.DataFrame, by: Sequence[str], metric: str, out: Path)
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     sns.stripplot(data=data, x="group", y=metric, color="0.6", ax=ax)
     sns.pointplot(data=data, x="group", y=metric, errorbar="sd", linestyle="none", capsize=0.2, ax=ax)
-    ax.set(xlabel="", ylabel=f"{metric.replace('_', ' ')} (%)", title="Final error over seeds")
+    label = report.metric_label(metric).replace("_", " ").replace(" %", " (%)")
+    ax.set(xlabel="", ylabel=label, title=f"Final {metric.replace('_', ' ')} over seeds")
     ax.tick_params(axis="x", labelrotation=15)
     return _save(fig, out, "final_error")
 

@@ -264,6 +264,11 @@ def problems(table: pd.DataFrame) -> pd.DataFrame:
     return unfinished[[c for c in columns if c in unfinished.columns]].reset_index(drop=True)
 
 
+def metric_label(metric: str) -> str:
+    """``test_error %``: errors are in percent; other result fields (``best_epoch``) are counts or s."""
+    return f"{metric} %" if metric.endswith("error") else metric
+
+
 def display_table(summary: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFrame:
     """The summary as a person reads it: ``mean ± std`` strings, one column per key."""
 
@@ -274,7 +279,7 @@ def display_table(summary: pd.DataFrame, by: Sequence[str], metric: str) -> pd.D
 
     out = summary[list(by)].copy()
     out["seeds"] = summary["seeds"].astype(str) + np.where(summary["fewer_seeds"], " (fewer)", "")
-    out[f"{metric} %"] = [pm(m, s) for m, s in zip(summary["mean"], summary["std"], strict=True)]
+    out[metric_label(metric)] = [pm(m, s) for m, s in zip(summary["mean"], summary["std"], strict=True)]
     out["final test error %"] = [
         pm(m, s) for m, s in zip(summary["final_mean"], summary["final_std"], strict=True)
     ]

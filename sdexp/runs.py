@@ -168,6 +168,7 @@ class RunRecord:
     ) -> RunRecord:
         """A run resumed from its checkpoint's ``result`` and ``rows`` at ``step`` of the next epoch;
         ``updates`` are the fields that describe this process (device, SLURM job)."""
+        result = {k: v for k, v in result.items() if k != "interrupted_in_epoch"}  # resumed_from says it
         record = cls(run_dir, {**result, **updates, "status": "running"}, rows)
         record.result.setdefault("resumed_from", []).append({"epoch": record.next_epoch, "step": step})
         record._write()

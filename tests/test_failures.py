@@ -288,6 +288,8 @@ def test_aggregate_lists_damaged_runs(
     name: str, damage: Callable[[Path], None], reason: str, workspace: Path, capsys: pytest.CaptureFixture
 ) -> None:
     shutil.copytree(workspace / "run", workspace / "good")
+    config = workspace / "good" / runs.CONFIG
+    config.write_text(config.read_text().replace("seed: 0", "seed: 1"))  # else a repeat, counted once
     damage(workspace)
     assert aggregate.main([str(workspace)]) == 0
     out = capsys.readouterr().out
@@ -304,8 +306,10 @@ def test_aggregate_lists_a_path_without_runs(workspace: Path, capsys: pytest.Cap
 
 def test_aggregate_with_nothing_completed_says_so(workspace: Path, capsys: pytest.CaptureFixture) -> None:
     running(workspace)
-    assert aggregate.main([str(workspace)]) == 0
-    assert "nothing to show yet: 1 run folder, none completed (1 running)" in capsys.readouterr().out
+    assert aggregate.main([str(workspace / "run"), "--out", str(workspace / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to show yet: 1 run folder, none completed (1 running)" in out
+    assert "wrote nothing to" in out and not (workspace / "report").exists()
 
 
 def test_aggregate_groups_by_list_valued_keys(workspace: Path, capsys: pytest.CaptureFixture) -> None:

@@ -100,7 +100,8 @@ def test_a_stop_in_mid_epoch_resumes_exactly(
     )
     monkeypatch.undo()
     train.run(cfg, tmp_path / "run")
-    assert runs.read_result(tmp_path / "run")["resumed_from"] == [{"epoch": 3, "step": 5}]
+    resumed = runs.read_result(tmp_path / "run")
+    assert resumed["resumed_from"] == [{"epoch": 3, "step": 5}] and "interrupted_in_epoch" not in resumed
     assert without_timing(runs.read_metrics(tmp_path / "run")) == without_timing(reference)
 
 
