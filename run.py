@@ -38,8 +38,9 @@ def _stops_the_sweep(hydra_cfg: DictConfig) -> Iterator[None]:
     except Exception as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher._target_.endswith(".BasicLauncher"):
             exc.add_note(
-                f"in job #{hydra_cfg.job.num} ({hydra_cfg.job.override_dirname}); the jobs after it were "
-                "not started (hydra/launcher=local runs every job whatever the others do)"
+                f"in job #{hydra_cfg.job.num} ({hydra_cfg.job.override_dirname}); under Hydra's basic "
+                "launcher a failing job ends the sweep (hydra/launcher=local runs every job whatever "
+                "the others do)"
             )
         raise
 

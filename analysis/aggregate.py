@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         _check_keys(table, by, args.metric)
         summary = report.summarize(table, loaded.epochs, by, args.metric)
         shown = report.display_table(summary, by, args.metric)
-        print(f"{count(len(table), 'run')} in {count(summary.shape[0], 'group')}\n")
+        repeats = report.repeated_seeds(table, by)
+        averaged = f" ({count(repeats, 'run')} repeating a seed of its group: averaged)" if repeats else ""
+        print(f"{count(len(table), 'run')} in {count(summary.shape[0], 'group')}{averaged}\n")
         print(render(shown, args.format))
     unfinished = report.problems(table) if len(table) else table
     if len(unfinished):
@@ -110,5 +112,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with reported():
+    with reported(prints_output=True):
         sys.exit(main())

@@ -46,5 +46,5 @@ def report(paths: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    with reported():  # one line and an exit status on failure, as every sdexp command
+    with reported(prints_output=True):  # one line and an exit status on failure, as every sdexp command
         main()

@@ -117,17 +117,19 @@ def message(exc: BaseException) -> tuple[str, int]:
 
 
 @contextlib.contextmanager
-def reported() -> Iterator[None]:
+def reported(prints_output: bool = False) -> Iterator[None]:
     """Turn any exception raised inside into one line on stderr and ``sys.exit`` with its status
-    (see :func:`message`); with ``SDEXP_TRACEBACK=1`` the exception is raised as it is."""
+    (see :func:`message`); with ``SDEXP_TRACEBACK=1`` the exception is raised as it is.
+    ``prints_output``: the command's product is what it prints, so a broken pipe means its reader
+    left early, and it ends quietly."""
     try:
         yield
     except (SystemExit, GeneratorExit):
         raise
-    except BrokenPipeError:  # the reader left (``aggregate.py ... | head``): stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        sys.exit(BROKEN_PIPE)
     except BaseException as exc:
+        if prints_output and isinstance(exc, BrokenPipeError):  # its reader left (``... | head``)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(BROKEN_PIPE)  # quietly, as Unix tools do
         if tracebacks_wanted():
             raise
         line, code = message(exc)

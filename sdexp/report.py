@@ -80,17 +80,6 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
     return {key: _hashable(value) for key, value in row.items()}
 
 
-def _repeats(table: pd.DataFrame) -> pd.Series:
-    """For each run that repeats another's experiment and seed (the same sweep run twice into new
-    folders, a copied folder), the run_dir of the one that counts (a completed one, else the first);
-    those would otherwise count as more seeds than there are."""
-    keys = [c for c in table.columns if is_config_key(c) and c not in NOT_EXPERIMENT_KEYS] + ["seed"]
-    unfinished = table["status"] != "completed"
-    order = table.assign(_unfinished=unfinished).sort_values(["_unfinished", "run_dir"], kind="stable")
-    counted = order.groupby(keys, dropna=False)["run_dir"].transform("first")
-    return counted[counted != order["run_dir"]]
-
-
 def _epochs(run_dir: Path) -> pd.DataFrame:
     """The run's metrics.csv (empty if it has none yet); a damaged one raises RunFolderError."""
     path = run_dir / runs.METRICS
@@ -123,14 +112,7 @@ def load_runs(paths: Sequence[str | Path]) -> Runs:
         except runs.RunFolderError as exc:
             unusable.append({"run_dir": str(run_dir), "reason": str(exc)})
     table = pd.DataFrame(rows)
-    repeats = _repeats(table) if len(table) else pd.Series()
-    for index, counted in repeats.items():
-        reason = f"the same experiment and seed as {counted}, which counts instead"
-        unusable.append({"run_dir": table.at[index, "run_dir"], "reason": reason})
-    table = table.drop(index=repeats.index).reset_index(drop=True)
     epochs = pd.concat(epoch_tables, ignore_index=True) if epoch_tables else pd.DataFrame()
-    if len(epochs):
-        epochs = epochs[epochs["run_dir"].isin(table["run_dir"])].reset_index(drop=True)
     return Runs(table, epochs, pd.DataFrame(unusable, columns=["run_dir", "reason"]))
 
 
@@ -159,12 +141,18 @@ def summarize(
     seconds per epoch, their ratio to the matching constant-depth group, the paired difference to
     it (``diff_mean``, ``diff_std``, ``pairs``, ``p_value`` of a paired t-test over seeds), the
     paper's number where one matches, the count of runs that did not complete and a flag for a
-    group with fewer seeds than the largest."""
+    group with fewer seeds than the largest.
+
+    Each seed counts once in a group: runs of a group with the same seed (a sweep aggregated twice,
+    rerun into a new folder, or variants that ``by`` does not tell apart) are averaged first, so that
+    the statistics are over seeds, as ``seeds`` says (:func:`repeated_seeds` counts them)."""
     by = list(by or experiment_keys(table))
     done = table[table["status"] == "completed"].copy()
     per_run_epoch = epochs.groupby("run_dir")["epoch_time_s"].mean() if len(epochs) else pd.Series()
     done["epoch_time_s"] = done["run_dir"].map(per_run_epoch)
-    groups = done.groupby(by, dropna=False, sort=True)
+    values = list(dict.fromkeys([metric, "test_error", "train_time_s", "epoch_time_s"]))
+    per_seed = done.groupby([*by, "seed"], dropna=False)[values].mean().reset_index()
+    groups = per_seed.groupby(by, dropna=False, sort=True)
     summary = groups.agg(
         seeds=("seed", "nunique"),
         mean=(metric, "mean"),
@@ -175,7 +163,7 @@ def summarize(
         epoch_time_s=("epoch_time_s", "mean"),
     ).reset_index()
     if "stochastic_depth.rule" in by:  # stochastic vs constant depth can be compared
-        summary = summary.merge(_paired(done, by, metric), on=by, how="left")
+        summary = summary.merge(_paired(per_seed, by, metric), on=by, how="left")
         summary = _with_time_ratio(summary, by)
     else:
         summary = summary.assign(pairs=math.nan, diff_mean=math.nan, diff_std=math.nan, p_value=math.nan,
@@ -189,16 +177,25 @@ def summarize(
     return summary
 
 
+def repeated_seeds(table: pd.DataFrame, by: Sequence[str]) -> int:
+    """How many completed runs repeat the seed of another in their group (averaged by :func:`summarize`)."""
+    done = table[table["status"] == "completed"]
+    return int(done.duplicated([*by, "seed"]).sum())
+
+
 def _base_keys(by: Sequence[str]) -> list[str]:
     """The keys that a stochastic-depth group shares with its constant-depth baseline."""
     return [k for k in by if not k.startswith("stochastic_depth.")]
 
 
-def _paired(done: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFrame:
+def _paired(per_seed: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFrame:
+    """Each stochastic-depth group against its constant-depth baseline, seed by seed (``per_seed``: one
+    row per group and seed)."""
     base = _base_keys(by)
-    constant = done[done["stochastic_depth.rule"] == "off"]  # one baseline per seed, also where `by`
-    constant = constant.groupby([*base, "seed"], dropna=False, as_index=False)[metric].mean()  # splits it
-    sd = done[done["stochastic_depth.rule"] != "off"]
+    constant = per_seed[per_seed["stochastic_depth.rule"] == "off"]
+    # one baseline per seed, also where `by` splits the constant-depth runs
+    constant = constant.groupby([*base, "seed"], dropna=False, as_index=False)[metric].mean()
+    sd = per_seed[per_seed["stochastic_depth.rule"] != "off"]
     pairs = sd.merge(constant, on=[*base, "seed"], suffixes=("", "_constant"))
     pairs["diff"] = pairs[metric] - pairs[f"{metric}_constant"]
 
@@ -266,7 +263,7 @@ def problems(table: pd.DataFrame) -> pd.DataFrame:
 
 def metric_label(metric: str) -> str:
     """``test_error %``: errors are in percent; other result fields (``best_epoch``) are counts or s."""
-    return f"{metric} %" if metric.endswith("error") else metric
+    return f"{metric} %" if "error" in metric else metric
 
 
 def display_table(summary: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFrame:

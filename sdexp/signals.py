@@ -47,8 +47,11 @@ class StopSignals:
         if self.received is None:
             return
         name = signal.Signals(self.received).name  # the command's last line, on stderr (README)
-        print(f"stopped ({name}): checkpoint written; run the same command again to resume", file=sys.stderr)
+        then = "run the same command again to resume"
+        if self.received == signal.SIGUSR2:  # a time limit or preemption: submitit requeues the job
+            then = "SLURM requeues the job, which resumes from it"
+        print(f"stopped ({name}): checkpoint written; {then}", file=sys.stderr)
         if self.received != signal.SIGINT:
-            log.warning("passing %s on", signal.Signals(self.received).name)
+            log.warning("passing %s on", name)
             signal.raise_signal(self.received)
         raise SystemExit(128 + self.received)

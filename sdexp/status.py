@@ -56,7 +56,7 @@ def run_row(run_dir: Path, shown: str | None = None) -> dict[str, Any]:
         slurm = runs.read_slurm_job(run_dir) or {}
         if result is None:
             failed = _failure_before_training(run_dir)
-            status = "queued" if slurm else f"failed: {failed}" if failed else "starting"
+            status = f"failed: {failed}" if failed else "queued" if slurm else "starting"
             return {**row, "status": status, "slurm job": slurm.get("slurm_job_id")}
         epochs = runs.read_config(run_dir)["trainer"]["epochs"]
         metrics = runs.read_metrics(run_dir) if (run_dir / runs.METRICS).exists() else []
@@ -79,12 +79,12 @@ def run_row(run_dir: Path, shown: str | None = None) -> dict[str, Any]:
 
 def _failure_before_training(run_dir: Path) -> str | None:
     """The error a run wrote to its train.log if it failed before writing result.json (a data set not
-    found, say), else None."""
+    found, say) and nothing was logged since (a rerun of it would be), else None."""
     path = run_dir / runs.LOG
     marker = f"[{errors.failure_log.name}][ERROR] - error: "
-    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
-    failures = [line.split(marker, 1)[1] for line in lines if marker in line]
-    return failures[-1] if failures else None
+    text = path.read_text(errors="replace").strip() if path.is_file() else ""
+    last = text.splitlines()[-1] if text else ""
+    return last.split(marker, 1)[1] if marker in last else None
 
 
 def _held(run_dir: Path) -> bool:

@@ -320,8 +320,9 @@ def _report_compiles(epoch: int, before: int | None) -> int:
 
 
 def _finished(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
-    """The result of a finished run in ``run_dir``, or None if there is one to train (or resume);
-    a run with another config raises :class:`~sdexp.runs.RunFolderError`."""
+    """The result of a finished run in ``run_dir`` (its metrics.csv written again from the checkpoint
+    if it was moved away), or None if there is one to train (or resume); a run with another config
+    raises :class:`~sdexp.runs.RunFolderError`."""
     runs.check_config(run_dir, cfg)
     previous = runs.finished_result(run_dir)
     if previous is None:

@@ -179,7 +179,7 @@ RUN_PY = [
         nothing,
         ["-m", "dataset=cifar10,synthetic", "dataset.root=none", "hydra.sweep.dir=sweep"],
         2,
-        "the jobs after it were not started (hydra/launcher=local runs every job",
+        "a failing job ends the sweep (hydra/launcher=local runs every job whatever the others do)",
         then=lambda cwd: statuses(cwd / "sweep") == [],  # it stopped the sweep: no run trained
     ),
     Case(
@@ -289,7 +289,7 @@ def test_aggregate_lists_damaged_runs(
 ) -> None:
     shutil.copytree(workspace / "run", workspace / "good")
     config = workspace / "good" / runs.CONFIG
-    config.write_text(config.read_text().replace("seed: 0", "seed: 1"))  # else a repeat, counted once
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "seed": 1}))  # not a repeat
     damage(workspace)
     assert aggregate.main([str(workspace)]) == 0
     out = capsys.readouterr().out

@@ -27,7 +27,7 @@ CONSTANT, STOCHASTIC = [6.0, 6.5, 7.0], [5.0, 5.5, 6.5]
 
 def make_run(
     folder: Path, rule: str, seed: int, reported: float, status: str = "completed",
-    final_survival: float | None = None, **extra: object,
+    final_survival: float | None = None, scaling: str = "test_time", **extra: object,
 ) -> None:  # fmt: skip
     """A run folder as the trainer writes it, with known values."""
     config = {
@@ -36,7 +36,8 @@ def make_run(
         "dataset": {"name": "cifar10", "root": f"/data/{seed}"},
         "stochastic_depth": {
             "rule": rule,
-            "final_survival": final_survival or (1.0 if rule == "off" else 0.5),
+            "final_survival": (1.0 if rule == "off" else 0.5) if final_survival is None else final_survival,
+            "scaling": scaling,
         },
         "trainer": {"epochs": 3, "device": "cpu"},
     }
@@ -110,43 +111,51 @@ def test_group_by_override(sweep: Path) -> None:
     table, epochs, _ = report.load_runs([sweep])
     summary = report.summarize(table, epochs, by=["model.name"])
     assert len(summary) == 1 and summary.loc[0, "seeds"] == 3  # seeds 0, 1, 2 (uniform has 0, 1)
-    assert summary.loc[0, "mean"] == pytest.approx((sum(CONSTANT) + sum(STOCHASTIC) + 5.9 + 6.1) / 8)
+    per_seed = [(6.0 + 5.0 + 5.9) / 3, (6.5 + 5.5 + 6.1) / 3, (7.0 + 6.5) / 2]  # each seed counts once
+    assert summary.loc[0, "mean"] == pytest.approx(sum(per_seed) / 3)
     assert math.isnan(summary.loc[0, "paper_test_error"])  # mixed rules: no paper row applies
     assert math.isnan(summary.loc[0, "time_ratio"])  # nothing to compare without the rule key
 
 
-def test_a_repeated_experiment_and_seed_counts_once(sweep: Path, tmp_path: Path) -> None:
+def test_a_repeated_seed_counts_once(sweep: Path, tmp_path: Path) -> None:
     # The same sweep aggregated twice (a copy, or a rerun into a new timed folder): 3 seeds, not 6.
     copy = tmp_path.parent / f"{tmp_path.name}-copy"
     shutil.copytree(sweep, copy)
-    table, epochs, unusable = report.load_runs([sweep, copy])
-    assert len(table) == 10 and len(epochs) == 30
-    assert len(unusable) == 10 and unusable["reason"].str.startswith("the same experiment and seed as").all()
+    table, epochs, _ = report.load_runs([sweep, copy])
+    assert len(table) == 20 and report.repeated_seeds(table, report.experiment_keys(table)) == 8
     linear = report.summarize(table, epochs).set_index("stochastic_depth.rule").loc["linear"]
     assert (linear["seeds"], linear["pairs"]) == (3, 3)
     assert linear["std"] == pytest.approx(0.7637626, abs=1e-6)
     assert linear["p_value"] == pytest.approx(0.03775, abs=1e-4)
 
 
-def test_constant_depth_is_one_baseline_whatever_final_survival_says(tmp_path: Path) -> None:
+def test_constant_depth_is_one_baseline_per_seed(tmp_path: Path) -> None:
     # rule=off x final_survival=0.5,0.8 (a Hydra grid with p_L swept): both constant-depth runs of a
-    # seed are the same experiment; each SD group is paired with one baseline per seed.
+    # seed are the same experiment; each SD group is paired with one baseline per seed, also where
+    # the constant-depth runs differ in a key that `by` splits them by (scaling).
     for seed, (c, s) in enumerate(zip(CONSTANT, STOCHASTIC, strict=True)):
-        for p_l in (0.5, 0.8):
-            make_run(tmp_path / f"off,{p_l},{seed}", "off", seed, c, final_survival=p_l)
+        for p_l, scaling in ((0.5, "test_time"), (0.8, "inverted")):
+            make_run(
+                tmp_path / f"off,{p_l},{seed}", "off", seed, c + p_l, final_survival=p_l, scaling=scaling
+            )
             make_run(tmp_path / f"linear,{p_l},{seed}", "linear", seed, s + p_l, final_survival=p_l)
-    table, epochs, unusable = report.load_runs([tmp_path])
-    assert len(table) == 9 and len(unusable) == 3
-    summary = report.summarize(table, epochs)
+    table, epochs, _ = report.load_runs([tmp_path])
+    summary = report.summarize(table, epochs, by=report.experiment_keys(table)[:4])
     assert len(summary) == 3  # off (p_L 1.0), linear 0.5, linear 0.8
+    off = summary.set_index("stochastic_depth.rule").loc["off"]
+    assert (off["seeds"], off["mean"]) == (3, pytest.approx(6.5 + 0.65))  # the two runs of a seed averaged
     linear = summary[summary["stochastic_depth.rule"] == "linear"].set_index(
         "stochastic_depth.final_survival"
     )
     assert list(linear["pairs"]) == [3, 3]
-    assert linear.loc[0.5, "diff_mean"] == pytest.approx(-5 / 6 + 0.5)
+    assert linear.loc[0.5, "diff_mean"] == pytest.approx(-5 / 6 + 0.5 - 0.65)
     assert list(linear["time_ratio"]) == pytest.approx([0.75, 0.75])
-    by_rule = report.summarize(table, epochs, by=["stochastic_depth.rule"]).set_index("stochastic_depth.rule")
-    assert by_rule.loc["linear", "time_ratio"] == pytest.approx(0.75)  # no base keys: one baseline
+    for by in (["stochastic_depth.rule"], ["stochastic_depth.rule", "stochastic_depth.scaling"]):
+        split = report.summarize(table, epochs, by=by)
+        sd = split[split["stochastic_depth.rule"] == "linear"]
+        assert list(sd["pairs"]) == [3] * len(sd) and list(sd["time_ratio"]) == pytest.approx(
+            [0.75] * len(sd)
+        )
 
 
 def aggregate(*args: str) -> subprocess.CompletedProcess:
@@ -161,6 +170,7 @@ def test_command_line_writes_files_that_parse_back(sweep: Path, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     assert "| dataset.name" in proc.stdout and "Not completed (2)" in proc.stdout
     assert "5.67 ± 0.76" in proc.stdout and "-0.83 ± 0.29 (p=0.0377, n=3)" in proc.stdout
+    assert "| test_error_at_best_val %" in proc.stdout  # errors are in percent
     summary = pd.read_csv(out / "summary.csv").set_index("stochastic_depth.rule")
     assert summary.loc["linear", "mean"] == pytest.approx(17 / 3)
     assert len(pd.read_csv(out / "runs.csv")) == 10 and len(pd.read_csv(out / "epochs.csv")) == 30

@@ -95,6 +95,14 @@ def test_status_names_a_damaged_file_and_goes_on(sweep: Path, tmp_path: Path) ->
     assert states[2:] == ["stopped", "failed", "queued", "not started"]
 
 
+def test_a_run_that_failed_before_training_is_failed_until_it_logs_again(tmp_path: Path) -> None:
+    failure = "[2026-12-06 05:00:00,000][sdexp.failure][ERROR] - error: dataset cifar10: nothing found\n"
+    (tmp_path / runs.LOG).write_text(failure)
+    assert status.run_row(tmp_path)["status"] == "failed: dataset cifar10: nothing found"
+    (tmp_path / runs.LOG).write_text(failure + "[2026-12-06 06:00:00,000][sdexp.train][INFO] - building\n")
+    assert status.run_row(tmp_path)["status"] == "starting"  # rerun, not there yet
+
+
 @pytest.mark.parametrize("text", ["", "foo: 1\n", "hydra: {}\n"])
 def test_a_multirun_record_that_is_not_one_is_named(sweep: Path, tmp_path: Path, text: str) -> None:
     copy = tmp_path / "sweep"

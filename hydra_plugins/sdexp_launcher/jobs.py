@@ -67,7 +67,7 @@ def plan_jobs(
         run_dir = Path(str(sweep.hydra.sweep.dir)) / str(sweep.hydra.sweep.subdir)
         task = OmegaConf.masked_copy(sweep, [key for key in sweep if key != "hydra"])
         jobs.append(Job(idx, list(overrides), run_dir, *run_state(run_dir, task)))
-    return jobs  # no two share a folder: preflight.check_sweep_jobs
+    return jobs  # no two share a folder where Hydra names them (preflight.check_sweep_jobs)
 
 
 def start_process(job: Job, script: str, env: dict[str, str]) -> subprocess.Popen:
