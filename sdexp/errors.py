@@ -79,6 +79,14 @@ def _first_line(text: str) -> str:
     return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
 
 
+def _raised_in_hydra(exc: BaseException) -> bool:
+    """Whether Hydra's own code raised ``exc``: it checks the command line with plain ValueErrors."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("hydra.")
+
+
 def _config_message(exc: Exception) -> str:
     """One line from a Hydra or OmegaConf composition error: what was wrong and what is allowed."""
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options is not None:
@@ -109,6 +117,8 @@ def message(exc: BaseException) -> tuple[str, int]:
         return f"error: {_config_message(exc)}{notes}", BAD_INPUT
     if isinstance(exc, KeyboardInterrupt):
         return f"stopped (Ctrl-C){notes}", INTERRUPTED
+    if isinstance(exc, ValueError) and _raised_in_hydra(exc):  # e.g. model=null, -m with --cfg
+        return f"error: {_first_line(exc)}{notes}", BAD_INPUT
     # not EXPLAINED: say where its traceback is
     logs = [h.baseFilename for h in failure_log.handlers if isinstance(h, logging.FileHandler)]
     where = f"the traceback is in {logs[0]}, or set" if logs else "set"

@@ -91,6 +91,8 @@ RESULT, CONFIG = f"run/{runs.RESULT}", f"run/{runs.CONFIG}"
 RUN_PY = [
     Case("unknown option", nothing, ["model=resnet999"], 2, "model=resnet999: no such option; model is one"),
     Case("unknown preset", nothing, ["experiment=quickstrat"], 2, "experiment=quickstrat: no such option"),
+    Case("null group", nothing, ["model=null"], 2, "Config group override must be a string or a list"),
+    Case("two modes", nothing, ["-m", "--cfg=job"], 2, "Only one of --run, --multirun, --cfg"),
     Case("unknown key", nothing, ["trainer.epochz=3"], 2, "trainer.epochz is not a config key; trainer has"),
     Case("wrong type", nothing, ["trainer.epochs=abc"], 2, "trainer.epochs: Value 'abc'"),
     Case("unparsable", nothing, ["seed=["], 2, "cannot parse the override 'seed=['"),
