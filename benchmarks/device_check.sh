@@ -5,7 +5,8 @@
 #   check:   the one-graph step (trainer.step=graph, session 9, never run on a GPU yet): the driver's node
 #            switch and the step on ResNet-20 first, stopping there on a failure; then ResNet-110 against
 #            eager autograd (segments too: they changed), the speed of segments and one graph, fp32 and
-#            bf16, with the plain PyTorch peer in the same process; one run.py run with the graph step.
+#            bf16, with the plain PyTorch peer in the same process; one run.py run with the graph step;
+#            what each part of a residual branch costs (benchmarks/conv_costs.py, session 11).
 #   profile: where the steps' time goes (benchmarks/step_profile.py), against the peer's whole-step graph.
 #   more:    several runs per GPU (benchmarks/sweep.py, issue 16), with and without MPS; the autograd rows
 #            (eager and graphed branches, bf16) for comparison.
@@ -40,6 +41,8 @@ check() {
     hydra.run.dir="$RUNS/graph" >/dev/null 2>&1
   cp "$RUNS/graph/train.log" "$OUT/graph_train.log"; cp "$RUNS/graph/result.json" "$OUT/graph_result.json"
   grep -E "trainer.step|WARN|ERROR|epoch" "$OUT/graph_train.log" | cut -c1-220
+  echo "== 5. the parts of a branch per stage (convolutions, BatchNorm+ReLU, weight gradient as one GEMM)"
+  timeout 90 python3 benchmarks/conv_costs.py --layouts channels_last,nchw 2>&1 | tee "$OUT/conv_costs.txt"
 }
 
 profile() {

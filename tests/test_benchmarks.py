@@ -69,6 +69,22 @@ def test_stage_costs_quick() -> None:
     assert ["1", "32×16×32×32"] in rows and ["3", "32×64×8×8"] in rows
 
 
+def test_conv_costs_quick() -> None:
+    printed = benchmark("conv_costs")
+    rows = cells(printed)
+    assert rows[0][:4] == ["dtype", "layout", "stage", "input"] and rows[0][-1] == "GEMM rel. diff"
+    parts = [row for row in rows[2:] if len(row) == len(rows[0])]
+    assert [row[:4] for row in parts] == [
+        [dtype, "channels_last", str(stage), f"8×{c}×{s}×{s}"]
+        for dtype in ("fp32", "bf16")
+        for stage, (c, s) in enumerate(((16, 32), (32, 16), (64, 8)), start=1)
+    ]
+    assert all(float(cell) > 0 for row in parts for cell in row[4:-1])
+    for row in parts:  # the GEMM weight gradient is the library's (oneDNN's here)
+        assert float(row[-1]) <= (1e-5 if row[0] == "fp32" else 3e-2)
+    assert "per training step of ResNet-20 (6 of each per stage)" in printed
+
+
 def test_input_pipeline_quick() -> None:
     printed = benchmark("input_pipeline", "--device=cpu")
     loaders = [row[0] for row in cells(printed)]
