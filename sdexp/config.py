@@ -133,6 +133,12 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
+def group_options(group: str) -> list[str]:
+    """The options of the config group ``group`` (its YAML files under ``conf/``); none if it is no
+    group."""
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
 class ConfigError(SdexpError):
     """A config value outside its allowed range; the message names the key."""
 
@@ -183,6 +189,12 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
     a login node without a GPU), where each job checks its own node as it starts."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
+        group = missing[0].split(".")[0]
+        if f"{group}.name" in missing and group_options(group):  # every option sets its name
+            raise ConfigError(  # no option of the group chosen (removed with ~group, say)
+                f"no {group} chosen: add {group}=... to the command ({group} is one of "
+                f"{', '.join(group_options(group))})"
+            )
         raise ConfigError(f"{missing[0]} must be given: add {missing[0]}=... to the command")
     try:
         OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))

@@ -79,12 +79,16 @@ def _first_line(text: str) -> str:
     return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
 
 
-def _raised_in_hydra(exc: BaseException) -> bool:
-    """Whether Hydra's own code raised ``exc``: it checks the command line with plain ValueErrors."""
+def _hydra_check(exc: BaseException) -> str | None:
+    """If Hydra's own code raised ``exc`` (it checks the command line with plain ValueErrors), its line,
+    led by the override it was checking where its frame holds one (``model=null: ...``); else None."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("hydra.")
+    if tb is None or not str(tb.tb_frame.f_globals.get("__name__", "")).startswith("hydra."):
+        return None
+    override = getattr(tb.tb_frame.f_locals.get("override"), "input_line", None)
+    return f"{override}: {_first_line(exc)}" if override else _first_line(exc)
 
 
 def _config_message(exc: Exception) -> str:
@@ -117,8 +121,9 @@ def message(exc: BaseException) -> tuple[str, int]:
         return f"error: {_config_message(exc)}{notes}", BAD_INPUT
     if isinstance(exc, KeyboardInterrupt):
         return f"stopped (Ctrl-C){notes}", INTERRUPTED
-    if isinstance(exc, ValueError) and _raised_in_hydra(exc):  # e.g. model=null, -m with --cfg
-        return f"error: {_first_line(exc)}{notes}", BAD_INPUT
+    hydra_check = _hydra_check(exc) if isinstance(exc, ValueError) else None
+    if hydra_check is not None:  # e.g. model=null, -m with --cfg
+        return f"error: {hydra_check}{notes}", BAD_INPUT
     # not EXPLAINED: say where its traceback is
     logs = [h.baseFilename for h in failure_log.handlers if isinstance(h, logging.FileHandler)]
     where = f"the traceback is in {logs[0]}, or set" if logs else "set"

@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from sdexp.config import ConfigError, validate
+from sdexp.config import ConfigError, group_options, validate
 from sdexp.errors import SdexpError, reported
 from sdexp.overrides import quote_override, run_name
 
@@ -93,6 +93,18 @@ def _check_folders_differ(config: DictConfig, jobs: list[list[str]], shown: list
         first[folder] = idx
 
 
+def check_one_option_per_group(overrides: list[str]) -> None:
+    """Refuse a list of options for a config group (``model=[resnet20,resnet32]``): Hydra would merge
+    them all into one config, the last one's values winning, and train that one run."""
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if isinstance(override.value(), list) and group_options(override.key_or_group):
+            names = ",".join(map(str, override.value()))
+            raise ConfigError(
+                f"{override.input_line}: {override.key_or_group} takes one option; to train each, "
+                f"sweep them: -m {override.key_or_group}={names}"
+            )
+
+
 def check_sweep_jobs(config: DictConfig, config_name: str | None) -> None:
     """Compose and validate every job of the sweep (for this machine if it runs them,
     :func:`jobs_run_here`), and check that no two share a run folder; the first bad one raises, naming
@@ -106,6 +118,7 @@ def check_sweep_jobs(config: DictConfig, config_name: str | None) -> None:
     _check_folders_differ(config, jobs, shown)
     for idx, overrides in enumerate(jobs):
         try:
+            check_one_option_per_group(overrides)
             validate(compose(config_name=config_name, overrides=overrides), here)
         except (SdexpError, HydraException, OmegaConfBaseException) as exc:
             exc.add_note(f"in job #{idx} ({shown[idx]}); no job was started")
@@ -160,6 +173,7 @@ class Preflight(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with reported():
+            check_one_option_per_group(list(config.hydra.overrides.task))
             check_not_a_lone_sweep(config)
             _validate(config)
             _check_writable(config, "hydra.run.dir")

@@ -91,6 +91,9 @@ def _epochs(run_dir: Path) -> pd.DataFrame:
         missing = {"epoch", "test_error", "epoch_time_s"} - set(epochs.columns)
         if missing:
             raise ValueError(f"no column {', '.join(sorted(missing))}")
+        short = epochs[["epoch", "epoch_time_s"]].isna().any(axis=1)  # never NaN in a whole row
+        if short.any():
+            raise ValueError(f"line {short.to_numpy().argmax() + 2} is cut short")
         return epochs.assign(run_dir=str(run_dir))
 
     return read_file(path, parse, runs.RunFolderError, "its epochs are left out of the curves")

@@ -64,6 +64,9 @@ def run_row(run_dir: Path, shown: str | None = None) -> dict[str, Any]:
         return {**row, "status": f"unreadable: {exc}"}
     done = result.get("epochs_completed", 0)
     status = result.get("status")
+    if status not in runs.STATUSES:
+        known = ", ".join(runs.STATUSES)
+        return {**row, "status": f"unreadable: {run_dir / runs.RESULT}: status {status!r} is none of {known}"}
     if status == "running" and not _held(run_dir):
         status = "stopped"  # no process holds the folder: killed, or its node was lost
     evaluated = [m["val_error"] for m in metrics if not math.isnan(m["val_error"])]
@@ -110,7 +113,8 @@ def sweep_status(paths: Sequence[str | Path]) -> pd.DataFrame:
         if not path.exists():
             raise runs.RunFolderError(f"{path}: no such folder")
         planned = {path / name: shown for name, shown in planned_runs(path).items()}
-        found = {p.parent for name in (runs.RESULT, runs.SLURM_JOB, runs.LOCK) for p in path.rglob(name)}
+        markers = (runs.RESULT, runs.SLURM_JOB, runs.LOCK, runs.LOG)  # a run may fail before result.json
+        found = {p.parent for name in markers for p in path.rglob(name)}
         for folder in [*planned, *sorted(found - set(planned))]:
             if folder.resolve() not in seen:
                 seen.add(folder.resolve())

@@ -91,7 +91,24 @@ RESULT, CONFIG = f"run/{runs.RESULT}", f"run/{runs.CONFIG}"
 RUN_PY = [
     Case("unknown option", nothing, ["model=resnet999"], 2, "model=resnet999: no such option; model is one"),
     Case("unknown preset", nothing, ["experiment=quickstrat"], 2, "experiment=quickstrat: no such option"),
-    Case("null group", nothing, ["model=null"], 2, "Config group override must be a string or a list"),
+    Case("null group", nothing, ["model=null"], 2, "model=null: Config group override must be a string or"),
+    Case("group removed", nothing, ["~logger"], 2, "no logger chosen: add logger=... to the command"),
+    Case(
+        "two options of a group",
+        nothing,
+        ["model=[resnet20,resnet32]", "hydra.run.dir=new"],
+        2,
+        "model takes one option; to train each, sweep them: -m model=resnet20,resnet32",
+        then=lambda cwd: not (cwd / "new").exists(),
+    ),
+    Case(
+        "two options of a group in a sweep",
+        nothing,
+        ["-m", "dataset=[synthetic,cifar10]", "seed=0,1", "hydra.sweep.dir=sweep"],
+        2,
+        "dataset takes one option; to train each, sweep them: -m dataset=synthetic,cifar10; in job #0",
+        then=lambda cwd: not (cwd / "sweep").exists(),
+    ),
     Case("two modes", nothing, ["-m", "--cfg=job"], 2, "Only one of --run, --multirun, --cfg"),
     Case("unknown key", nothing, ["trainer.epochz=3"], 2, "trainer.epochz is not a config key; trainer has"),
     Case("wrong type", nothing, ["trainer.epochs=abc"], 2, "trainer.epochs: Value 'abc'"),
@@ -272,6 +289,11 @@ DAMAGED_RUNS = [
     ("unknown status", write("run/result.json", '{"status": "weird"}'), "status 'weird' is not one of"),
     ("no config", remove("run/.hydra/config.yaml"), "config.yaml (No such file or directory)"),
     ("corrupt metrics.csv", write("run/metrics.csv", "epoch\n1,2,3\n"), "its epochs are left out"),
+    (
+        "metrics.csv cut short",
+        lambda cwd: (cwd / "run/metrics.csv").write_text((cwd / "run/metrics.csv").read_text() + "2,0.1,2.3"),
+        "metrics.csv (ValueError: line 3 is cut short)",
+    ),
     (
         "text number",
         write(RESULT, '{"status": "completed", "test_error_at_best_val": "abc"}'),

@@ -103,6 +103,22 @@ def test_a_run_that_failed_before_training_is_failed_until_it_logs_again(tmp_pat
     assert status.run_row(tmp_path)["status"] == "starting"  # rerun, not there yet
 
 
+def test_a_run_folder_that_failed_before_training_is_found_alone(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / runs.LOG).write_text("[2026-12-06 05:00:00,000][sdexp.failure][ERROR] - error: no data\n")
+    for path in (run_dir, tmp_path):  # given itself, or the folder above it
+        assert status.sweep_status([path])[["run", "status"]].values.tolist() == [["run", "failed: no data"]]
+
+
+def test_an_unknown_status_is_unreadable(sweep: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(sweep / _name(0, "off"), copy)
+    (copy / runs.RESULT).write_text('{"status": "weird"}')
+    shown = status.run_row(copy)["status"]
+    assert shown.startswith(f"unreadable: {copy / runs.RESULT}: status 'weird' is none of running, completed")
+
+
 @pytest.mark.parametrize("text", ["", "foo: 1\n", "hydra: {}\n"])
 def test_a_multirun_record_that_is_not_one_is_named(sweep: Path, tmp_path: Path, text: str) -> None:
     copy = tmp_path / "sweep"
