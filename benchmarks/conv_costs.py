@@ -32,24 +32,13 @@ from arg_types import count  # sibling scripts: benchmarks/ is on sys.path when 
 from torch.nn import functional as F
 from torch.utils.benchmark import Timer
 
+from sdexp.conv import weight_grad_gemm
 from sdexp.errors import reported
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
 TOLERANCE = {torch.float32: 1e-2, torch.bfloat16: 3e-2}  # cuDNN computes fp32 convolutions in TF32
 GRAPH_CALLS = 10  # calls per captured graph: its launch is spread over them
-
-
-def weight_grad_gemm(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-    """The weight gradient of a 3×3, stride-1, padding-1 convolution of ``x`` (N, C, H, W) whose
-    output gradient is ``grad_out`` (N, K, H, W): the (N·H·W, 9·C) matrix of input windows, made in
-    one copy from the padded input in channels-last order, times the (N·H·W, K) output gradient."""
-    n, c, h, w = x.shape
-    padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()  # N, H+2, W+2, C
-    sn, sh, sw, sc = padded.stride()
-    windows = padded.as_strided((n, h, w, 3, 3, c), (sn, sh, sw, sh, sw, sc)).reshape(n * h * w, 9 * c)
-    grad = grad_out.permute(0, 2, 3, 1).reshape(n * h * w, -1)  # a view when channels-last
-    return (grad.t() @ windows).view(-1, 3, 3, c).permute(0, 3, 1, 2)
 
 
 def part_us(fn: Callable[[], object], device: torch.device, seconds: float) -> float:

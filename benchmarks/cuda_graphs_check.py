@@ -2,12 +2,13 @@
 
 Copies of the same model (same initial weights, same gate seed, same batches) train a few steps with
 blocks dropped: eager autograd (the reference), ``trainer.cuda_graphs=true`` (graphed branches),
-``trainer.step=segments`` (captured segments) and ``trainer.step=graph`` (one graph, blocks switched
-per step). Losses, gates, weights, BatchNorm statistics and momentum buffers must agree to a stated
-tolerance (cuDNN in deterministic mode; fp32, then bf16). A path that fails to build is a FAIL row
-(its traceback on stderr); the others still run. Exits non-zero on a mismatch or a failure.
+``trainer.step=segments`` (captured segments), ``trainer.step=graph`` (one graph, blocks switched
+per step) and the segments with ``trainer.conv_weight_grad=gemm`` (GEMM weight gradients; one step,
+:data:`STEPS`). Losses, gates, weights, BatchNorm statistics and momentum buffers must agree to a
+stated tolerance (cuDNN in deterministic mode; fp32, then bf16). A path that fails to build is a FAIL
+row (its traceback on stderr); the others still run. Exits non-zero on a mismatch or a failure.
 
-    python benchmarks/cuda_graphs_check.py [--model resnet110] [--steps 6] [--paths branches,segments,graph]
+    python benchmarks/cuda_graphs_check.py [--model resnet110] [--steps 6] [--paths segments,graph,gemm]
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ PATHS = {  # each against EAGER
     "branches": [*EAGER, "trainer.cuda_graphs=true"],  # graphed residual branches
     "segments": ["trainer.step=segments"],
     "graph": ["trainer.step=graph"],  # one graph, blocks switched per step
+    "gemm": ["trainer.step=segments", "trainer.conv_weight_grad=gemm"],  # GEMM weight gradients
 }
 TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2}  # largest |loss diff| and relative state diff allowed
+# Steps compared for a path that sums in another order than eager autograd: one. Training on random
+# data at lr 0.1 diverges, which amplifies any such change (on the CPU, ResNet-56 after 6 steps: 0.10
+# relative state difference for the GEMM weight gradients, 0.11 for NCHW instead of channels-last).
+STEPS = {"gemm": 1}
 
 
 class Trace(NamedTuple):
@@ -146,16 +152,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet110")
     parser.add_argument("--steps", type=count, default=6)
-    parser.add_argument("--device", default="cuda", help="cpu: a rehearsal, segments only and eager")
+    parser.add_argument("--device", default="cuda", help="cpu: a rehearsal, segments and gemm only")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma list of {', '.join(PATHS)}")
     args = parser.parse_args()
     unknown = [p for p in args.paths.split(",") if p not in PATHS]
     if unknown:
         parser.error(f"--paths: {unknown[0]} is not one of {', '.join(PATHS)}")
     on_cuda = args.device.startswith("cuda")
-    paths = {p: PATHS[p] for p in args.paths.split(",") if on_cuda or p == "segments"}
+    paths = {p: PATHS[p] for p in args.paths.split(",") if on_cuda or p in ("segments", "gemm")}
     if not paths:
-        parser.error("--paths: on the CPU only segments can be checked")
+        parser.error("--paths: on the CPU only segments and gemm can be checked")
     try:
         switched = node_switch_check(args.device) if on_cuda else True
     except Exception:  # a driver call refused: its traceback, then the paths
@@ -163,10 +169,12 @@ def main() -> int:
         switched = False
     rows = []
     for precision, tolerance in TOLERANCE.items():
-        eager = run(args.model, args.device, EAGER, args.steps, precision)
+        counts = {path: STEPS.get(path, args.steps) for path in paths}
+        eager_runs = {n: run(args.model, args.device, EAGER, n, precision) for n in set(counts.values())}
         for path, overrides in paths.items():
+            eager = eager_runs[counts[path]]
             try:
-                fast = run(args.model, args.device, overrides, args.steps, precision)
+                fast = run(args.model, args.device, overrides, counts[path], precision)
             except Exception as exc:  # a capture the GPU refuses, a failed replay check, a driver call
                 traceback.print_exc()
                 rows.append({"path": path, "precision": precision, "result": f"FAIL: {exc}"[:200]})

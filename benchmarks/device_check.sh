@@ -5,8 +5,9 @@
 #   check:   the one-graph step (trainer.step=graph, session 9, never run on a GPU yet): the driver's node
 #            switch and the step on ResNet-20 first, stopping there on a failure; then ResNet-110 against
 #            eager autograd (segments too: they changed), the speed of segments and one graph, fp32 and
-#            bf16, with the plain PyTorch peer in the same process; one run.py run with the graph step;
-#            what each part of a residual branch costs (benchmarks/conv_costs.py, session 11).
+#            bf16, with the plain PyTorch peer in the same process; the same with GEMM weight gradients
+#            (trainer.conv_weight_grad=gemm, session 11); one run.py run with the graph step; what each
+#            part of a residual branch costs (benchmarks/conv_costs.py, session 11).
 #   profile: where the steps' time goes (benchmarks/step_profile.py), against the peer's whole-step graph.
 #   more:    several runs per GPU (benchmarks/sweep.py, issue 16), with and without MPS; the autograd rows
 #            (eager and graphed branches, bf16) for comparison.
@@ -27,14 +28,19 @@ check() {
   timeout 90 python3 benchmarks/cuda_graphs_check.py --model resnet20 --steps 3 --paths graph 2>&1 \
     | tee "$OUT/graph_quick_check.txt" | grep -v "^  File"
   if [ "${PIPESTATUS[0]}" != 0 ]; then echo "STOP: the one-graph step failed (traceback above)"; return 1; fi
-  echo "== 2. ResNet-110 against eager autograd: segments (bf16 weight copies since session 9) and one graph"
-  timeout 150 python3 benchmarks/cuda_graphs_check.py --paths segments,graph 2>&1 | tee "$OUT/cuda_graphs_check.txt" \
-    | grep -v "^  File"
+  echo "== 2. ResNet-110 against eager autograd: segments (bf16 weight copies since session 9), one graph, GEMM weight grads"
+  timeout 200 python3 benchmarks/cuda_graphs_check.py --paths segments,graph,gemm 2>&1 \
+    | tee "$OUT/cuda_graphs_check.txt" | grep -v "^  File"
   echo "== 3. training speed, ResNet-110, channels-last: segments and one graph, fp32 and bf16; the plain peer"
   timeout 170 python3 benchmarks/train_speed.py --model resnet110 --images 6400 --repeats 3 --channels-last true \
     --step segments,graph --peer true --json "$OUT/speed_steps.json" 2>"$OUT/speed_steps.log" \
     | tee "$OUT/speed_steps.txt"
   grep -E "^(failed|skipped)|Error" "$OUT/speed_steps.log" | head -5
+  echo "== 3b. the same, bf16: cuDNN's weight gradients against GEMMs (trainer.conv_weight_grad, session 11)"
+  timeout 150 python3 benchmarks/train_speed.py --model resnet110 --images 6400 --repeats 3 --channels-last true \
+    --precision bf16 --step segments,graph --conv-weight-grad native,gemm --peer false \
+    --json "$OUT/speed_gemm.json" 2>"$OUT/speed_gemm.log" | tee "$OUT/speed_gemm.txt"
+  grep -E "^(failed|skipped)|Error" "$OUT/speed_gemm.log" | head -5
   echo "== 4. run.py trainer.step=graph, ResNet-110, 2 epochs of 12,800 synthetic images"
   timeout 60 python3 run.py model=resnet110 dataset=synthetic dataset.train_size=12800 dataset.val_size=5000 \
     dataset.test_size=10000 trainer.epochs=2 trainer.progress=false trainer.step=graph \

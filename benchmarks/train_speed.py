@@ -14,6 +14,7 @@ the CPU, memory handed back to the kernel and faulted in again costs time that v
     python benchmarks/train_speed.py --step autograd,segments        # the two training steps
     python benchmarks/train_speed.py --compile false,true            # eager vs compiled branches
     python benchmarks/train_speed.py --loader fast,torch             # device-resident vs DataLoader
+    python benchmarks/train_speed.py --conv-weight-grad native,gemm  # cuDNN's weight gradients vs GEMMs
     python benchmarks/train_speed.py --quick                         # seconds; what CI runs
 """
 
@@ -70,6 +71,7 @@ class Setting(NamedTuple):
     graphs: bool  # CUDA-graphed branches
     compiled: bool  # torch.compile'd branches
     loader: str  # fast (device-resident) or torch (DataLoader + torchvision)
+    weight_grad: str  # trainer.conv_weight_grad: native or gemm
 
 
 def make_loader(
@@ -127,6 +129,7 @@ def case_config(args: argparse.Namespace, rule: str, setting: Setting) -> DictCo
             f"trainer.step={setting.step}",
             f"trainer.cuda_graphs={str(setting.graphs).lower()}",
             f"trainer.compile={str(setting.compiled).lower()}",
+            f"trainer.conv_weight_grad={setting.weight_grad}",
         ]
     )
     validate(cfg)
@@ -205,6 +208,7 @@ class Case:
             "cuda_graphs": self.setting.graphs,
             "compiled": self.setting.compiled,
             "loader": self.setting.loader,
+            "conv_weight_grad": self.setting.weight_grad,
             "images_per_s": images_per_s,
             "epoch_time_s": epoch_s,
             "eval_time_s": eval_s,
@@ -229,6 +233,7 @@ def main() -> None:
     parser.add_argument("--cuda-graphs", default="false", help="comma list of false,true (CUDA only)")
     parser.add_argument("--compile", default="false", help="comma list of false,true: torch.compile branches")
     parser.add_argument("--loader", default="fast", help="comma list of fast,torch (DataLoader)")
+    parser.add_argument("--conv-weight-grad", default="native", help="comma list of native,gemm")
     parser.add_argument("--workers", type=count, default=4, help="DataLoader worker processes (torch loader)")
     parser.add_argument("--peer", default=None, help="true/false: time the plain PyTorch peer too")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
@@ -246,10 +251,12 @@ def main() -> None:
     graph_modes = [s == "true" for s in args.cuda_graphs.split(",")]
     compile_modes = [s == "true" for s in args.compile.split(",")]
     loaders = args.loader.split(",")
+    weight_grads = args.conv_weight_grad.split(",")
     check_images(args.images, compose_config([f"model={args.model}"]).trainer.batch_size)  # before any row
     rows = []
     for setting in map(
-        Setting._make, itertools.product(precisions, layouts, steps, graph_modes, compile_modes, loaders)
+        Setting._make,
+        itertools.product(precisions, layouts, steps, graph_modes, compile_modes, loaders, weight_grads),
     ):
         try:
             case_config(args, "linear", setting)
@@ -284,6 +291,7 @@ def main() -> None:
         {"rule": r["rule"], "precision": r["precision"], "ch_last": r["channels_last"],
          "step": r["step"],
          "graphs": r["cuda_graphs"], "compiled": r["compiled"], "loader": r["loader"],
+         "weight grad": r["conv_weight_grad"],
          "img/s": f"{r['images_per_s']:.0f}", "45k-epoch s": f"{r['epoch_time_s']:.2f}",
          "SD/const": f"{r['ratio_to_constant']:.3f}",
          "blocks-only SD/const": f"{r['cost_weighted_ratio']:.3f}",

@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
+from sdexp.conv import ConvWeightGrad
 from sdexp.data import DatasetName, LoaderKind
 from sdexp.environment import Precision, resolve_device
 from sdexp.errors import SdexpError
@@ -93,6 +94,7 @@ class TrainerConfig:
     step: StepKind = MISSING
     cuda_graphs: bool = MISSING
     compile: bool = MISSING
+    conv_weight_grad: ConvWeightGrad = MISSING
     num_threads: int | None = None
 
 

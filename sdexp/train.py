@@ -22,6 +22,7 @@ from tqdm import tqdm
 from sdexp import runs
 from sdexp.checkpoint import TrainState, load_checkpoint
 from sdexp.compiled import compile_residual_branches, compiled_graph_count
+from sdexp.conv import ConvWeightGrad, use_gemm_weight_grads
 from sdexp.cuda_graphs import graph_residual_branches
 from sdexp.data import ImageSplits, Loader, build_data, build_loaders
 from sdexp.environment import (
@@ -46,15 +47,17 @@ log = logging.getLogger(__name__)
 
 
 def prepare_model(cfg: DictConfig, num_classes: int, device: torch.device) -> ResNet:
-    """The configured model on ``device``, in its memory format, its branches CUDA-graphed or
-    compiled if asked. On the CPU the process also keeps freed memory for the next step's activations
-    (:func:`~sdexp.environment.keep_freed_host_memory`)."""
+    """The configured model on ``device``, in its memory format, with GEMM weight gradients, its
+    branches CUDA-graphed or compiled if asked. On the CPU the process also keeps freed memory for
+    the next step's activations (:func:`~sdexp.environment.keep_freed_host_memory`)."""
     if device.type == "cpu" and keep_freed_host_memory():
         log.info("glibc keeps freed memory in the process (no page faults for each step's activations)")
     amp_dtype, channels_last = speed_settings(cfg.trainer, device)
     model = build_model(cfg.model, cfg.stochastic_depth, num_classes, seed=cfg.seed).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.trainer.conv_weight_grad == ConvWeightGrad.gemm:
+        log.info("trainer.conv_weight_grad=gemm: %d convolutions", use_gemm_weight_grads(model))
     if cfg.trainer.cuda_graphs:
         graph_residual_branches(model, cfg.trainer.batch_size, amp_dtype)
     if cfg.trainer.compile:

@@ -133,19 +133,20 @@ def test_step_profile_quick() -> None:
 
 
 def test_cuda_graphs_check_rehearses_on_the_cpu() -> None:
-    """The GPU check's CPU rehearsal: the segments against eager autograd, fp32 and bf16, exactly."""
+    """The GPU check's CPU rehearsal: the segments (exactly) and the GEMM weight gradients against eager
+    autograd, fp32 and bf16; the one graph is left out on the CPU."""
     script = ROOT / "benchmarks" / "cuda_graphs_check.py"
     proc = subprocess.run(
         [sys.executable, str(script), "--device=cpu", "--model=resnet20", "--steps=2",
-         "--paths=segments,graph"],
+         "--paths=segments,graph,gemm"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = cells(proc.stdout)
     assert [(row[0], row[1], row[-1]) for row in rows[2:]] == [
-        ("segments", "fp32", "PASS"),
-        ("segments", "bf16", "PASS"),
+        (path, precision, "PASS") for precision in ("fp32", "bf16") for path in ("segments", "gemm")
     ]
+    assert [float(row[6]) for row in rows[2:]][::2] == [0.0, 0.0]  # the segments: the same state
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import torch
 
 from sdexp import step as step_module
 from sdexp.config import ConfigError, compose_config, validate
+from sdexp.conv import use_gemm_weight_grads
 from sdexp.models import ResNet
 from sdexp.optim import build_optimizer
 from sdexp.step import build_step
@@ -43,13 +44,19 @@ def _trainer(
     return model, optimizer, kind(model, optimizer, amp_dtype)
 
 
+@pytest.mark.parametrize("weight_grad", ["native", "gemm"])
 @pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", TINY_MODELS)
-def test_segment_step_trains_like_autograd(name: str, amp_dtype: torch.dtype | None) -> None:
+def test_segment_step_trains_like_autograd(
+    name: str, amp_dtype: torch.dtype | None, weight_grad: str
+) -> None:
     """Bit for bit on the CPU: each segment's backward is autograd's, on the same tensors; with
-    autocast, the convolutions' own low-precision weights give the numbers autocast's casts give."""
+    autocast, the convolutions' own low-precision weights give the numbers autocast's casts give; with
+    GEMM weight gradients (trainer.conv_weight_grad=gemm) too."""
     torch.manual_seed(0)
     model = ResNet(num_classes=5, gate_seed=3, **TINY_MODELS[name])
+    if weight_grad == "gemm":
+        assert use_gemm_weight_grads(model) > 0
     set_survival_probs(model.sd_blocks, survival_probs("uniform", len(model.sd_blocks), 0.5))
     model.train()
     reference, ref_opt, ref_step = _trainer(AutogradStep, model, amp_dtype)
