@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared measurements for a lent GPU machine, in parts of at most 10, 3 and 10 minutes (the sums
+# The prepared measurements for a lent GPU machine, in parts of at most 10, 4 and 10 minutes (the sums
 # of their timeouts; about 5, 3 and 6 expected), most telling first; output under $OUT. First run on an
 # H200 on 2026-11-28 (docs/performance.md, session 8).
 #   check:   the one-graph step (trainer.step=graph, session 9, never run on a GPU yet): the driver's node
@@ -8,7 +8,8 @@
 #            bf16 speed of segments and one graph, each with cuDNN's and with GEMM weight gradients
 #            (trainer.conv_weight_grad, session 11), with the plain PyTorch peer in the same process;
 #            ResNet-110 against eager autograd; one run.py run.
-#   profile: where the steps' time goes (benchmarks/step_profile.py), against the peer's whole-step graph.
+#   profile: where the steps' time goes (benchmarks/step_profile.py; one graph also with GEMM weight
+#            gradients), against the peer's whole-step graph.
 #   more:    the fp32 speed rows; conv_costs in NCHW; several runs per GPU (benchmarks/sweep.py, issue
 #            16), with and without MPS; the autograd rows (eager and graphed branches, bf16).
 # torch is preinstalled there; hydra-core, omegaconf, antlr4, submitit and hydra-submitit-launcher
@@ -50,7 +51,7 @@ check() {
 profile() {
   echo "== where the time goes: one graph and segments at constant depth, one graph with SD; the peer's graph"
   for how in "--step graph --rule off" "--step segments --rule off" "--step graph --rule linear" \
-    "--rule off --peer graph"; do
+    "--step graph --rule off --conv-weight-grad gemm" "--rule off --peer graph"; do
     timeout 45 python3 benchmarks/step_profile.py --images 2560 $how 2>&1 | tee -a "$OUT/step_profile.txt"
   done
 }

@@ -11,6 +11,7 @@ by their own CPU time instead (summed over threads).
     python benchmarks/step_profile.py                         # ResNet-110, the default step, SD
     python benchmarks/step_profile.py --step autograd --rule off
     python benchmarks/step_profile.py --peer graph            # the plain model's whole-step graph
+    python benchmarks/step_profile.py --conv-weight-grad gemm # GEMM weight gradients
     python benchmarks/step_profile.py --quick                 # seconds on the CPU; what CI runs
 """
 
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--rule", default="linear", help="stochastic_depth: linear, off, ...")
     parser.add_argument("--step", default="auto", help="trainer.step: auto, autograd, segments or graph")
     parser.add_argument("--peer", choices=["graph", "eager"], help="profile the plain PyTorch peer instead")
+    parser.add_argument("--conv-weight-grad", default="native", help="native or gemm")
     parser.add_argument("--precision", default=None, help="fp32 or bf16 (default: bf16 on CUDA, else fp32)")
     parser.add_argument("--images", type=count, default=6400, help="images per profiled epoch")
     parser.add_argument("--top", type=count, default=15, help="rows of the table")
@@ -99,9 +101,10 @@ def main() -> None:
                 step()
 
     else:
-        case = Case(args, args.rule, Setting(precision, True, args.step, False, False, "fast"))
+        setting = Setting(precision, True, args.step, False, False, "fast", args.conv_weight_grad)
+        case = Case(args, args.rule, setting)
         batch, steps = case.batch, len(case.loader)
-        what = f"trainer.step={args.step} (took {case.step.kind})"  # taken by the warm-up epoch
+        what = f"trainer.step={args.step} (took {case.step.kind}), conv_weight_grad={args.conv_weight_grad}"
 
         def epoch() -> None:
             case.train(case.loader)
