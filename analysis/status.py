@@ -4,8 +4,10 @@ validation error, img/s, time left and SLURM job; totals at the bottom.
     python analysis/status.py multirun/paper_cifar10 [more folders] [--watch [SECONDS]]
 
 It reads the run folders only (no SLURM calls), while runs write. Status ``stopped``: the run says
-it is running but no process holds its folder (killed, or its node lost): rerun the sweep's command to
-resume it. ``queued``: submitted to SLURM, not started; ``not started``: no folder yet.
+it is running, or took its folder, but no process holds the folder (killed, or its node lost): rerun
+the sweep's command to resume it. ``starting``: no result yet (loading its data); ``failed: ...``:
+it failed before training, with its error; ``queued``: submitted to SLURM, not started; ``not
+started``: no folder yet.
 """
 
 from __future__ import annotations

@@ -192,7 +192,8 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         group = missing[0].split(".")[0]
-        if f"{group}.name" in missing and group_options(group):  # every option sets its name
+        required = OmegaConf.missing_keys(OmegaConf.structured(Config)[group])  # what every option sets
+        if required <= set(missing) and group_options(group):
             raise ConfigError(  # no option of the group chosen (removed with ~group, say)
                 f"no {group} chosen: add {group}=... to the command ({group} is one of "
                 f"{', '.join(group_options(group))})"

@@ -12,6 +12,7 @@ library's; the weight gradient equals the library's up to summation order.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,7 +64,13 @@ class _Conv3x3(torch.autograd.Function):
 
 class GemmWeightGradConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` (3×3, stride 1, padding 1, no bias) whose weight gradient is one GEMM. Under
-    autocast its input and weight are cast as autocast casts them for a convolution."""
+    autocast its input and weight are cast as autocast casts them for a convolution. Made from an
+    ``nn.Conv2d`` by :func:`use_gemm_weight_grads`; built directly, it refuses other settings."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not _fits(self):
+            raise ValueError(f"{type(self).__name__} is 3×3, stride 1, padding 1, without bias: got {self}")
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         device = x.device.type

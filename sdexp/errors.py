@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from enum import EnumMeta
 
 from hydra.errors import (
     HydraException,
@@ -87,8 +88,17 @@ def _hydra_check(exc: BaseException) -> str | None:
         tb = tb.tb_next
     if tb is None or not str(tb.tb_frame.f_globals.get("__name__", "")).startswith("hydra."):
         return None
-    override = getattr(tb.tb_frame.f_locals.get("override"), "input_line", None)
-    return f"{override}: {_first_line(exc)}" if override else _first_line(exc)
+    override = tb.tb_frame.f_locals.get("override")
+    line = getattr(override, "input_line", None)
+    if line is None:
+        return _first_line(exc)
+    from sdexp.config import group_options  # here: sdexp.config imports this module
+
+    options = group_options(str(getattr(override, "key_or_group", "")))
+    if options:  # e.g. model=null
+        group = override.key_or_group
+        return f"{line}: {group} needs one of its options: {', '.join(options)}"
+    return f"{line}: {_first_line(exc)}"
 
 
 def _config_message(exc: Exception) -> str:
@@ -107,6 +117,10 @@ def _config_message(exc: Exception) -> str:
         known = f"; {key.rpartition('.')[0] or 'the config'} has {', '.join(parent)}" if parent else ""
         return f"{key} is not a config key{known}"
     detail = _first_line(getattr(cause, "msg", None) or cause)
+    if key and detail.endswith("is not Optional"):  # null given for a key that needs a value
+        kind = getattr(getattr(getattr(cause, "child_node", None), "_metadata", None), "ref_type", None)
+        allowed = f"one of {', '.join(m.value for m in kind)}" if isinstance(kind, EnumMeta) else "a value"
+        return f"{key}=null is not allowed: give {allowed}"
     return f"{key}: {detail}" if key else _first_line(exc)
 
 

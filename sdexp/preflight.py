@@ -97,11 +97,13 @@ def check_one_option_per_group(overrides: list[str]) -> None:
     """Refuse a list of options for a config group (``model=[resnet20,resnet32]``): Hydra would merge
     them all into one config, the last one's values winning, and train that one run."""
     for override in OverridesParser.create().parse_overrides(overrides):
-        if isinstance(override.value(), list) and group_options(override.key_or_group):
-            names = ",".join(map(str, override.value()))
+        group, value = override.key_or_group, override.value()
+        if isinstance(value, list) and group_options(group):
+            names = ",".join(map(str, value))
+            fix = {0: f"{group} is one of {', '.join(group_options(group))}", 1: f"write {group}={names}"}
             raise ConfigError(
-                f"{override.input_line}: {override.key_or_group} takes one option; to train each, "
-                f"sweep them: -m {override.key_or_group}={names}"
+                f"{override.input_line}: {group} takes one option; "
+                + fix.get(len(value), f"to train each, sweep them: -m {group}={names}")
             )
 
 
@@ -121,7 +123,7 @@ def check_sweep_jobs(config: DictConfig, config_name: str | None) -> None:
             check_one_option_per_group(overrides)
             validate(compose(config_name=config_name, overrides=overrides), here)
         except (SdexpError, HydraException, OmegaConfBaseException) as exc:
-            exc.add_note(f"in job #{idx} ({shown[idx]}); no job was started")
+            exc.add_note(f"in job #{idx}{f' ({shown[idx]})' if shown[idx] else ''}; no job was started")
             raise
 
 

@@ -7,6 +7,7 @@ Used by ``analysis/aggregate.py`` (the command line) and ``analysis/report.ipynb
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,7 +88,7 @@ def _epochs(run_dir: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
     def parse(path: Path) -> pd.DataFrame:
-        epochs = pd.read_csv(path)
+        epochs = pd.read_csv(io.StringIO(runs.metrics_text(path)))
         missing = {"epoch", "test_error", "epoch_time_s"} - set(epochs.columns)
         if missing:
             raise ValueError(f"no column {', '.join(sorted(missing))}")

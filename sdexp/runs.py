@@ -324,14 +324,21 @@ def finished_result(run_dir: Path) -> dict[str, Any] | None:
     return previous if previous is not None and previous.get("status") in FINISHED else None
 
 
+def metrics_text(path: Path) -> str:
+    """The text of a ``metrics.csv``; ValueError if its last line is cut short (:func:`write_metrics`
+    ends every line, the last one too)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        raise ValueError("its last line is cut short")
+    return text
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     """The rows of ``metrics.csv`` as floats (``epoch`` as int)."""
 
     def parse(path: Path) -> list[dict[str, float]]:
-        with open(path, newline="", encoding="utf-8") as f:
-            return [
-                {k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(f)
-            ]
+        rows = csv.DictReader(io.StringIO(metrics_text(path), newline=""))
+        return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in rows]
 
     return read_file(
         Path(run_dir) / METRICS, parse, RunFolderError,

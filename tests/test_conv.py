@@ -83,3 +83,10 @@ def test_the_config_switch_builds_the_model_with_gemm_convs() -> None:
         assert sum(type(m) is GemmWeightGradConv2d for m in model.modules()) == expected
     with pytest.raises(ConfigCompositionException, match="conv_weight_grad"):
         compose_config(["trainer.conv_weight_grad=fast"])
+
+
+def test_a_gemm_conv_built_directly_refuses_other_settings() -> None:
+    assert GemmWeightGradConv2d(4, 8, 3, padding=1, bias=False).weight.shape == (8, 4, 3, 3)
+    for settings in ({"stride": 2, "padding": 1, "bias": False}, {"padding": 1}, {"bias": False}):
+        with pytest.raises(ValueError, match="is 3×3, stride 1, padding 1, without bias"):
+            GemmWeightGradConv2d(4, 8, 3, **settings)

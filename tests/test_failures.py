@@ -91,8 +91,11 @@ RESULT, CONFIG = f"run/{runs.RESULT}", f"run/{runs.CONFIG}"
 RUN_PY = [
     Case("unknown option", nothing, ["model=resnet999"], 2, "model=resnet999: no such option; model is one"),
     Case("unknown preset", nothing, ["experiment=quickstrat"], 2, "experiment=quickstrat: no such option"),
-    Case("null group", nothing, ["model=null"], 2, "model=null: Config group override must be a string or"),
+    Case("null group", nothing, ["model=null"], 2, "model=null: model needs one of its options: resnet101, "),
+    Case("null value", nothing, ["trainer.step=null"], 2, "trainer.step=null is not allowed: give one of"),
     Case("group removed", nothing, ["~logger"], 2, "no logger chosen: add logger=... to the command"),
+    Case("group without name removed", nothing, ["~stochastic_depth"], 2, "no stochastic_depth chosen: add"),
+    Case("list of one option", nothing, ["model=[resnet20]"], 2, "takes one option; write model=resnet20"),
     Case(
         "two options of a group",
         nothing,
@@ -100,6 +103,14 @@ RUN_PY = [
         2,
         "model takes one option; to train each, sweep them: -m model=resnet20,resnet32",
         then=lambda cwd: not (cwd / "new").exists(),
+    ),
+    Case(
+        "two options of a group in a sweep of one job",
+        nothing,
+        ["-m", "model=[resnet20,resnet32]", "hydra.sweep.dir=sweep"],
+        2,
+        "sweep them: -m model=resnet20,resnet32; in job #0; no job was started",
+        then=lambda cwd: not (cwd / "sweep").exists(),
     ),
     Case(
         "two options of a group in a sweep",
@@ -290,9 +301,14 @@ DAMAGED_RUNS = [
     ("no config", remove("run/.hydra/config.yaml"), "config.yaml (No such file or directory)"),
     ("corrupt metrics.csv", write("run/metrics.csv", "epoch\n1,2,3\n"), "its epochs are left out"),
     (
-        "metrics.csv cut short",
-        lambda cwd: (cwd / "run/metrics.csv").write_text((cwd / "run/metrics.csv").read_text() + "2,0.1,2.3"),
+        "metrics.csv row cut short",
+        lambda cwd: (cwd / "run/metrics.csv").write_text((cwd / "run/metrics.csv").read_text() + "2,0.1,2\n"),
         "metrics.csv (ValueError: line 3 is cut short)",
+    ),
+    (
+        "metrics.csv last line cut short",
+        lambda cwd: (cwd / "run/metrics.csv").write_text((cwd / "run/metrics.csv").read_text()[:-3]),
+        "metrics.csv (ValueError: its last line is cut short)",
     ),
     (
         "text number",

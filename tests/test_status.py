@@ -111,12 +111,30 @@ def test_a_run_folder_that_failed_before_training_is_found_alone(tmp_path: Path)
         assert status.sweep_status([path])[["run", "status"]].values.tolist() == [["run", "failed: no data"]]
 
 
+def test_a_run_without_result_whose_lock_holder_is_gone_is_stopped(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / runs.LOG).write_text("[2026-12-06 05:00:00,000][sdexp.train][INFO] - building\n")
+    assert status.run_row(tmp_path)["status"] == "starting"  # loading its data: no lock yet
+    (tmp_path / runs.LOCK).write_text(f"pid {dead.pid} on {socket.gethostname()}\n")
+    assert status.run_row(tmp_path)["status"] == "stopped"  # killed after it took the folder
+    (tmp_path / runs.LOCK).write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    assert status.run_row(tmp_path)["status"] == "starting"
+
+
+def test_a_cut_metrics_line_makes_the_run_unreadable(sweep: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(sweep / _name(0, "off"), copy)
+    (copy / runs.METRICS).write_text((copy / runs.METRICS).read_text()[:-3])
+    assert "its last line is cut short" in status.run_row(copy)["status"]
+
+
 def test_an_unknown_status_is_unreadable(sweep: Path, tmp_path: Path) -> None:
     copy = tmp_path / "run"
     shutil.copytree(sweep / _name(0, "off"), copy)
     (copy / runs.RESULT).write_text('{"status": "weird"}')
     shown = status.run_row(copy)["status"]
-    assert shown.startswith(f"unreadable: {copy / runs.RESULT}: status 'weird' is none of running, completed")
+    assert shown.startswith(f"unreadable: {copy / runs.RESULT}: status 'weird' is not one of running, comp")
 
 
 @pytest.mark.parametrize("text", ["", "foo: 1\n", "hydra: {}\n"])
