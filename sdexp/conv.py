@@ -30,9 +30,9 @@ class ConvWeightGrad(StrEnum):
 
 def weight_grad_gemm(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     """The weight gradient of a 3×3, stride-1, padding-1 convolution of ``x`` (N, C, H, W) whose
-    output gradient is ``grad_out`` (N, K, H, W): the (N·H·W, 9·C) matrix of input windows, made in one
-    copy from the padded input in channels-last order, times the (N·H·W, K) output gradient. The result
-    (K, C, 3, 3) is laid out channels-last."""
+    output gradient is ``grad_out`` (N, K, H, W): the (N·H·W, 9·C) matrix of input windows, copied from
+    the padded input in channels-last order (one more copy each for inputs in another layout), times the
+    (N·H·W, K) output gradient. The result (K, C, 3, 3) is laid out channels-last."""
     n, c, h, w = x.shape
     padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).contiguous()  # N, H+2, W+2, C
     sn, sh, sw, sc = padded.stride()
