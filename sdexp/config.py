@@ -138,7 +138,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 def group_options(group: str) -> list[str]:
     """The options of the config group ``group`` (its YAML files under ``conf/``); none if it is no
     group."""
-    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml")) if group else []
 
 
 class ConfigError(SdexpError):
@@ -192,11 +192,11 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         group = missing[0].split(".")[0]
-        required = OmegaConf.missing_keys(OmegaConf.structured(Config)[group])  # what every option sets
-        if required <= set(missing) and group_options(group):
-            raise ConfigError(  # no option of the group chosen (removed with ~group, say)
-                f"no {group} chosen: add {group}=... to the command ({group} is one of "
-                f"{', '.join(group_options(group))})"
+        options = group_options(group)
+        required = OmegaConf.missing_keys(OmegaConf.structured(Config)[group]) if options else None
+        if options and required <= set(missing):  # what every option sets: no option chosen (~group)
+            raise ConfigError(
+                f"no {group} chosen: add {group}=... to the command ({group} is one of {', '.join(options)})"
             )
         raise ConfigError(f"{missing[0]} must be given: add {missing[0]}=... to the command")
     try:

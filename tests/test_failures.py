@@ -94,6 +94,8 @@ RUN_PY = [
     Case("null group", nothing, ["model=null"], 2, "model=null: model needs one of its options: resnet101, "),
     Case("null value", nothing, ["trainer.step=null"], 2, "trainer.step=null is not allowed: give one of"),
     Case("group removed", nothing, ["~logger"], 2, "no logger chosen: add logger=... to the command"),
+    Case("value left missing", nothing, ["seed=???"], 2, "seed must be given: add seed=... to the command"),
+    Case("group key left missing", nothing, ["model.name=???"], 2, "model.name must be given: add model."),
     Case("group without name removed", nothing, ["~stochastic_depth"], 2, "no stochastic_depth chosen: add"),
     Case("list of one option", nothing, ["model=[resnet20]"], 2, "takes one option; write model=resnet20"),
     Case(
