@@ -46,9 +46,14 @@ class _Conv3x3(torch.autograd.Function):
     """``F.conv2d(x, weight, padding=1)`` with the weight gradient of :func:`weight_grad_gemm`."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+    def forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, weight, padding=1)
+
+    @staticmethod
+    def setup_context(
+        ctx: FunctionCtx, inputs: tuple[torch.Tensor, torch.Tensor], output: torch.Tensor
+    ) -> None:
+        ctx.save_for_backward(*inputs)  # a separate setup_context: torch.func transforms work too
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad_out: torch.Tensor) -> tuple:

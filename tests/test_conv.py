@@ -90,3 +90,18 @@ def test_a_gemm_conv_built_directly_refuses_other_settings() -> None:
     for settings in ({"stride": 2, "padding": 1, "bias": False}, {"padding": 1}, {"bias": False}):
         with pytest.raises(ValueError, match="is 3×3, stride 1, padding 1, without bias"):
             GemmWeightGradConv2d(4, 8, 3, **settings)
+
+
+def test_torch_func_transforms_take_the_gemm_conv() -> None:
+    torch.manual_seed(0)
+    native = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    gemm = copy.deepcopy(native)
+    use_gemm_weight_grads(gemm)
+    x = torch.randn(2, 3, 5, 5)
+    grads = [
+        torch.func.grad(lambda w, conv=conv: torch.func.functional_call(conv, {"weight": w}, (x,)).sum())(
+            conv.weight.detach()
+        )
+        for conv in (native, gemm)
+    ]
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
