@@ -165,11 +165,13 @@ def evaluate(model: ResNet, loader: Loader, amp_dtype: torch.dtype | None = None
     return 100.0 * wrong.item() / len(loader.labels)
 
 
-def _run_fields(cfg: DictConfig, model: ResNet, device: torch.device) -> dict[str, Any]:
+def _run_fields(cfg: DictConfig, model: ResNet, device: torch.device, data: ImageSplits) -> dict[str, Any]:
     """What a new run's ``result.json`` says about it besides its progress."""
     return {
         "model": str(cfg.model.name),
         "dataset": str(cfg.dataset.name),
+        "train_images": len(data.train),
+        "classes": len(data.classes),
         "stochastic_depth": str(cfg.stochastic_depth.rule),
         "final_survival": cfg.stochastic_depth.final_survival,
         "seed": cfg.seed,
@@ -191,13 +193,41 @@ def _set_up(cfg: DictConfig) -> torch.device:
     return device
 
 
+def _check_same_data(run_dir: Path, checkpoint: dict[str, Any], data: ImageSplits) -> None:
+    """Refuse to resume a run on other data than its checkpoint trained on: a resumed epoch's sample
+    order, and the model's head, would not fit it. Checked by the training images and classes the run
+    recorded; for runs from before it recorded them, by an epoch in progress and the head's size."""
+    result, in_progress = checkpoint["result"], checkpoint["epoch_in_progress"]
+    head = checkpoint["model"].get("head.bias")
+    then = {
+        "training images": result.get("train_images", len(in_progress["order"]) if in_progress else None),
+        "classes": result.get("classes", len(head) if head is not None else None),
+    }
+    now = {"training images": len(data.train), "classes": len(data.classes)}
+    changed = [what for what, count in then.items() if count is not None and count != now[what]]
+    if changed:
+        raise runs.RunFolderError(
+            f"{run_dir} holds a run that trained on "
+            + " and ".join(f"{then[what]} {what}" for what in changed)
+            + f"; dataset={result.get('dataset')} now gives "
+            + " and ".join(f"{now[what]}" for what in changed)
+            + ": restore the data, or train in another folder (hydra.run.dir=...)"
+        )
+
+
 def _start_or_resume(
-    cfg: DictConfig, run_dir: Path, state: TrainState, checkpoint: dict[str, Any] | None, device: torch.device
+    cfg: DictConfig,
+    run_dir: Path,
+    state: TrainState,
+    checkpoint: dict[str, Any] | None,
+    device: torch.device,
+    data: ImageSplits,
 ) -> tuple[runs.RunRecord, EpochProgress | None]:
     """The run's record, new or resumed from ``checkpoint`` (whose state is restored into ``state``),
     and the epoch the checkpoint stopped in the middle of, if any."""
     if checkpoint is None:
-        return runs.RunRecord.new(run_dir, _run_fields(cfg, state.model, device)), None
+        return runs.RunRecord.new(run_dir, _run_fields(cfg, state.model, device, data)), None
+    _check_same_data(run_dir, checkpoint, data)
     state.restore(checkpoint)
     in_progress = None
     if checkpoint["epoch_in_progress"] is not None:
@@ -234,7 +264,7 @@ def train(
     )
     checkpoint_path = run_dir / runs.CHECKPOINT
 
-    record, in_progress = _start_or_resume(cfg, run_dir, state, checkpoint, device)
+    record, in_progress = _start_or_resume(cfg, run_dir, state, checkpoint, device, data)
     step = build_step(tcfg, cfg.stochastic_depth.mode, model, optimizer, amp_dtype)  # after the restore
     logger = build_logger(cfg, run_dir, record.rows)
     log.info(

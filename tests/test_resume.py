@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,11 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from torch.nn import functional as F
 
 from sdexp import runs, train
+from sdexp.checkpoint import load_checkpoint
 from sdexp.config import compose_config
+from sdexp.data import build_data
 from sdexp.runs import RunFolderError
 from tests.conftest import ROOT, TINY, run_py
 
@@ -203,6 +208,37 @@ def test_corrupt_checkpoint_is_named_and_nothing_changes(tmp_path: Path) -> None
     before = _files(tmp_path)
     with pytest.raises(RunFolderError, match=str(checkpoint)):
         train.run(cfg, tmp_path)
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("change", ["fewer images", "fewer classes", "fewer classes, older checkpoint"])
+def test_a_run_is_not_resumed_on_other_data(tmp_path: Path, change: str) -> None:
+    """A stopped run whose data set changed since (images removed, a class folder gone) is refused:
+    a resumed epoch's sample order and the model's head would not fit the new data. A checkpoint from
+    before runs recorded their data tells its classes by the model's head."""
+    cfg = compose_config(TINY)
+    data = build_data(cfg.dataset)
+    train.run(cfg, tmp_path)
+    result = runs.read_result(tmp_path)
+    assert (result["train_images"], result["classes"]) == (256, 10)
+    runs.write_result(tmp_path, {**result, "status": "interrupted"})
+    checkpoint = load_checkpoint(tmp_path / runs.CHECKPOINT)
+    if change.endswith("older checkpoint"):
+        checkpoint["result"] = {
+            k: v for k, v in checkpoint["result"].items() if k not in ("train_images", "classes")
+        }
+    if change == "fewer images":
+        data = dataclasses.replace(data, train=data.train.subset(torch.arange(200)))
+        says = "trained on 256 training images; dataset=synthetic now gives 200: restore the data, or"
+    else:
+        keep = data.train.labels < 9
+        train_split = data.train.subset(keep.nonzero()[:, 0])
+        data = dataclasses.replace(data, train=train_split, classes=data.classes[:9])
+        both = f"256 training images and 10 classes; dataset=synthetic now gives {int(keep.sum())} and 9"
+        says = both if change == "fewer classes" else "trained on 10 classes; dataset=synthetic now gives 9:"
+    before = _files(tmp_path)
+    with pytest.raises(RunFolderError, match=re.escape(says)):
+        train.train(cfg, tmp_path, data, checkpoint)
     assert _files(tmp_path) == before
 
 
