@@ -224,6 +224,10 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
         raise ConfigError(
             f"trainer.device={cfg.trainer.device} but CUDA is not available here: use auto or cpu"
         )
+    if str(cfg.trainer.device).startswith("mps") and this_host and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"trainer.device={cfg.trainer.device} but MPS is not available here: use auto or cpu"
+        )
     package = missing_package(cfg.logger.name)
     if package:
         raise ConfigError(
@@ -234,14 +238,15 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
     if cfg.trainer.cuda_graphs and (cfg.trainer.device == "cpu" or no_cuda):
         raise ConfigError("trainer.cuda_graphs=true needs a CUDA device: set trainer.cuda_graphs=false")
     if cfg.trainer.step in (StepKind.segments, StepKind.graph):
-        _check_segments(cfg)
+        _check_segments(cfg, no_cuda)
     if cfg.optimizer.nesterov and (cfg.optimizer.momentum == 0 or cfg.optimizer.dampening != 0):
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0")
 
 
-def _check_segments(cfg: DictConfig) -> None:
+def _check_segments(cfg: DictConfig, no_cuda: bool) -> None:
     """The segment-wise and the one-graph step replace what ``cuda_graphs`` and ``compile`` do to the
-    branches, and capture branches without random numbers in them; the one graph needs CUDA."""
+    branches, and capture branches without random numbers in them; the one graph needs CUDA (``no_cuda``:
+    this machine, which runs the job, has none)."""
     step = cfg.trainer.step
     for key in ("cuda_graphs", "compile"):
         if cfg.trainer[key]:
@@ -255,7 +260,11 @@ def _check_segments(cfg: DictConfig) -> None:
             f"trainer.step={step} needs stochastic_depth.mode=batch (it is {cfg.stochastic_depth.mode}): "
             "per-sample masks draw random numbers inside the branch"
         )
-    if step == StepKind.graph and cfg.trainer.device == "cpu":  # the GPU's own checks: build_step
+    device = str(cfg.trainer.device)
+    on_cuda = device.startswith("cuda") or (device == "auto" and not no_cuda)  # the GPU's checks: build_step
+    if step == StepKind.graph and not on_cuda:
+        here = ", and this machine has no GPU" if device == "auto" else ""
         raise ConfigError(
-            "trainer.step=graph needs a CUDA device (trainer.device=cpu): use trainer.step=segments"
+            f"trainer.step=graph needs a CUDA device (trainer.device={device}{here}): "
+            "use trainer.step=segments"
         )

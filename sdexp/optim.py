@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR
+
+log = logging.getLogger(__name__)
 
 
 class Schedule(StrEnum):
@@ -50,4 +53,9 @@ def build_optimizer(
     if Schedule(cfg.schedule) == Schedule.cosine:
         return optimizer, CosineAnnealingLR(optimizer, T_max=epochs)
     milestones = [max(1, round(m * epochs)) for m in cfg.milestones]
+    if len(set(milestones)) < len(milestones):  # e.g. the paper's 0.5 and 0.75 of 3 epochs: both epoch 2
+        log.warning(
+            "optimizer.milestones %s of %d epochs fall on epochs %s: the rate drops by gamma at each, "
+            "so more than once in one epoch", list(cfg.milestones), epochs, milestones,
+        )  # fmt: skip
     return optimizer, MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)

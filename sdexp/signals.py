@@ -9,6 +9,8 @@ import sys
 import threading
 from types import FrameType, TracebackType
 
+from sdexp.environment import slurm_job_id
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
@@ -48,7 +50,7 @@ class StopSignals:
             return
         name = signal.Signals(self.received).name  # the command's last line, on stderr (README)
         then = "run the same command again to resume"
-        if self.received == signal.SIGUSR2:  # a time limit or preemption: submitit requeues the job
+        if self.received == signal.SIGUSR2 and slurm_job_id():  # a time limit or preemption: requeued
             then = "SLURM requeues the job, which resumes from it"
         print(f"stopped ({name}): checkpoint written; {then}", file=sys.stderr)
         if self.received != signal.SIGINT:

@@ -166,6 +166,14 @@ RUN_PY = [
         then=lambda cwd: not (cwd / "new").exists(),
     ),
     Case(
+        "no MPS here",
+        nothing,
+        ["trainer.device=mps", "hydra.run.dir=new"],
+        2,
+        "trainer.device=mps but MPS is not available here: use auto or cpu",
+        then=lambda cwd: not (cwd / "new").exists(),  # refused before the folder is claimed
+    ),
+    Case(
         "the one-graph step on the CPU",
         nothing,
         ["trainer.step=graph", "hydra.run.dir=new"],

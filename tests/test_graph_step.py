@@ -129,9 +129,12 @@ def test_the_graph_step_refuses_what_it_cannot_capture(overrides: list[str], mes
 
 
 def test_the_graph_step_refuses_a_machine_without_a_gpu_when_the_run_starts() -> None:
-    """Not in validate: a sweep is checked where it is launched, perhaps a login node without a GPU."""
+    """In validate where this machine runs the job (before anything is written), not where a SLURM
+    sweep is launched (a login node without a GPU, say); there the step refuses as the job starts."""
     cfg = compose_config(["trainer.step=graph"])  # trainer.device=auto
-    validate(cfg)
+    with pytest.raises(ConfigError, match=r"\(trainer.device=auto, and this machine has no GPU\): use"):
+        validate(cfg)
+    validate(cfg, this_host=False)
     model = ResNet([1, 1], [4, 8], 4, num_classes=3)
     optimizer, _ = build_optimizer(model, cfg.optimizer, epochs=10)
     with pytest.raises(SdexpError, match=r"needs CUDA graphs it can switch \(this run is on cpu\): use"):

@@ -117,7 +117,7 @@ def test_debug_run_trains_with_anomaly_checks(tmp_path, monkeypatch: pytest.Monk
 def test_anomaly_checks_refuse_cuda_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config_module, "resolve_device", lambda _name: torch.device("cuda"))
     with pytest.raises(ConfigError, match=r"cannot check inside CUDA graphs: add trainer\.step=autograd"):
-        config_module._check_segments(compose_config(["+debug=default", "trainer.step=segments"]))
+        config_module._check_segments(compose_config(["+debug=default", "trainer.step=segments"]), False)
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from sdexp.checkpoint import load_checkpoint
 from sdexp.config import compose_config
 from sdexp.data import build_data
 from sdexp.runs import RunFolderError
+from sdexp.signals import StopSignals
 from tests.conftest import ROOT, TINY, run_py
 
 TIMING = ("epoch_time_s", "images_per_s")
@@ -157,6 +158,29 @@ def test_a_file_system_without_locks_trains_unlocked_with_a_warning(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("job", "then"),
+    [(None, "run the same command again to resume"), ("812", "SLURM requeues the job, which resumes")],
+)
+def test_the_stop_line_says_what_comes_next(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, job: str | None, then: str
+) -> None:
+    """SIGUSR2 outside SLURM (sent by hand, say) is requeued by nobody: the line says to rerun."""
+    for variable in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(variable, raising=False)
+    if job:
+        monkeypatch.setenv("SLURM_JOB_ID", job)
+    stop = StopSignals()
+    stop.received = signal.SIGUSR2
+    previous = signal.signal(signal.SIGUSR2, lambda *_: None)  # what the signal is passed on to
+    try:
+        with pytest.raises(SystemExit):
+            stop.forward()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert capsys.readouterr().err.strip().startswith(f"stopped (SIGUSR2): checkpoint written; {then}")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM])
 def test_stop_signal_checkpoints_and_rerun_resumes(
     tmp_path: Path, reference: list[dict], sig: signal.Signals
