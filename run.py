@@ -5,6 +5,17 @@ Rerunning a command resumes its run from the run folder's checkpoint, or skips i
 
 from __future__ import annotations
 
+import signal
+import sys
+
+
+def _stopped_while_starting(_signum: int, _frame: object) -> None:
+    print("stopped (Ctrl-C)", file=sys.stderr)  # as errors.reported says it, which is not loaded yet
+    sys.exit(128 + signal.SIGINT)
+
+
+_sigint = signal.signal(signal.SIGINT, _stopped_while_starting)  # Ctrl-C during the imports: no traceback
+
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +29,7 @@ from sdexp import errors
 from sdexp.config import register_configs, validate
 from sdexp.train import run
 
+signal.signal(signal.SIGINT, _sigint)  # from here on: Python's KeyboardInterrupt, reported by errors.py
 register_configs()
 
 

@@ -389,6 +389,12 @@ def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> 
             return finished
         checkpoint_path = run_dir / runs.CHECKPOINT
         checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
+        done = (runs.previous_result(run_dir) or {}).get("epochs_completed", 0)
+        if checkpoint is None and done:
+            log.warning(
+                "%s records %d completed epochs but has no %s: training again from the first epoch",
+                run_dir / runs.RESULT, done, runs.CHECKPOINT,
+            )  # fmt: skip
         log.info("run folder: %s", run_dir)
         runs.write_config_files(run_dir, cfg, hydra_cfg)
         try:

@@ -422,6 +422,21 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_in_train_log(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("after_s", [0.5, 3.0])
+def test_ctrl_c_while_starting_is_one_line(tmp_path: Path, after_s: float) -> None:
+    """Ctrl-C during the first seconds (the imports, Hydra composing, the data): one line, status 130."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *TINY, "trainer.epochs=100", "hydra.run.dir=run"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err
+    assert err.strip().splitlines()[-1].startswith("stopped (")
+
+
 def test_ctrl_c_checkpoints_and_says_how_to_resume(tmp_path: Path) -> None:
     slow = [*TINY, "dataset.train_size=1024", "trainer.epochs=6"]
     proc = subprocess.Popen(

@@ -266,6 +266,19 @@ def test_a_run_is_not_resumed_on_other_data(tmp_path: Path, change: str) -> None
     assert _files(tmp_path) == before
 
 
+def test_a_stopped_run_without_its_checkpoint_trains_again_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = compose_config(TINY)
+    train.run(cfg, tmp_path)
+    runs.write_result(tmp_path, {**runs.read_result(tmp_path), "status": "interrupted"})
+    (tmp_path / runs.CHECKPOINT).unlink()
+    with caplog.at_level(logging.WARNING, logger="sdexp.train"):
+        assert train.run(cfg, tmp_path)["status"] == "completed"
+    assert "records 2 completed epochs but has no checkpoint.pt: training again from the first" in caplog.text
+    assert runs.read_result(tmp_path)["resumed_from"] == []  # a new start, not a resumption
+
+
 def test_other_config_in_a_run_folder_is_refused(tmp_path: Path) -> None:
     train.run(compose_config(TINY), tmp_path)
     before = _files(tmp_path)
