@@ -227,7 +227,6 @@ def _start_or_resume(
     and the epoch the checkpoint stopped in the middle of, if any."""
     if checkpoint is None:
         return runs.RunRecord.new(run_dir, _run_fields(cfg, state.model, device, data)), None
-    _check_same_data(run_dir, checkpoint, data)
     state.restore(checkpoint)
     in_progress = None
     if checkpoint["epoch_in_progress"] is not None:
@@ -389,6 +388,8 @@ def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> 
             return finished
         checkpoint_path = run_dir / runs.CHECKPOINT
         checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
+        if checkpoint is not None:
+            _check_same_data(run_dir, checkpoint, data)  # before anything is written
         done = (runs.previous_result(run_dir) or {}).get("epochs_completed", 0)
         if checkpoint is None and done:
             log.warning(

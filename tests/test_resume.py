@@ -236,7 +236,9 @@ def test_corrupt_checkpoint_is_named_and_nothing_changes(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("change", ["fewer images", "fewer classes", "fewer classes, older checkpoint"])
-def test_a_run_is_not_resumed_on_other_data(tmp_path: Path, change: str) -> None:
+def test_a_run_is_not_resumed_on_other_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
     """A stopped run whose data set changed since (images removed, a class folder gone) is refused:
     a resumed epoch's sample order and the model's head would not fit the new data. A checkpoint from
     before runs recorded their data tells its classes by the model's head."""
@@ -251,6 +253,7 @@ def test_a_run_is_not_resumed_on_other_data(tmp_path: Path, change: str) -> None
         checkpoint["result"] = {
             k: v for k, v in checkpoint["result"].items() if k not in ("train_images", "classes")
         }
+        monkeypatch.setattr(train, "load_checkpoint", lambda _path: checkpoint)
     if change == "fewer images":
         data = dataclasses.replace(data, train=data.train.subset(torch.arange(200)))
         says = "trained on 256 training images; dataset=synthetic now gives 200: restore the data, or"
@@ -260,10 +263,11 @@ def test_a_run_is_not_resumed_on_other_data(tmp_path: Path, change: str) -> None
         data = dataclasses.replace(data, train=train_split, classes=data.classes[:9])
         both = f"256 training images and 10 classes; dataset=synthetic now gives {int(keep.sum())} and 9"
         says = both if change == "fewer classes" else "trained on 10 classes; dataset=synthetic now gives 9:"
+    monkeypatch.setattr(train, "build_data", lambda _cfg: data)
     before = _files(tmp_path)
     with pytest.raises(RunFolderError, match=re.escape(says)):
-        train.train(cfg, tmp_path, data, checkpoint)
-    assert _files(tmp_path) == before
+        train.run(cfg, tmp_path)
+    assert _files(tmp_path) == before  # refused before anything is written: still "interrupted"
 
 
 def test_a_stopped_run_without_its_checkpoint_trains_again_with_a_warning(
