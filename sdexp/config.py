@@ -193,8 +193,8 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
     if missing:
         group = missing[0].split(".")[0]
         options = group_options(group)
-        required = OmegaConf.missing_keys(OmegaConf.structured(Config)[group]) if options else None
-        if options and required <= set(missing):  # what every option sets: no option chosen (~group)
+        required = OmegaConf.missing_keys(OmegaConf.structured(Config)[group]) if options else set()
+        if required and required <= set(missing):  # what every option sets: no option chosen (~group)
             raise ConfigError(
                 f"no {group} chosen: add {group}=... to the command ({group} is one of {', '.join(options)})"
             )

@@ -4,10 +4,10 @@ The weight gradient of a 3×3 convolution with few channels reduces over batch �
 (131,072 terms for CIFAR's first stage at batch 128) into a tiny result (channels × 9·channels). A
 profile of ResNet-110 on an H200 (fp32, docs/performance.md) found one cuDNN kernel, most likely this
 gradient, taking 140 µs in each of 36 calls per step, where the forward and the input gradient took
-about 30 µs. As a matrix product over the input's
-3×3 windows it is one copy of the windows plus one GEMM that the BLAS library splits along the long
-dimension; ``benchmarks/conv_costs.py`` times both. The forward and the input gradient stay the
-library's; the weight gradient equals the library's up to summation order.
+about 30 µs. As a matrix product over the input's 3×3 windows it is one copy of the windows plus one
+GEMM that the BLAS library splits along the long dimension; ``benchmarks/conv_costs.py`` times both.
+The forward and the input gradient stay the library's; the weight gradient equals the library's up to
+summation order.
 """
 
 from __future__ import annotations

@@ -98,9 +98,10 @@ def check_one_option_per_group(overrides: list[str]) -> None:
     them all into one config, the last one's values winning, and train that one run."""
     for override in OverridesParser.create().parse_overrides(overrides):
         group, value = override.key_or_group, override.value()
-        if isinstance(value, list) and group_options(group):
+        options = group_options(group)
+        if isinstance(value, list) and options:
             names = ",".join(map(str, value))
-            fix = {0: f"{group} is one of {', '.join(group_options(group))}", 1: f"write {group}={names}"}
+            fix = {0: f"{group} is one of {', '.join(options)}", 1: f"write {group}={names}"}
             raise ConfigError(
                 f"{override.input_line}: {group} takes one option; "
                 + fix.get(len(value), f"to train each, sweep them: -m {group}={names}")

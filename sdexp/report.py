@@ -64,10 +64,8 @@ COMPLETED_FIELDS = ("train_time_s", "test_error", "test_error_at_best_val")
 def _run_row(run_dir: Path) -> dict[str, Any]:
     """The run's config and result as one flat row; a damaged or foreign folder raises RunFolderError."""
     result = runs.read_result(run_dir)
+    runs.check_status(run_dir, result)
     path = run_dir / runs.RESULT
-    if result.get("status") not in runs.STATUSES:
-        allowed = ", ".join(runs.STATUSES)
-        raise runs.RunFolderError(f"{path}: status {result.get('status')!r} is not one of {allowed}")
     for key in NUMBER_FIELDS:
         value = result.get(key, 0.0)
         if not isinstance(value, int | float) or isinstance(value, bool):

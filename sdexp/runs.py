@@ -312,6 +312,14 @@ def read_result(run_dir: Path) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def check_status(run_dir: Path, result: dict[str, Any]) -> None:
+    """Raise :class:`RunFolderError` if the run's result has a status sdexp never writes."""
+    if result.get("status") not in STATUSES:
+        raise RunFolderError(
+            f"{Path(run_dir) / RESULT}: status {result.get('status')!r} is not one of {', '.join(STATUSES)}"
+        )
+
+
 def previous_result(run_dir: Path) -> dict[str, Any] | None:
     """The run's ``result.json``, or None if it has none yet."""
     return read_result(run_dir) if (Path(run_dir) / RESULT).exists() else None

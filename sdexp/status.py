@@ -60,15 +60,13 @@ def run_row(run_dir: Path, shown: str | None = None) -> dict[str, Any]:
             if status == "starting" and not _held(run_dir):
                 status = "stopped"  # it took the folder, and no process holds it now
             return {**row, "status": status, "slurm job": slurm.get("slurm_job_id")}
+        runs.check_status(run_dir, result)
         epochs = runs.read_config(run_dir)["trainer"]["epochs"]
         metrics = runs.read_metrics(run_dir) if (run_dir / runs.METRICS).exists() else []
     except runs.RunFolderError as exc:
         return {**row, "status": f"unreadable: {exc}"}
     done = result.get("epochs_completed", 0)
     status = result.get("status")
-    if status not in runs.STATUSES:
-        unknown = f"status {status!r} is not one of {', '.join(runs.STATUSES)}"
-        return {**row, "status": f"unreadable: {run_dir / runs.RESULT}: {unknown}"}
     if status == "running" and not _held(run_dir):
         status = "stopped"  # no process holds the folder: killed, or its node was lost
     evaluated = [m["val_error"] for m in metrics if not math.isnan(m["val_error"])]
