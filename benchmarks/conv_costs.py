@@ -142,6 +142,12 @@ def main() -> None:
             parser.error(f"{option}: {', '.join(unknown)} unknown; allowed: {', '.join(known)}")
     if (args.depth - 2) % 6:
         parser.error(f"--depth {args.depth} is no CIFAR ResNet depth (6n+2)")
+    if not args.seconds > 0:  # NaN fails too
+        parser.error(f"--seconds {args.seconds}: give a time > 0")
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        parser.error(f"--device {args.device}: give cpu, cuda or cuda:N")
+    if args.device != "cpu" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here")
     device, blocks = torch.device(args.device), (args.depth - 2) // 6
     torch.backends.cudnn.benchmark = True  # as training sets it (sdexp.environment)
 

@@ -162,6 +162,10 @@ def test_cuda_graphs_check_rehearses_on_the_cpu() -> None:
             ["--paths=segments,nope"],
             "--paths: nope is not one of branches, segments, graph",
         ),
+        ("conv_costs", ["--dtypes=fp16"], "--dtypes: fp16 unknown; allowed: fp32, bf16"),
+        ("conv_costs", ["--depth=7"], "--depth 7 is no CIFAR ResNet depth (6n+2)"),
+        ("conv_costs", ["--device=tpu"], "--device tpu: give cpu, cuda or cuda:N"),
+        ("conv_costs", ["--seconds=0"], "--seconds 0.0: give a time > 0"),
     ],
 )
 def test_bad_benchmark_arguments_are_named(script: str, args: list[str], message: str) -> None:
