@@ -23,18 +23,22 @@ from tests.conftest import ROOT, TINY, change_saved_epochs
 pytestmark = pytest.mark.slow  # each test runs whole commands: the full suite only
 
 
-def _cluster_up() -> bool:
-    if shutil.which("sinfo") is None:
+def _answers(command: list[str]) -> bool:
+    if shutil.which(command[0]) is None:
         return False
     try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+        return subprocess.run(command, capture_output=True, timeout=10).returncode == 0
     except subprocess.TimeoutExpired:
         return False
 
 
-if not _cluster_up():
+# Both the controller and accounting: submitit reads job states with sacct, and without it a cancelled
+# job is waited on until the test's timeout.
+if not (_answers(["sinfo", "-h"]) and _answers(["sacct", "-n", "-X"])):
     if os.environ.get("SDEXP_REQUIRE_SLURM") == "1":
-        raise RuntimeError("SDEXP_REQUIRE_SLURM=1 but no SLURM cluster answers (tests/slurm/start.sh)")
+        raise RuntimeError(
+            "SDEXP_REQUIRE_SLURM=1 but sinfo or sacct does not answer (tests/slurm/start.sh starts both)"
+        )
     pytest.skip(
         "no SLURM cluster answers here; tests/slurm/start.sh starts one (as root)", allow_module_level=True
     )
@@ -138,6 +142,25 @@ def test_a_gpu_run_submitted_from_a_host_without_one_is_checked_on_its_node(tmp_
     assert "1 run: 1 new, 0 resumed, 0 skipped (finished before); 1 failed" in proc.stdout
     log_err = Path(proc.stdout.split("; see ")[-1].split()[0])
     assert "error: trainer.device=cuda but CUDA is not available here" in log_err.read_text()
+
+
+def test_a_sweep_where_sacct_fails_warns_that_ended_jobs_may_go_unnoticed_and_still_completes(
+    tmp_path: Path,
+) -> None:
+    # A cluster without accounting: sacct, first on the launcher's PATH, fails as SLURM's does there.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "sacct"
+    fake.write_text("#!/bin/sh\necho 'Slurm accounting storage is disabled' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        sweep_command(), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "failed (Slurm accounting storage is disabled): without SLURM accounting" in proc.stdout
+    assert "1 run: 1 new, 0 resumed, 0 skipped (finished before); 0 failed" in proc.stdout
 
 
 def test_cancelled_job_is_reported_failed_while_the_other_completes(tmp_path: Path) -> None:

@@ -76,6 +76,8 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                 )  # fmt: skip
         if todo:
             handles.update(self._submit(todo))
+        if handles:
+            _warn_without_accounting(next(iter(handles.values())).job_id)
         for job in jobs:
             if job.idx in handles:
                 results[job.idx] = _wait(job, handles[job.idx])
@@ -129,6 +131,23 @@ def _active_slurm_jobs() -> set[str]:
             "job in SLURM, so nothing was submitted; try again"
         )
     return set(done.stdout.split())
+
+
+def _warn_without_accounting(job_id: str) -> None:
+    """Warn once, before the wait, where sacct cannot tell a job's state: submitit follows jobs with it,
+    and without it a job that ends with no result (cancelled, out of time, killed) is waited on forever."""
+    command = ["sacct", "--noheader", "--allocations", f"--jobs={job_id}"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        why = None if done.returncode == 0 else done.stderr.strip() or f"exit status {done.returncode}"
+    except (OSError, subprocess.TimeoutExpired) as error:
+        why = str(error)
+    if why is not None:
+        log.warning(
+            "%s failed (%s): without SLURM accounting a job that ends without a result (scancel, time "
+            "limit, node failure) is not noticed, and the sweep would wait for it until Ctrl-C",
+            " ".join(command), why,
+        )  # fmt: skip
 
 
 def _still_in_slurm(jobs: Sequence[Job]) -> dict[int, submitit.Job]:

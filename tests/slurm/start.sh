@@ -20,10 +20,13 @@ if [ ! -d "$STATE/db" ]; then
   mkdir -p "$STATE/db" && chown mysql:mysql "$STATE/db"
   mariadb-install-db --user=mysql --datadir="$STATE/db" --auth-root-authentication-method=socket >/dev/null
 fi
-if ! [ -S /run/mysqld/mysqld.sock ]; then
+db_up() { mariadb-admin --socket=/run/mysqld/mysqld.sock ping >/dev/null 2>&1; }
+if ! db_up; then
+  rm -f /run/mysqld/mysqld.sock  # a socket left by a server that was killed would be taken for a live one
   setsid mariadbd --user=mysql --datadir="$STATE/db" --skip-networking --socket=/run/mysqld/mysqld.sock \
     --pid-file="$STATE/mysql/mariadb.pid" --log-error="$STATE/mysql/mariadb.log" </dev/null >/dev/null 2>&1 &
-  for _ in $(seq 100); do [ -S /run/mysqld/mysqld.sock ] && break; sleep 0.1; done
+  for _ in $(seq 100); do db_up && break; sleep 0.1; done
+  db_up || { echo "slurm: MariaDB did not start; its log: $STATE/mysql/mariadb.log" >&2; exit 1; }
 fi
 
 cat > /etc/slurm/slurmdbd.conf <<CONF
@@ -72,7 +75,15 @@ timeout 10 sacctmgr -i -Q add cluster sdexp >/dev/null 2>&1 || true
 pgrep -x slurmctld >/dev/null || slurmctld
 pgrep -x slurmd >/dev/null || slurmd
 for _ in $(seq 150); do
-  if timeout 5 sinfo -h -o %T 2>/dev/null | grep -qx idle; then echo "slurm: node $HOST idle"; exit 0; fi
+  if timeout 5 sinfo -h -o %T 2>/dev/null | grep -qx idle; then
+    # submitit reads job states with sacct: without accounting a cancelled job would be waited on forever
+    if ! timeout 10 sacct -n -X >/dev/null; then
+      echo "slurm: sacct does not answer (accounting is down); logs in $STATE/log" >&2
+      exit 1
+    fi
+    echo "slurm: node $HOST idle, accounting up"
+    exit 0
+  fi
   sleep 0.2
 done
 echo "slurm: the node did not become idle; logs in $STATE/log" >&2
