@@ -24,10 +24,9 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
-from sdexp.runs import METRIC_COLUMNS, flatten
+from sdexp.runs import FINAL_ERRORS, METRIC_COLUMNS, flatten
 
 TENSORBOARD_DIR = "tensorboard"
-FINAL_METRICS = ("best_val_error", "test_error_at_best_val", "test_error")
 
 
 class LoggerName(StrEnum):
@@ -92,7 +91,7 @@ class TensorBoardLogger:
     def log_result(self, result: dict[str, Any]) -> None:
         from torch.utils.tensorboard.summary import hparams
 
-        metrics = {f"final/{k}": result[k] for k in FINAL_METRICS if isinstance(result.get(k), int | float)}
+        metrics = {f"final/{k}": result[k] for k in FINAL_ERRORS if isinstance(result.get(k), int | float)}
         # in this run's own folder (add_hparams would make a new one), so the HParams tab lists the run
         for summary in hparams(self.hparams, metrics):
             self.writer.file_writer.add_summary(summary)
@@ -127,7 +126,7 @@ class WandbLogger:
         self.run.log(_scalars(row), step=row["epoch"])
 
     def log_result(self, result: dict[str, Any]) -> None:
-        self.run.summary.update({k: result[k] for k in FINAL_METRICS if k in result})
+        self.run.summary.update({k: result[k] for k in FINAL_ERRORS if k in result})
 
     def close(self) -> None:
         self.run.finish()

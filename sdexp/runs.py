@@ -56,6 +56,9 @@ METRIC_COLUMNS = (
     "images_per_s",
     "executed_block_fraction",
 )
+# The result's final errors, in percent. An empty split's error is NaN in memory and null in result.json,
+# which stays strict JSON (jq, JavaScript and pandas' read_json refuse a bare NaN).
+FINAL_ERRORS = ("best_val_error", "test_error_at_best_val", "test_error")
 STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
 FINISHED = ("completed", "diverged")  # rerunning gives the same outcome, so a rerun skips these
 # Keys that may change between a run and its resumption: they do not change the results. Hydra leaves
@@ -139,7 +142,9 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> None:
     """Write ``result.json``; its ``status`` must be one of :data:`STATUSES`."""
     if result.get("status") not in STATUSES:
         raise ValueError(f"result status {result.get('status')!r} not in {STATUSES}")
-    atomic_write_text(run_dir / RESULT, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    nulls = {k: None for k in FINAL_ERRORS if isinstance(result.get(k), float) and math.isnan(result[k])}
+    text = json.dumps({**result, **nulls}, indent=2, sort_keys=True, allow_nan=False)
+    atomic_write_text(run_dir / RESULT, text + "\n")
 
 
 class RunRecord:
@@ -305,11 +310,13 @@ def _json_object(path: Path) -> dict[str, Any]:
 
 
 def read_result(run_dir: Path) -> dict[str, Any]:
-    """The run's ``result.json``; a damaged one raises :class:`RunFolderError` naming it."""
-    return read_file(
+    """The run's ``result.json``, with null errors as NaN (:data:`FINAL_ERRORS`); a damaged one raises
+    :class:`RunFolderError` naming it."""
+    result = read_file(
         Path(run_dir) / RESULT, _json_object, RunFolderError,
         "restore it, or move it away to rebuild it from the checkpoint (run the same command again)",
     )  # fmt: skip
+    return {**result, **{k: math.nan for k in FINAL_ERRORS if k in result and result[k] is None}}
 
 
 def check_status(run_dir: Path, result: dict[str, Any]) -> None:

@@ -66,6 +66,18 @@ def test_peak_gpu_memory_is_the_largest_over_a_runs_processes(tmp_path: Path) ->
     assert runs.read_result(tmp_path)["peak_gpu_memory_gib"] == 2.5
 
 
+def test_an_empty_test_splits_nan_error_is_null_in_result_json_and_nan_when_read(tmp_path: Path) -> None:
+    record = runs.RunRecord.new(tmp_path, {})
+    record.epoch_done({"epoch": 1, "epoch_time_s": 1.0, "val_error": 40.0, "test_error": math.nan})
+    text = (tmp_path / runs.RESULT).read_text()
+    on_disk = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not strict JSON"))
+    assert on_disk["test_error"] is None and on_disk["test_error_at_best_val"] is None
+    assert on_disk["best_val_error"] == 40.0
+    read = runs.read_result(tmp_path)
+    assert math.isnan(read["test_error"]) and math.isnan(read["test_error_at_best_val"])
+    assert math.isnan(record.result["test_error"])  # the record in memory keeps its NaN
+
+
 def test_constant_depth_runs_every_block(tmp_path: Path) -> None:
     train.run(compose_config([*TINY, "stochastic_depth=off", "trainer.epochs=1"]), tmp_path)
     assert runs.read_metrics(tmp_path)[0]["executed_block_fraction"] == 1.0
