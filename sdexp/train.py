@@ -231,6 +231,9 @@ def _start_or_resume(
     in_progress = None
     if checkpoint["epoch_in_progress"] is not None:
         in_progress = EpochProgress.from_state_dict(checkpoint["epoch_in_progress"], device)
+    elif checkpoint["result"]["epochs_completed"] >= cfg.trainer.epochs:  # its result.json was lost
+        log.info("the checkpoint holds all %d epochs: rebuilding result.json from it", cfg.trainer.epochs)
+        return runs.RunRecord(run_dir, checkpoint["result"], checkpoint["rows"]), None
     step = in_progress.step if in_progress else 0
     record = runs.RunRecord.resumed(
         run_dir, checkpoint["result"], checkpoint["rows"], step,

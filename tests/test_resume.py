@@ -215,6 +215,9 @@ def test_finished_run_is_not_retrained(tmp_path: Path) -> None:
     (tmp_path / runs.METRICS).unlink()  # a damaged one moved away, as status.py advises
     assert train.run(cfg, tmp_path)["status"] == "completed"
     assert (tmp_path / runs.METRICS).read_bytes() == snapshot[runs.METRICS]  # from checkpoint.pt
+    (tmp_path / runs.RESULT).unlink()  # likewise: rebuilt as it was, not "resumed" past the last epoch
+    assert train.run(cfg, tmp_path)["status"] == "completed"
+    assert (tmp_path / runs.RESULT).read_bytes() == snapshot[runs.RESULT]
 
 
 def _files(folder: Path) -> dict[str, bytes]:
