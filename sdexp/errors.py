@@ -2,8 +2,8 @@
 
 Errors a user can fix (a config value, a file, a folder) are :class:`SdexpError` and end the command
 with exit status 2; a failure of the machine (a full disk), of sweep jobs or of the code ends it with 1,
-the last saying where its traceback is; Ctrl-C with 130. ``SDEXP_TRACEBACK=1`` (or Hydra's own
-``HYDRA_FULL_ERROR=1``) shows the traceback instead.
+the last saying where its traceback is; Ctrl-C with 130, SIGTERM with 143. ``SDEXP_TRACEBACK=1`` (or
+Hydra's own ``HYDRA_FULL_ERROR=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -57,8 +57,13 @@ class SweepFailed(SdexpError):
     exit_code = FAILED
 
 
+class Terminated(BaseException):
+    """SIGTERM reached a command that has jobs to stop first (the local launcher): raised, like Python's
+    KeyboardInterrupt for Ctrl-C, so that its cleanup runs; exit status 128 + SIGTERM."""
+
+
 # Exceptions whose message explains them; any other is unexpected (a bug) and gets its traceback logged.
-EXPLAINED = (SdexpError, KeyboardInterrupt, HydraException, OmegaConfBaseException)
+EXPLAINED = (SdexpError, KeyboardInterrupt, Terminated, HydraException, OmegaConfBaseException)
 
 
 def tracebacks_wanted() -> bool:
@@ -135,6 +140,8 @@ def message(exc: BaseException) -> tuple[str, int]:
         return f"error: {_config_message(exc)}{notes}", BAD_INPUT
     if isinstance(exc, KeyboardInterrupt):
         return f"stopped (Ctrl-C){notes}", INTERRUPTED
+    if isinstance(exc, Terminated):
+        return f"stopped (SIGTERM){notes}", 128 + signal.SIGTERM
     hydra_check = _hydra_check(exc) if isinstance(exc, ValueError) else None
     if hydra_check is not None:  # e.g. model=null, -m with --cfg
         return f"error: {hydra_check}{notes}", BAD_INPUT

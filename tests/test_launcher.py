@@ -215,3 +215,39 @@ def test_sweeps_named_by_the_time_do_not_share_a_folder(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [year, f"{year}-2"]
     for sweep_dir in (tmp_path / "out").iterdir():
         assert len(list(sweep_dir.glob("*/result.json"))) == 1
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_local_launcher_stops_its_jobs_which_checkpoint_and_starts_no_more(
+    tmp_path: Path,
+) -> None:
+    tiny = [o for o in TINY if not o.startswith("trainer.epochs=")]
+    command = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=local",
+               "hydra.launcher.cpu_workers=2", *tiny, "trainer.epochs=300", "seed=0,1,2",
+               "hydra.sweep.dir=sweep"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def epochs_done() -> list[int]:
+        done = []
+        for path in (tmp_path / "sweep").glob("*/result.json"):
+            try:
+                done.append(json.loads(path.read_text())["epochs_completed"])
+            except ValueError:  # being replaced
+                done.append(0)
+        return done
+
+    deadline = time.monotonic() + 120
+    while len([n for n in epochs_done() if n >= 1]) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the two first jobs did not train"
+        time.sleep(0.2)
+    proc.terminate()  # SIGTERM to the launcher alone, as `kill` or a job scheduler sends it
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        "stopped (SIGTERM); running jobs wrote checkpoints: run the same command again to resume the sweep"
+    )
+    log = out + err
+    assert "SIGTERM: starting no more jobs" in log and "failed" not in log
+    results = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/result.json")]
+    assert [r["status"] for r in results] == ["interrupted", "interrupted"]  # the third never started
+    assert all(r["epochs_completed"] < 300 for r in results)

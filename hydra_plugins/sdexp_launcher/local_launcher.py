@@ -6,7 +6,8 @@ with k > 1 under an MPS daemon of the sweep's own where there is one, :mod:`.mps
 ``cpu_workers`` slots that divide the cores (``OMP_NUM_THREADS``). A job's console output goes to
 ``console.log`` in its run folder. A failing job does not stop the others; the sweep then ends with an
 error naming the failed jobs. Runs already finished are not started again, nor runs whose folder holds
-another config (they count as failed); the summary counts both.
+another config (they count as failed); the summary counts both. Ctrl-C or SIGTERM stops the sweep:
+the running jobs checkpoint, and the same command resumes it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
 
 from hydra.core.utils import JobReturn, configure_log, setup_globals
 from hydra.plugins.launcher import Launcher
@@ -33,7 +37,7 @@ from hydra_plugins.sdexp_launcher.jobs import (
     settled,
     start_process,
 )
-from sdexp.errors import SdexpError
+from sdexp.errors import SdexpError, Terminated
 from sdexp.wording import count
 
 log = logging.getLogger(__name__)
@@ -115,8 +119,13 @@ class LocalLauncher(Launcher):
             return self._run_all(jobs, slots)
 
     def _run_all(self, jobs: Sequence[Job], slots: queue.Queue[dict[str, str]]) -> Sequence[JobReturn]:
-        """Run ``jobs``, each in a free slot's environment, as many at once as there are slots."""
-        stopping = threading.Event()  # Ctrl-C: start no more jobs
+        """Run ``jobs``, each in a free slot's environment, as many at once as there are slots.
+
+        Ctrl-C reaches the jobs from the terminal; SIGTERM reaches only this process, which passes it on.
+        Either way no more jobs start, and the sweep ends once the running ones have checkpointed."""
+        stopping = threading.Event()
+        running: set[subprocess.Popen] = set()
+        lock = threading.Lock()  # stopping and running change together
 
         def run(job: Job) -> JobReturn | None:
             outcome = settled(job)
@@ -124,22 +133,42 @@ class LocalLauncher(Launcher):
                 return outcome
             env = slots.get()
             try:
-                return None if stopping.is_set() else self._run_job(job, env)
+                with lock:
+                    if stopping.is_set():
+                        return None
+                    process = start_process(job, sys.argv[0], env)
+                    running.add(process)
+                code = process.wait()
+                with lock:
+                    running.discard(process)
+                    if stopping.is_set():  # stopped with the sweep, not failed: a rerun resumes it
+                        log.info("#%d stopped (status %d): %s", job.idx, code, job.shown)
+                        return None
+                return process_outcome(job, code)
             finally:
                 slots.put(env)
 
+        def terminate(_signum: int, _frame: FrameType | None) -> None:
+            raise Terminated
+
         pool = ThreadPoolExecutor(max_workers=slots.qsize())
-        futures = [pool.submit(run, job) for job in jobs]
+        previous = signal.signal(signal.SIGTERM, terminate)
         try:
+            futures = [pool.submit(run, job) for job in jobs]
             results = [future.result() for future in futures]
-        except KeyboardInterrupt as exc:
-            stopping.set()
-            log.warning("Ctrl-C: starting no more jobs; the running ones checkpoint and stop")
+        except (KeyboardInterrupt, Terminated) as exc:
+            with lock:
+                stopping.set()
+                if isinstance(exc, Terminated):
+                    for process in running:
+                        process.terminate()
+            why = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+            log.warning("%s: starting no more jobs; the running ones checkpoint and stop", why)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the jobs have it: a second one changes nothing
             pool.shutdown(wait=True, cancel_futures=True)
             exc.add_note("running jobs wrote checkpoints: run the same command again to resume the sweep")
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         pool.shutdown()
         return end_sweep("local launcher", jobs, results)
-
-    def _run_job(self, job: Job, env: dict[str, str]) -> JobReturn:
-        return process_outcome(job, start_process(job, sys.argv[0], env).wait())
