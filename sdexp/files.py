@@ -31,11 +31,17 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file at ``folder`` or at a folder above it, which keeps ``folder`` from being made; or None."""
+    return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(temp_path)`` for a temp file beside ``path``, then rename it over ``path``.
 
     Any failure removes the temp file, leaves ``path`` as it was and raises :class:`WriteError` naming
-    ``path``, the reason and the free space left on its disk.
+    ``path``, the reason and the free space left on its disk (:class:`SdexpError` where a file stands
+    in the way of its folder).
     """
     path = Path(path)
     tmp = None
@@ -51,6 +57,8 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
             Path(tmp).unlink(missing_ok=True)
         if not isinstance(exc, Exception):  # Ctrl-C, exit: not a write failure
             raise
+        if (blocking := file_in_the_way(path.parent)) is not None:  # the user's to fix: bad input
+            raise SdexpError(f"cannot write {path}: {blocking} is a file, not a folder") from exc
         free = ""
         if path.parent.is_dir():
             free = f"; {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there"

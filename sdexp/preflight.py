@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sdexp.config import ConfigError, group_options, validate
 from sdexp.errors import SdexpError, reported
+from sdexp.files import file_in_the_way
 from sdexp.overrides import quote_override, run_name
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,12 @@ def jobs_run_here(config: DictConfig) -> bool:
     return not str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher")
 
 
+def _unwritable(folder: Path, exc: OSError, folder_key: str) -> ConfigError:
+    blocking = file_in_the_way(folder)
+    why = f"{blocking} is a file" if blocking is not None else exc.strerror
+    return ConfigError(f"cannot write the output folder {folder} ({why}): set {folder_key}=...")
+
+
 def _check_writable(config: DictConfig, folder_key: str) -> None:
     if not str(OmegaConf.select(config, folder_key) or "").strip():
         raise ConfigError(f"{folder_key} is empty: give a folder, e.g. {folder_key}=outputs/mine")
@@ -51,9 +58,7 @@ def _check_writable(config: DictConfig, folder_key: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as exc:
-        raise ConfigError(
-            f"cannot write the output folder {folder} ({exc.strerror}): set {folder_key}=..."
-        ) from None
+        raise _unwritable(folder, exc, folder_key) from None
     finally:  # Hydra creates the folder when it writes there; a command refused later leaves none
         for path in created:
             with contextlib.suppress(OSError):
@@ -146,9 +151,7 @@ def claim_timed_sweep_folder(config: DictConfig) -> None:
             except FileExistsError:
                 folder = base.with_name(f"{base.name}-{n}")
     except OSError as exc:
-        raise ConfigError(
-            f"cannot write the output folder {folder} ({exc.strerror}): set hydra.sweep.dir=..."
-        ) from None
+        raise _unwritable(folder, exc, "hydra.sweep.dir") from None
     with read_write(config.hydra):
         config.hydra.sweep.dir = str(folder)
         config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quote_override(str(folder))}")

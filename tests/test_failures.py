@@ -152,7 +152,18 @@ RUN_PY = [
     ),
     Case("another config", nothing, [*RUN, "seed=5"], 2, "holds a run with another config (seed: 0 -> 5)"),
     Case(
-        "output is a file", write("file", ""), ["hydra.run.dir=file/run"], 2, "cannot write the output folder"
+        "output is a file",
+        write("file", ""),
+        ["hydra.run.dir=file/run"],
+        2,
+        "cannot write the output folder file/run (file is a file): set hydra.run.dir=...",
+    ),
+    Case(
+        ".hydra is a file",
+        both(lambda cwd: (cwd / "fresh").mkdir(), write("fresh/.hydra", "")),
+        ["hydra.run.dir=fresh"],
+        2,
+        "fresh/.hydra is a file, not a folder",
     ),
     Case("empty output folder", nothing, ["hydra.run.dir="], 2, "hydra.run.dir is empty: give a folder"),
     Case("run without its config", remove(CONFIG), RUN, 2, "holds a run without its .hydra/config.yaml"),
@@ -250,7 +261,7 @@ AGGREGATE = [
     Case("config --metric", nothing, ["run", "--metric", "seed"], 2, "--metric seed is not a result.json"),
     Case("empty --out", nothing, ["run", "--out", ""], 2, "--out is empty"),
     Case("empty path", nothing, ["run", ""], 2, "an empty path was given"),
-    Case("--out is a file", write("out", ""), ["run", "--out", "out/report"], 1, "cannot write out/report"),
+    Case("--out is a file", write("out", ""), ["run", "--out", "out/report"], 2, "out is a file, not a folder"),
 ]  # fmt: skip
 
 
