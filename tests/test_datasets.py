@@ -93,6 +93,10 @@ def test_image_folder_without_val_or_test(tmp_path: Path, caplog: pytest.LogCapt
     data = build_data(data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=4"))
     assert (len(data.train), len(data.val), len(data.test)) == (16, 4, 0)
     assert "no test split" in caplog.text
+    sizes = ("dataset.val_size=4", "dataset.train_size=20")
+    more = build_data(data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", *sizes))
+    assert len(more.train) == 16
+    assert "dataset.train_size=20 but the split has 16 images: using all of them" in caplog.text
 
 
 def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path: Path) -> None:

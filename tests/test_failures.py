@@ -143,6 +143,7 @@ RUN_PY = [
         2,
         "no valid file for the classes dog",
     ),
+    Case("one class folder", image_tree(("cat", 2)), IMAGES, 2, "has 1 class (cat): classifying needs"),
     Case("empty result.json", write(RESULT, ""), RUN, 2, "run/result.json (JSONDecodeError"),
     Case("corrupt result.json", write(RESULT, '{"sta'), RUN, 2, "cannot read"),
     Case("result.json not an object", write(RESULT, "[]"), RUN, 2, "not a JSON object"),
@@ -261,7 +262,7 @@ AGGREGATE = [
     Case("config --metric", nothing, ["run", "--metric", "seed"], 2, "--metric seed is not a result.json"),
     Case("empty --out", nothing, ["run", "--out", ""], 2, "--out is empty"),
     Case("empty path", nothing, ["run", ""], 2, "an empty path was given"),
-    Case("--out is a file", write("out", ""), ["run", "--out", "out/report"], 2, "out is a file, not a folder"),
+    Case("--out is a file", write("out", ""), ["run", "--out", "out/report"], 2, "out is a file, not a"),
 ]  # fmt: skip
 
 

@@ -98,7 +98,9 @@ def _decode(cfg: DictConfig) -> Decoded:
     return cached(_expand(cfg.cache_dir), cfg.name, files, f"extra={cfg.extra}", read)
 
 
-def _subsample(split: Split, size: int | None, generator: torch.Generator) -> Split:
+def _subsample(split: Split, size: int | None, generator: torch.Generator, key: str) -> Split:
+    if size is not None and size > len(split):
+        log.warning("data: %s=%d but the split has %d images: using all of them", key, size, len(split))
     if size is None or size >= len(split):
         return split
     return split.subset(torch.randperm(len(split), generator=generator)[:size].sort().values)
@@ -119,6 +121,11 @@ def build_data(cfg: DictConfig) -> ImageSplits:
         }
         return ImageSplits(**splits, classes=SYNTHETIC_CLASSES)
     decoded, classes = _decode(cfg)
+    if len(classes) < 2:  # the error would be 0 % from the first step: nothing to learn
+        raise DatasetError(
+            f"{cfg.name} at {cfg.root} has {len(classes)} class ({', '.join(classes)}): classifying needs "
+            "at least two class folders"
+        )
     pool = Split(*decoded["train"])
     generator = torch.Generator().manual_seed(cfg.split_seed)
     if "val" in decoded:
@@ -136,8 +143,8 @@ def build_data(cfg: DictConfig) -> ImageSplits:
     else:
         log.warning("data: %s has no test split; test_error will be empty (NaN)", cfg.name)
         test = Split(pool.images[:0], pool.labels[:0])
-    train = _subsample(train, cfg.train_size, generator)
-    test = _subsample(test, cfg.test_size, generator)
+    train = _subsample(train, cfg.train_size, generator, "dataset.train_size")
+    test = _subsample(test, cfg.test_size, generator, "dataset.test_size")
     return ImageSplits(train, val, test, tuple(classes))
 
 
