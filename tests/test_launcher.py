@@ -66,6 +66,14 @@ def test_a_folder_holding_another_config_is_refused_without_starting_the_job(tmp
     assert f"{summary}; 1 failed" in log
     assert "holds a run with another config (trainer.epochs: 3 -> 2)" in log.split("failed: ")[-1]
     assert "#0 start" not in log
+    assert (
+        again.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "run the same command again to retry them, once the refused runs' folders are fixed as their "
+            "lines say: finished runs are skipped"
+        )
+    )
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # console.log too
 
 

@@ -134,8 +134,11 @@ def end_sweep(launcher: str, jobs: Sequence[Job], results: Sequence[JobReturn]) 
         "".join(f"\n  failed: #{job.idx} {job.shown}: {r._return_value}" for job, r in failed),
     )  # fmt: skip
     if failed:
+        refused = "refused" in states  # their folder needs a fix first, which their line above names
         raise SweepFailed(
             f"{len(failed)} of {count(len(jobs), 'run')} failed (listed above); run the same command "
-            "again to retry them: finished runs are skipped"
+            "again to retry them"
+            + (", once the refused runs' folders are fixed as their lines say" if refused else "")
+            + ": finished runs are skipped"
         )
     return results
