@@ -5,16 +5,18 @@ Rerunning a command resumes its run from the run folder's checkpoint, or skips i
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 
 def _stopped_while_starting(_signum: int, _frame: object) -> None:
-    print("stopped (Ctrl-C)", file=sys.stderr)  # as errors.reported says it, which is not loaded yet
-    sys.exit(128 + signal.SIGINT)
+    print("stopped (Ctrl-C)", file=sys.stderr, flush=True)  # as errors.reported says it, not loaded yet
+    os._exit(128 + signal.SIGINT)  # not SystemExit, which an import may catch; nothing is written yet
 
 
-_sigint = signal.signal(signal.SIGINT, _stopped_while_starting)  # Ctrl-C during the imports: no traceback
+# Ctrl-C while starting (the imports, the config store): one line, no traceback, until errors.reported
+_sigint = signal.signal(signal.SIGINT, _stopped_while_starting)
 
 import contextlib
 from collections.abc import Iterator
@@ -29,7 +31,6 @@ from sdexp import errors
 from sdexp.config import register_configs, validate
 from sdexp.train import run
 
-signal.signal(signal.SIGINT, _sigint)  # from here on: Python's KeyboardInterrupt, reported by errors.py
 register_configs()
 
 
@@ -60,4 +61,5 @@ def _stops_the_sweep(hydra_cfg: DictConfig) -> Iterator[None]:
 if __name__ == "__main__":
     errors.let_hydra_raise()
     with errors.reported():  # composition and launcher errors: one line, exit status 2
+        signal.signal(signal.SIGINT, _sigint)  # from here on: Python's KeyboardInterrupt, reported
         main()

@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from enum import EnumMeta
+from pathlib import Path
 
 from hydra.errors import (
     HydraException,
@@ -142,6 +143,12 @@ def message(exc: BaseException) -> tuple[str, int]:
         return f"stopped (Ctrl-C){notes}", INTERRUPTED
     if isinstance(exc, Terminated):
         return f"stopped (SIGTERM){notes}", 128 + signal.SIGTERM
+    if isinstance(exc, FileExistsError | NotADirectoryError) and exc.filename:  # e.g. Hydra making a folder
+        from sdexp.files import file_in_the_way  # which imports this module
+
+        blocking = file_in_the_way(Path(exc.filename))
+        if blocking is not None:
+            return f"error: cannot make the folder {exc.filename}: {blocking} is a file{notes}", BAD_INPUT
     hydra_check = _hydra_check(exc) if isinstance(exc, ValueError) else None
     if hydra_check is not None:  # e.g. model=null, -m with --cfg
         return f"error: {hydra_check}{notes}", BAD_INPUT

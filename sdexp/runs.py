@@ -59,6 +59,7 @@ METRIC_COLUMNS = (
 # The result's final errors, in percent. An empty split's error is NaN in memory and null in result.json,
 # which stays strict JSON (jq, JavaScript and pandas' read_json refuse a bare NaN).
 FINAL_ERRORS = ("best_val_error", "test_error_at_best_val", "test_error")
+OTHER_FOLDER = "another folder (hydra.run.dir=...; in a sweep, hydra.sweep.dir=...)"  # advice in errors
 STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
 FINISHED = ("completed", "diverged")  # rerunning gives the same outcome, so a rerun skips these
 # Keys that may change between a run and its resumption: they do not change the results. Hydra leaves
@@ -292,13 +293,13 @@ def check_config(run_dir: Path, cfg: DictConfig) -> None:
     if has_run and not (Path(run_dir) / CONFIG).exists():
         raise RunFolderError(
             f"{run_dir} holds a run without its {CONFIG}, so its config cannot be compared with this one: "
-            "restore the file, or choose another folder with hydra.run.dir=..."
+            f"restore the file, or choose {OTHER_FOLDER}"
         )
     changes = config_changes(run_dir, cfg)
     if changes:
         raise RunFolderError(
-            f"{run_dir} holds a run with another config ({'; '.join(changes)}): choose another "
-            "folder with hydra.run.dir=... or remove this one"
+            f"{run_dir} holds a run with another config ({'; '.join(changes)}): choose {OTHER_FOLDER} "
+            "or remove this one"
         )
 
 
@@ -373,7 +374,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 
     return read_file(
         Path(run_dir) / CONFIG, parse, RunFolderError,
-        "restore it, or choose another run folder with hydra.run.dir=...",
+        f"restore it, or choose {OTHER_FOLDER}",
     )  # fmt: skip
 
 

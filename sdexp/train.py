@@ -211,7 +211,7 @@ def _check_same_data(run_dir: Path, checkpoint: dict[str, Any], data: ImageSplit
             + " and ".join(f"{then[what]} {what}" for what in changed)
             + f"; dataset={result.get('dataset')} now gives "
             + " and ".join(f"{now[what]}" for what in changed)
-            + ": restore the data, or train in another folder (hydra.run.dir=...)"
+            + f": restore the data, or train in {runs.OTHER_FOLDER}"
         )
 
 
@@ -317,20 +317,25 @@ def train(
     stop.forward()  # ends the process after a stop signal
     result = record.result
     log.info(
-        "done: best val error %.2f%% at epoch %d, test error there %.2f%% (%.2f%% at the last), "
-        "%.0f s of training",
-        result["best_val_error"], result["best_epoch"], result["test_error_at_best_val"],
-        result["test_error"], result["train_time_s"],
+        "done: best val error %s at epoch %d, test error there %s (%s at the last), %.0f s of training",
+        _percent(result["best_val_error"]), result["best_epoch"], _percent(result["test_error_at_best_val"]),
+        _percent(result["test_error"]), result["train_time_s"],
     )  # fmt: skip
     return result
 
 
+def _percent(error: float) -> str:
+    """An error for the log; ``-`` where there is none (an epoch not evaluated, an empty split)."""
+    return "-" if math.isnan(error) else f"{error:.2f}%"
+
+
 def _log_epoch(row: dict[str, Any], epochs: int) -> None:
     log.info(
-        "epoch %d/%d  lr %.4g  loss %.4f  train %.2f%%  val %.2f%%  test %.2f%%  "
-        "blocks run %.1f%%  %.0f img/s  %.1f s",
-        row["epoch"], epochs, row["lr"], row["train_loss"], row["train_error"], row["val_error"],
-        row["test_error"], 100 * row["executed_block_fraction"], row["images_per_s"], row["epoch_time_s"],
+        "epoch %d/%d  lr %.4g  loss %.4f  train %.2f%%  val %s  test %s  blocks run %.1f%%  %.0f img/s  "
+        "%.1f s",
+        row["epoch"], epochs, row["lr"], row["train_loss"], row["train_error"], _percent(row["val_error"]),
+        _percent(row["test_error"]), 100 * row["executed_block_fraction"], row["images_per_s"],
+        row["epoch_time_s"],
     )  # fmt: skip
 
 
@@ -338,7 +343,7 @@ def _epoch_description(epoch: int, epochs: int, rows: list[dict[str, Any]]) -> s
     """The progress bar's label: the epoch, and the last epoch's loss and validation error."""
     desc = f"epoch {epoch}/{epochs}"
     if rows:
-        desc += f" (last: loss {rows[-1]['train_loss']:.3f}, val {rows[-1]['val_error']:.2f}%)"
+        desc += f" (last: loss {rows[-1]['train_loss']:.3f}, val {_percent(rows[-1]['val_error'])})"
     return desc
 
 

@@ -4,6 +4,7 @@ folder's config edited."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,12 @@ TINY = [
     "trainer.device=cpu",
     "trainer.progress=false",
 ]
+
+
+def ctrl_c_default() -> None:
+    """``preexec_fn`` of a command a test sends SIGINT to: Python turns SIGINT into KeyboardInterrupt
+    only where it was not ignored, and a test run started in the background (``cmd &``) ignores it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def change_saved_epochs(run_dir: Path, epochs: int) -> None:

@@ -26,7 +26,7 @@ from analysis import aggregate
 from sdexp import checkpoint, errors, runs, status, train
 from sdexp.config import compose_config
 from sdexp.errors import WriteError
-from tests.conftest import ROOT, TINY, change_saved_epochs, run_command
+from tests.conftest import ROOT, TINY, change_saved_epochs, ctrl_c_default, run_command
 
 LOGS = {runs.LOG, "console.log", runs.LOCK}  # appended to, or naming the process, by design
 
@@ -158,6 +158,13 @@ RUN_PY = [
         ["hydra.run.dir=file/run"],
         2,
         "cannot write the output folder file/run (file is a file): set hydra.run.dir=...",
+    ),
+    Case(
+        "a sweep job's folder is a file",
+        both(lambda cwd: (cwd / "sweep").mkdir(), write("sweep/s0", "")),
+        ["-m", "seed=0,1", "hydra.sweep.dir=sweep", "hydra.sweep.subdir=s${seed}"],
+        2,
+        "cannot make the folder sweep/s0: sweep/s0 is a file",
     ),
     Case(
         ".hydra is a file",
@@ -439,7 +446,7 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path: Path, after_s: float) -> No
     """Ctrl-C during the first seconds (the imports, Hydra composing, the data): one line, status 130."""
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run.py"), *TINY, "trainer.epochs=100", "hydra.run.dir=run"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_default,
     )  # fmt: skip
     time.sleep(after_s)
     proc.send_signal(signal.SIGINT)
@@ -453,7 +460,7 @@ def test_ctrl_c_checkpoints_and_says_how_to_resume(tmp_path: Path) -> None:
     slow = [*TINY, "dataset.train_size=1024", "trainer.epochs=6"]
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run.py"), *slow, "hydra.run.dir=run"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_default,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not (tmp_path / "run" / runs.METRICS).exists() and time.monotonic() < deadline:

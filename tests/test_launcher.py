@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from hydra_plugins.sdexp_launcher.local_launcher import LocalLauncher, slot_envi
 from hydra_plugins.sdexp_launcher.packed import PackedTask, run_environments
 from hydra_plugins.sdexp_launcher.slurm_launcher import SlurmLauncher
 from sdexp.errors import SdexpError
-from tests.conftest import ROOT, TINY, change_saved_epochs
+from tests.conftest import ROOT, TINY, change_saved_epochs, ctrl_c_default
 
 
 def sweep(cwd: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -75,6 +76,18 @@ def test_a_folder_holding_another_config_is_refused_without_starting_the_job(tmp
         )
     )
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # console.log too
+
+
+@pytest.mark.slow
+def test_a_file_where_a_jobs_folder_should_be_refuses_that_job_alone(tmp_path: Path) -> None:
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "s0").write_text("")
+    proc = sweep(tmp_path, "seed=0,1", "trainer.epochs=1", "hydra.sweep.subdir=s${seed}")
+    assert proc.returncode == 1, proc.stderr
+    log = proc.stderr + proc.stdout
+    assert "2 runs: 1 new, 0 resumed, 0 skipped (finished before), 1 refused" in log
+    assert "seed=0: cannot make the run folder sweep/s0: sweep/s0 is a file" in log.split("failed: #0 ")[-1]
+    assert "#1 done" in log and "#0 start" not in log and "Traceback" not in log
 
 
 def test_one_slot_per_gpu_or_cpu_worker() -> None:
@@ -226,14 +239,20 @@ def test_sweeps_named_by_the_time_do_not_share_a_folder(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_local_launcher_stops_its_jobs_which_checkpoint_and_starts_no_more(
-    tmp_path: Path,
+@pytest.mark.parametrize(("sig", "said"), [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")])
+def test_a_signal_to_the_local_launcher_alone_stops_its_jobs_which_checkpoint_and_starts_no_more(
+    tmp_path: Path, sig: signal.Signals, said: str
 ) -> None:
+    """SIGTERM as ``kill`` or a scheduler sends it; SIGINT as a terminal's Ctrl-C does, which reaches
+    the launcher alone too (its jobs run in sessions of their own)."""
     tiny = [o for o in TINY if not o.startswith("trainer.epochs=")]
     command = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=local",
                "hydra.launcher.cpu_workers=2", *tiny, "trainer.epochs=300", "seed=0,1,2",
                "hydra.sweep.dir=sweep"]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ctrl_c_default,
+    )  # fmt: skip
 
     def epochs_done() -> list[int]:
         done = []
@@ -248,14 +267,15 @@ def test_sigterm_to_the_local_launcher_stops_its_jobs_which_checkpoint_and_start
     while len([n for n in epochs_done() if n >= 1]) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, "the two first jobs did not train"
         time.sleep(0.2)
-    proc.terminate()  # SIGTERM to the launcher alone, as `kill` or a job scheduler sends it
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-3000:]
+    assert proc.returncode == 128 + sig, err[-3000:]
     assert err.strip().splitlines()[-1] == (
-        "stopped (SIGTERM); running jobs wrote checkpoints: run the same command again to resume the sweep"
+        f"stopped ({said}); running jobs wrote checkpoints: run the same command again to resume the sweep"
     )
     log = out + err
-    assert "SIGTERM: starting no more jobs" in log and "failed" not in log
+    assert f"{said}: starting no more jobs" in log and "failed" not in log
+    assert log.count("stopped: ") == 2
     results = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/result.json")]
     assert [r["status"] for r in results] == ["interrupted", "interrupted"]  # the third never started
     assert all(r["epochs_completed"] < 300 for r in results)

@@ -83,11 +83,16 @@ def test_constant_depth_runs_every_block(tmp_path: Path) -> None:
     assert runs.read_metrics(tmp_path)[0]["executed_block_fraction"] == 1.0
 
 
-def test_eval_every_skips_epochs_but_always_evaluates_the_last(tmp_path: Path) -> None:
+def test_eval_every_skips_epochs_but_always_evaluates_the_last(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cfg = compose_config([*TINY, "trainer.epochs=3", "trainer.eval_every=2"])
-    train.run(cfg, tmp_path)
+    with caplog.at_level("INFO", logger="sdexp.train"):
+        train.run(cfg, tmp_path)
     val = [r["val_error"] for r in runs.read_metrics(tmp_path)]
     assert math.isnan(val[0]) and not math.isnan(val[1]) and not math.isnan(val[2])
+    assert "epoch 1/3" in caplog.text and "val -  test -  blocks run" in caplog.text  # not "nan%"
+    assert "nan" not in caplog.text.lower()
 
 
 def test_same_seed_is_deterministic_on_cpu(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from sdexp import runs, status, train
 from sdexp.config import CONF_DIR, compose_config, register_configs
-from tests.conftest import ROOT, TINY, run_command
+from tests.conftest import ROOT, TINY, ctrl_c_default, run_command
 
 # One sweep of 3 seeds x 2 rules; the folder of each job, as Hydra names it (conf/config.yaml).
 SWEPT = ["seed=0,1,2", "stochastic_depth=off,linear"]
@@ -160,7 +160,9 @@ def test_status_command_prints_the_table_and_watches(sweep: Path, tmp_path: Path
     assert (
         missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder"
     )
-    watching = subprocess.Popen([*command, "--watch", "0.2"], stdout=subprocess.PIPE, text=True)
+    watching = subprocess.Popen(
+        [*command, "--watch", "0.2"], stdout=subprocess.PIPE, text=True, preexec_fn=ctrl_c_default
+    )
     tables = 0
     while tables < 2:  # refreshed: the table twice (started, as slowly as a busy machine may)
         line = watching.stdout.readline()

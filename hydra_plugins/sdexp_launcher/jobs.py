@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sdexp import runs
 from sdexp.errors import SweepFailed
+from sdexp.files import file_in_the_way
 from sdexp.overrides import quote_override
 from sdexp.wording import count
 
@@ -45,8 +46,11 @@ class Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs modules outs
 
 def run_state(run_dir: Path, cfg: DictConfig) -> tuple[str, str]:
     """``(state, reason)``: ``skipped`` (a finished run with this config), ``refused`` (a run with another
-    config, or a damaged file; the reason says which keys differ or which file), ``resumed`` (a
-    checkpoint) or ``new``."""
+    config, a damaged file, or a file where the folder should be; the reason says which keys differ or
+    which file), ``resumed`` (a checkpoint) or ``new``."""
+    blocking = file_in_the_way(run_dir)
+    if blocking is not None:
+        return "refused", f"cannot make the run folder {run_dir}: {blocking} is a file"
     try:
         runs.check_config(run_dir, cfg)
         finished = runs.finished_result(run_dir) is not None
@@ -70,15 +74,19 @@ def plan_jobs(
     return jobs  # no two share a folder where Hydra names them (preflight.check_sweep_jobs)
 
 
-def start_process(job: Job, script: str, env: dict[str, str]) -> subprocess.Popen:
+def start_process(job: Job, script: str, env: dict[str, str], own_session: bool = False) -> subprocess.Popen:
     """Start training ``job`` in a process of its own, ``python <script> <its overrides>
     hydra.run.dir=<its run folder>``, with ``env`` added to the environment and its console output
-    appended to ``console.log`` in the run folder."""
+    appended to ``console.log`` in the run folder; ``own_session``: out of the terminal's reach, for a
+    caller that passes signals on itself."""
     log.info("#%d start (%s): %s", job.idx, ", ".join(f"{k}={v}" for k, v in env.items()), job.shown)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, script, *job.overrides, f"hydra.run.dir={quote_override(str(job.run_dir))}"]
     with open(job.run_dir / CONSOLE_LOG, "a", encoding="utf-8") as console:
-        return subprocess.Popen(command, env={**os.environ, **env}, stdout=console, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=console, stderr=subprocess.STDOUT,
+            start_new_session=own_session,
+        )  # fmt: skip
 
 
 def process_outcome(job: Job, code: int) -> JobReturn:

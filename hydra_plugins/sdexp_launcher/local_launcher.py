@@ -121,11 +121,13 @@ class LocalLauncher(Launcher):
     def _run_all(self, jobs: Sequence[Job], slots: queue.Queue[dict[str, str]]) -> Sequence[JobReturn]:
         """Run ``jobs``, each in a free slot's environment, as many at once as there are slots.
 
-        Ctrl-C reaches the jobs from the terminal; SIGTERM reaches only this process, which passes it on.
-        Either way no more jobs start, and the sweep ends once the running ones have checkpointed."""
+        The jobs run in sessions of their own, so Ctrl-C and SIGTERM reach this process alone (from the
+        terminal, ``kill`` or a scheduler alike), which passes each on to the running jobs: at the first,
+        no more jobs start and the running ones checkpoint and stop; a second Ctrl-C stops them at once.
+        """
         stopping = threading.Event()
         running: set[subprocess.Popen] = set()
-        lock = threading.Lock()  # stopping and running change together
+        lock = threading.RLock()  # stopping and running change together; pass_on may run inside it
 
         def run(job: Job) -> JobReturn | None:
             outcome = settled(job)
@@ -136,13 +138,13 @@ class LocalLauncher(Launcher):
                 with lock:
                     if stopping.is_set():
                         return None
-                    process = start_process(job, sys.argv[0], env)
+                    process = start_process(job, sys.argv[0], env, own_session=True)
                     running.add(process)
                 code = process.wait()
                 with lock:
                     running.discard(process)
-                    if stopping.is_set():  # stopped with the sweep, not failed: a rerun resumes it
-                        log.info("#%d stopped (status %d): %s", job.idx, code, job.shown)
+                    if stopping.is_set() and code != 0:  # stopped with the sweep: a rerun resumes it
+                        log.info("#%d stopped: %s", job.idx, job.shown)
                         return None
                 return process_outcome(job, code)
             finally:
@@ -151,24 +153,30 @@ class LocalLauncher(Launcher):
         def terminate(_signum: int, _frame: FrameType | None) -> None:
             raise Terminated
 
+        def pass_on(signum: int, _frame: FrameType | None = None) -> None:
+            with lock:
+                for process in running:
+                    process.send_signal(signum)
+
         pool = ThreadPoolExecutor(max_workers=slots.qsize())
-        previous = signal.signal(signal.SIGTERM, terminate)
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGTERM, terminate)  # Ctrl-C: Python's KeyboardInterrupt
         try:
             futures = [pool.submit(run, job) for job in jobs]
             results = [future.result() for future in futures]
         except (KeyboardInterrupt, Terminated) as exc:
+            for sig in previous:
+                signal.signal(sig, pass_on)  # from now on every signal goes to the jobs
             with lock:
                 stopping.set()
-                if isinstance(exc, Terminated):
-                    for process in running:
-                        process.terminate()
+                pass_on(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
             why = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
             log.warning("%s: starting no more jobs; the running ones checkpoint and stop", why)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the jobs have it: a second one changes nothing
             pool.shutdown(wait=True, cancel_futures=True)
             exc.add_note("running jobs wrote checkpoints: run the same command again to resume the sweep")
             raise
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         pool.shutdown()
         return end_sweep("local launcher", jobs, results)

@@ -99,7 +99,7 @@ def _decode(cfg: DictConfig) -> Decoded:
 
 
 def _subsample(split: Split, size: int | None, generator: torch.Generator, key: str) -> Split:
-    if size is not None and size > len(split):
+    if size is not None and size > len(split) > 0:  # an empty split has its own warning
         log.warning("data: %s=%d but the split has %d images: using all of them", key, size, len(split))
     if size is None or size >= len(split):
         return split
