@@ -130,6 +130,18 @@ def _config_message(exc: Exception) -> str:
     return f"{key}: {detail}" if key else _first_line(exc)
 
 
+def _a_file_in_the_way(exc: BaseException) -> bool:
+    """Whether ``exc`` is ``mkdir``'s error for a path that is a file (the one way sdexp and Hydra meet
+    FileExistsError: files are written by rename, which replaces)."""
+    if not isinstance(exc, FileExistsError) or not exc.filename:
+        return False
+    path = Path(os.fsdecode(exc.filename))
+    try:
+        return path.exists() and not path.is_dir()
+    except OSError:
+        return False
+
+
 def message(exc: BaseException) -> tuple[str, int]:
     """The line to print for ``exc`` and the exit status."""
     if isinstance(exc, HydraException) and isinstance(exc.__cause__, SdexpError):
@@ -143,12 +155,8 @@ def message(exc: BaseException) -> tuple[str, int]:
         return f"stopped (Ctrl-C){notes}", INTERRUPTED
     if isinstance(exc, Terminated):
         return f"stopped (SIGTERM){notes}", 128 + signal.SIGTERM
-    if isinstance(exc, FileExistsError | NotADirectoryError) and exc.filename:  # e.g. Hydra making a folder
-        from sdexp.files import file_in_the_way  # which imports this module
-
-        blocking = file_in_the_way(Path(exc.filename))
-        if blocking is not None:
-            return f"error: cannot make the folder {exc.filename}: {blocking} is a file{notes}", BAD_INPUT
+    if _a_file_in_the_way(exc):  # Hydra making a job's folder where a file is
+        return f"error: cannot make the folder {os.fsdecode(exc.filename)}: it is a file{notes}", BAD_INPUT
     hydra_check = _hydra_check(exc) if isinstance(exc, ValueError) else None
     if hydra_check is not None:  # e.g. model=null, -m with --cfg
         return f"error: {hydra_check}{notes}", BAD_INPUT

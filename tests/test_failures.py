@@ -164,7 +164,7 @@ RUN_PY = [
         both(lambda cwd: (cwd / "sweep").mkdir(), write("sweep/s0", "")),
         ["-m", "seed=0,1", "hydra.sweep.dir=sweep", "hydra.sweep.subdir=s${seed}"],
         2,
-        "cannot make the folder sweep/s0: sweep/s0 is a file",
+        "cannot make the folder sweep/s0: it is a file",
     ),
     Case(
         ".hydra is a file",

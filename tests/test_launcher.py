@@ -62,7 +62,7 @@ def test_a_folder_holding_another_config_is_refused_without_starting_the_job(tmp
     log = again.stderr + again.stdout
     summary = (
         "1 run: 0 new, 0 resumed, 0 skipped (finished before), "
-        "1 refused (another config or a damaged file in the folder)"
+        "1 refused (another config or a damaged file in the folder, or a file in its place)"
     )
     assert f"{summary}; 1 failed" in log
     assert "holds a run with another config (trainer.epochs: 3 -> 2)" in log.split("failed: ")[-1]
@@ -243,15 +243,15 @@ def test_sweeps_named_by_the_time_do_not_share_a_folder(tmp_path: Path) -> None:
 def test_a_signal_to_the_local_launcher_alone_stops_its_jobs_which_checkpoint_and_starts_no_more(
     tmp_path: Path, sig: signal.Signals, said: str
 ) -> None:
-    """SIGTERM as ``kill`` or a scheduler sends it; SIGINT as a terminal's Ctrl-C does, which reaches
-    the launcher alone too (its jobs run in sessions of their own)."""
+    """SIGTERM as a scheduler sends it; SIGINT as a terminal's Ctrl-C does, to the launcher's process
+    group, which its jobs are not in: each job gets the signal once, passed on, and checkpoints."""
     tiny = [o for o in TINY if not o.startswith("trainer.epochs=")]
     command = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=local",
                "hydra.launcher.cpu_workers=2", *tiny, "trainer.epochs=300", "seed=0,1,2",
                "hydra.sweep.dir=sweep"]  # fmt: skip
     proc = subprocess.Popen(
         command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=ctrl_c_default,
+        preexec_fn=ctrl_c_default, start_new_session=True,
     )  # fmt: skip
 
     def epochs_done() -> list[int]:
@@ -267,11 +267,11 @@ def test_a_signal_to_the_local_launcher_alone_stops_its_jobs_which_checkpoint_an
     while len([n for n in epochs_done() if n >= 1]) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, "the two first jobs did not train"
         time.sleep(0.2)
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)  # to the launcher's process group, as a terminal sends Ctrl-C
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, err[-3000:]
     assert err.strip().splitlines()[-1] == (
-        f"stopped ({said}); running jobs wrote checkpoints: run the same command again to resume the sweep"
+        f"stopped ({said}); run the same command again to resume the sweep"
     )
     log = out + err
     assert f"{said}: starting no more jobs" in log and "failed" not in log

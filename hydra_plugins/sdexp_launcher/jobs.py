@@ -50,7 +50,7 @@ def run_state(run_dir: Path, cfg: DictConfig) -> tuple[str, str]:
     which file), ``resumed`` (a checkpoint) or ``new``."""
     blocking = file_in_the_way(run_dir)
     if blocking is not None:
-        return "refused", f"cannot make the run folder {run_dir}: {blocking} is a file"
+        return "refused", f"cannot make the run folder {run_dir}: {blocking} is a file: move it away"
     try:
         runs.check_config(run_dir, cfg)
         finished = runs.finished_result(run_dir) is not None
@@ -130,7 +130,7 @@ def end_sweep(launcher: str, jobs: Sequence[Job], results: Sequence[JobReturn]) 
     counts = f"{new} new, {resumed} resumed, {skipped} skipped (finished before)"
     for state, meaning in (
         ("queued", "in SLURM from an earlier launch"),
-        ("refused", "another config or a damaged file in the folder"),
+        ("refused", "another config or a damaged file in the folder, or a file in its place"),
     ):
         if state in states:
             counts += f", {states.count(state)} {state} ({meaning})"

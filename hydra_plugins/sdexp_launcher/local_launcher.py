@@ -6,8 +6,8 @@ with k > 1 under an MPS daemon of the sweep's own where there is one, :mod:`.mps
 ``cpu_workers`` slots that divide the cores (``OMP_NUM_THREADS``). A job's console output goes to
 ``console.log`` in its run folder. A failing job does not stop the others; the sweep then ends with an
 error naming the failed jobs. Runs already finished are not started again, nor runs whose folder holds
-another config (they count as failed); the summary counts both. Ctrl-C or SIGTERM stops the sweep:
-the running jobs checkpoint, and the same command resumes it.
+another config (they count as failed); the summary counts both. Ctrl-C, SIGTERM or SIGHUP stops the
+sweep: the running jobs checkpoint, and the same command resumes it.
 """
 
 from __future__ import annotations
@@ -32,15 +32,20 @@ from hydra_plugins.sdexp_launcher import mps as mps_daemon
 from hydra_plugins.sdexp_launcher.jobs import (
     Job,
     end_sweep,
+    job_return,
     plan_jobs,
     process_outcome,
     settled,
     start_process,
 )
 from sdexp.errors import SdexpError, Terminated
+from sdexp.files import describe
 from sdexp.wording import count
 
 log = logging.getLogger(__name__)
+
+# How a job stopped by a signal the launcher passed on ends: 128 + signal from its own handler, or killed.
+STOPPED_BY = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
 
 
 def visible_gpus() -> list[str]:
@@ -121,13 +126,15 @@ class LocalLauncher(Launcher):
     def _run_all(self, jobs: Sequence[Job], slots: queue.Queue[dict[str, str]]) -> Sequence[JobReturn]:
         """Run ``jobs``, each in a free slot's environment, as many at once as there are slots.
 
-        The jobs run in sessions of their own, so Ctrl-C and SIGTERM reach this process alone (from the
-        terminal, ``kill`` or a scheduler alike), which passes each on to the running jobs: at the first,
-        no more jobs start and the running ones checkpoint and stop; a second Ctrl-C stops them at once.
+        The jobs run in sessions of their own, so Ctrl-C, SIGTERM and SIGHUP (a closed terminal) reach
+        this process alone, whoever sends them, and it passes each on (SIGHUP as SIGTERM): at the first,
+        no more jobs start and the running ones checkpoint and stop; after a Ctrl-C, a second one stops
+        them at once. A signal ignored when the sweep started (``nohup``, ``cmd &``) stays ignored. Any
+        other failure here also starts no more jobs, and waits for the running ones.
         """
         stopping = threading.Event()
         running: set[subprocess.Popen] = set()
-        lock = threading.RLock()  # stopping and running change together; pass_on may run inside it
+        lock = threading.Lock()  # the check for stopping and the start go together (never in a handler)
 
         def run(job: Job) -> JobReturn | None:
             outcome = settled(job)
@@ -138,45 +145,57 @@ class LocalLauncher(Launcher):
                 with lock:
                     if stopping.is_set():
                         return None
-                    process = start_process(job, sys.argv[0], env, own_session=True)
+                    try:
+                        process = start_process(job, sys.argv[0], env, own_session=True)
+                    except OSError as exc:  # e.g. its console.log cannot be written
+                        log.error("#%d cannot start: %s", job.idx, describe(exc))
+                        return job_return(job, f"cannot start ({describe(exc)})")
                     running.add(process)
                 code = process.wait()
-                with lock:
-                    running.discard(process)
-                    if stopping.is_set() and code != 0:  # stopped with the sweep: a rerun resumes it
-                        log.info("#%d stopped: %s", job.idx, job.shown)
-                        return None
+                running.discard(process)
+                if stopping.is_set() and code in STOPPED_BY:  # a rerun resumes it
+                    log.info("#%d stopped: %s", job.idx, job.shown)
+                    return None
                 return process_outcome(job, code)
             finally:
                 slots.put(env)
 
-        def terminate(_signum: int, _frame: FrameType | None) -> None:
-            raise Terminated
-
         def pass_on(signum: int, _frame: FrameType | None = None) -> None:
-            with lock:
-                for process in running:
-                    process.send_signal(signum)
+            for process in tuple(running):
+                process.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
-        pool = ThreadPoolExecutor(max_workers=slots.qsize())
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        signal.signal(signal.SIGTERM, terminate)  # Ctrl-C: Python's KeyboardInterrupt
-        try:
-            futures = [pool.submit(run, job) for job in jobs]
-            results = [future.result() for future in futures]
-        except (KeyboardInterrupt, Terminated) as exc:
+        def stop(signum: int, _frame: FrameType | None) -> None:
             for sig in previous:
                 signal.signal(sig, pass_on)  # from now on every signal goes to the jobs
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+
+        pool = ThreadPoolExecutor(max_workers=slots.qsize())
+        previous = {
+            sig: signal.getsignal(sig)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+            if signal.getsignal(sig) != signal.SIG_IGN
+        }
+        try:
+            for sig in previous:
+                signal.signal(sig, stop)
+            futures = [pool.submit(run, job) for job in jobs]
+            results = [future.result() for future in futures]
+        except BaseException as exc:
+            for sig in previous:
+                signal.signal(sig, pass_on)
             with lock:
                 stopping.set()
-                pass_on(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
-            why = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
-            log.warning("%s: starting no more jobs; the running ones checkpoint and stop", why)
+            if isinstance(exc, KeyboardInterrupt | Terminated):
+                pass_on(signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM)
+                why = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+                log.warning("%s: starting no more jobs; the running ones checkpoint and stop", why)
+                exc.add_note("run the same command again to resume the sweep")
+            else:
+                log.error("the sweep failed (%s): starting no more jobs; waiting for the running ones", exc)
             pool.shutdown(wait=True, cancel_futures=True)
-            exc.add_note("running jobs wrote checkpoints: run the same command again to resume the sweep")
             raise
         finally:
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         pool.shutdown()
         return end_sweep("local launcher", jobs, results)

@@ -138,8 +138,9 @@ def _warn_without_accounting(job_id: str) -> None:
     and without it a job that ends with no result (cancelled, out of time, killed) is waited on forever."""
     command = ["sacct", "--noheader", "--allocations", f"--jobs={job_id}"]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-        why = None if done.returncode == 0 else done.stderr.strip() or f"exit status {done.returncode}"
+        done = subprocess.run(command, capture_output=True, text=True, timeout=15)
+        lines = done.stderr.strip().splitlines()
+        why = None if done.returncode == 0 else lines[0] if lines else f"exit status {done.returncode}"
     except (OSError, subprocess.TimeoutExpired) as error:
         why = str(error)
     if why is not None:

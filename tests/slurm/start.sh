@@ -21,13 +21,14 @@ if [ ! -d "$STATE/db" ]; then
   mariadb-install-db --user=mysql --datadir="$STATE/db" --auth-root-authentication-method=socket >/dev/null
 fi
 db_up() { mariadb-admin --socket=/run/mysqld/mysqld.sock ping >/dev/null 2>&1; }
-if ! db_up; then
-  rm -f /run/mysqld/mysqld.sock  # a socket left by a server that was killed would be taken for a live one
+db_pid=$(cat "$STATE/mysql/mariadb.pid" 2>/dev/null || true)
+if ! db_up && ! { [ -n "$db_pid" ] && kill -0 "$db_pid" 2>/dev/null; }; then
+  rm -f /run/mysqld/mysqld.sock  # left by a server that was killed: it would pass for a live one's
   setsid mariadbd --user=mysql --datadir="$STATE/db" --skip-networking --socket=/run/mysqld/mysqld.sock \
     --pid-file="$STATE/mysql/mariadb.pid" --log-error="$STATE/mysql/mariadb.log" </dev/null >/dev/null 2>&1 &
-  for _ in $(seq 100); do db_up && break; sleep 0.1; done
-  db_up || { echo "slurm: MariaDB did not start; its log: $STATE/mysql/mariadb.log" >&2; exit 1; }
 fi
+for _ in $(seq 300); do db_up && break; sleep 0.1; done
+db_up || { echo "slurm: MariaDB does not answer; its log: $STATE/mysql/mariadb.log" >&2; exit 1; }
 
 cat > /etc/slurm/slurmdbd.conf <<CONF
 AuthType=auth/munge
@@ -77,6 +78,7 @@ pgrep -x slurmd >/dev/null || slurmd
 for _ in $(seq 150); do
   if timeout 5 sinfo -h -o %T 2>/dev/null | grep -qx idle; then
     # submitit reads job states with sacct: without accounting a cancelled job would be waited on forever
+    for _ in $(seq 20); do timeout 10 sacct -n -X >/dev/null 2>&1 && break; sleep 0.5; done
     if ! timeout 10 sacct -n -X >/dev/null; then
       echo "slurm: sacct does not answer (accounting is down); logs in $STATE/log" >&2
       exit 1
