@@ -41,7 +41,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
     Any failure removes the temp file, leaves ``path`` as it was and raises :class:`WriteError` naming
     ``path``, the reason and the free space left on its disk (:class:`SdexpError` where a file stands
-    in the way of its folder).
+    in the way of its folder, or a folder in its place).
     """
     path = Path(path)
     tmp = None
@@ -59,6 +59,8 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
             raise
         if (blocking := file_in_the_way(path.parent)) is not None:  # the user's to fix: bad input
             raise SdexpError(f"cannot write {path}: {blocking} is a file, not a folder") from exc
+        if path.is_dir():
+            raise SdexpError(f"cannot write {path}: it is a folder, not a file") from exc
         free = ""
         if path.parent.is_dir():
             free = f"; {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there"

@@ -82,7 +82,7 @@ def test_a_folder_holding_another_config_is_refused_without_starting_the_job(tmp
 def test_a_file_where_a_jobs_folder_should_be_refuses_that_job_alone(tmp_path: Path) -> None:
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "s0").write_text("")
-    proc = sweep(tmp_path, "seed=0,1", "trainer.epochs=1", "hydra.sweep.subdir=s${seed}")
+    proc = sweep(tmp_path, "seed=0,1", "trainer.epochs=1", "hydra.sweep.subdir=s${hydra.job.num}")  # as Hydra
     assert proc.returncode == 1, proc.stderr
     log = proc.stderr + proc.stdout
     assert "2 runs: 1 new, 0 resumed, 0 skipped (finished before), 1 refused" in log
