@@ -76,11 +76,11 @@ def images_per_s(
 ) -> float:
     """Train ``steps`` steps of the peer (``mode`` eager or graph) after a warm-up; images per second."""
     step = build_step(depth, mode, stochastic_depth, bf16, batch, device)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync(device)
     return steps * batch / (time.perf_counter() - start)
 
 
@@ -119,6 +119,7 @@ def build_step(
     return step
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device, so that a timer reads the work queued before it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

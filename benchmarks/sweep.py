@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 from arg_types import count, counts  # a sibling script: benchmarks/ is on sys.path
+from train_speed import PAPER_EPOCHS, PAPER_TRAIN_IMAGES
 
 from sdexp import runs
 from sdexp.errors import SdexpError, reported
@@ -62,7 +63,7 @@ def timed(args: list[str], cwd: Path) -> float:
 GPU_JOB = ["model=resnet110", "dataset=synthetic", "dataset.train_size=12800", "dataset.val_size=1000",
            "dataset.test_size=1000", "trainer.epochs=4", "trainer.device=cuda", "trainer.progress=false",
            "hydra/launcher=local", "hydra.launcher.gpus=[0]"]  # fmt: skip
-PAPER_GRID_RUNS, PAPER_EPOCHS, PAPER_TRAIN_IMAGES = 6, 500, 45_000
+PAPER_GRID_RUNS = 6  # seeds 0-2 x {constant depth, stochastic depth}
 
 
 def gpu_mode(args: argparse.Namespace) -> None:
@@ -90,7 +91,7 @@ def measure(k: int, job: list[str], jobs: int, tmp: Path) -> dict:
     start = time.perf_counter()
     output = run_py(["-m", *overrides], tmp)
     wall = time.perf_counter() - start
-    folders = sorted(p.parent for p in sweep_dir.glob("*/result.json"))
+    folders = sorted(p.parent for p in sweep_dir.glob(f"*/{runs.RESULT}"))
     said = [line for line in output.splitlines() if "launcher" in line or "MPS" in line]
     said += [line for line in (folders[0] / runs.LOG).read_text().splitlines() if "trainer.step" in line]
     print(f"k={k}:", *said, sep="\n  ", file=sys.stderr)  # the launcher's summary, one run's step

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from arg_types import count  # sibling scripts: benchmarks/ is on sys.path when a benchmark runs
 from omegaconf import DictConfig
-from plain_peer import cifar_depth, images_per_s
+from plain_peer import cifar_depth, images_per_s, sync
 
 from sdexp.config import ConfigError, compose_config, register_configs, validate
 from sdexp.cuda_graphs import branch_inputs
@@ -52,11 +52,6 @@ PAPER_EPOCHS, PAPER_TRAIN_IMAGES = 500, 45_000
 PAPER_EVAL_IMAGES, EVAL_BATCH = 15_000, 1000  # validation and test images per epoch (5,000 + 10,000)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def page_faults() -> int:
     """This process's minor page faults so far: host memory it was handed anew by the kernel."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -67,7 +62,7 @@ class Setting(NamedTuple):
 
     precision: str  # fp32 or bf16
     channels_last: bool
-    step: str  # trainer.step: autograd or segments
+    step: str  # trainer.step: auto, autograd, segments or graph
     graphs: bool  # CUDA-graphed branches
     compiled: bool  # torch.compile'd branches
     loader: str  # fast (device-resident) or torch (DataLoader + torchvision)

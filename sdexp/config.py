@@ -21,10 +21,10 @@ from omegaconf.errors import ConfigKeyError
 from sdexp.conv import ConvWeightGrad
 from sdexp.data import DatasetName, LoaderKind
 from sdexp.environment import Precision, resolve_device
-from sdexp.errors import SdexpError
+from sdexp.errors import SdexpError, not_a_key
 from sdexp.loggers import LoggerName, missing_package
 from sdexp.models import Block, Shortcut
-from sdexp.optim import Schedule
+from sdexp.optim import OptimizerName, Schedule
 from sdexp.overrides import run_name
 from sdexp.step import StepKind
 from sdexp.stochastic_depth import Mode, Rule, Scaling
@@ -46,7 +46,7 @@ class DatasetConfig:
     root: str | None = MISSING
     cache_dir: str = MISSING
     download: bool = MISSING
-    extra: bool = MISSING
+    extra: bool = False  # SVHN's extra split (conf/dataset/svhn.yaml)
     train_size: int | None = MISSING
     val_size: int = MISSING
     test_size: int | None = MISSING
@@ -60,7 +60,7 @@ class DatasetConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = MISSING
+    name: OptimizerName = MISSING
     lr: float = MISSING
     momentum: float = MISSING
     nesterov: bool = MISSING
@@ -68,7 +68,7 @@ class OptimizerConfig:
     weight_decay: float = MISSING
     schedule: Schedule = MISSING
     milestones: list[float] = MISSING
-    gamma: float = MISSING
+    gamma: float = 1.0  # the rate's factor at each milestone; no milestones (cosine): unused
 
 
 @dataclass
@@ -181,6 +181,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "auto, cpu, cuda, cuda:N or mps",
     ),
     "trainer.num_threads": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "logger.mode": (lambda v: v in ("offline", "online", "disabled"), "offline, online or disabled (wandb)"),
 }
 
 
@@ -202,7 +203,7 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
     try:
         OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
     except ConfigKeyError as exc:
-        raise ConfigError(f"{exc.full_key} is not a config key; see conf/ for the keys") from None
+        raise ConfigError(not_a_key(exc)) from None
     for key, (ok, allowed) in _CHECKS.items():
         value = OmegaConf.select(cfg, key)
         if not ok(value):
@@ -217,6 +218,8 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
         raise ConfigError("dataset.train_size and dataset.test_size must be set for dataset=synthetic")
     if data.name != "synthetic" and data.root is None:
         raise ConfigError(f"dataset.root is null: give the folder that holds {data.name}")
+    if data.extra and data.name != DatasetName.svhn:
+        raise ConfigError(f"dataset.extra=true adds SVHN's extra split: {data.name} has none")
     if (data.mean is None) != (data.std is None):
         raise ConfigError("dataset.mean and dataset.std must be both null or both set")
     no_cuda = this_host and not torch.cuda.is_available()
@@ -239,6 +242,11 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
         raise ConfigError("trainer.cuda_graphs=true needs a CUDA device: set trainer.cuda_graphs=false")
     if cfg.trainer.step in (StepKind.segments, StepKind.graph):
         _check_segments(cfg, no_cuda)
+    if cfg.optimizer.schedule == Schedule.cosine and cfg.optimizer.milestones:
+        raise ConfigError(
+            f"optimizer.milestones={list(cfg.optimizer.milestones)} with optimizer.schedule=cosine: cosine "
+            "decays the rate by itself; milestones are for schedule=multistep (optimizer=sgd_paper)"
+        )
     if cfg.optimizer.nesterov and (cfg.optimizer.momentum == 0 or cfg.optimizer.dampening != 0):
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from sdexp.models import ResNet
+from sdexp.step.base import autocast
 
 
 def branch_inputs(model: ResNet, batch_size: int, amp_dtype: torch.dtype | None) -> list[torch.Tensor]:
@@ -26,7 +27,7 @@ def branch_inputs(model: ResNet, batch_size: int, amp_dtype: torch.dtype | None)
     x = torch.zeros(batch_size, 3, 32, 32, device=device)
     if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    with torch.no_grad(), autocast(device, amp_dtype):
         model(x)
     for hook in hooks:
         hook.remove()
@@ -44,7 +45,7 @@ def graph_residual_branches(model: ResNet, batch_size: int, amp_dtype: torch.dty
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
     model.train()
     device = inputs[0].device
-    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None, cache_enabled=False):
+    with autocast(device, amp_dtype):
         for block, x in zip(model.sd_blocks, inputs, strict=True):
             block.residual = torch.cuda.make_graphed_callables(block.residual, (x,))
     model.load_state_dict(stats, strict=False)

@@ -107,6 +107,16 @@ def _hydra_check(exc: BaseException) -> str | None:
     return f"{line}: {_first_line(exc)}"
 
 
+def not_a_key(exc: ConfigKeyError | ConfigAttributeError) -> str:
+    """The line for a key the schema lacks, with the keys its parent has."""
+    key, parent = exc.full_key, getattr(exc, "parent_node", None)
+    known = f"; {key.rpartition('.')[0] or 'the config'} has {', '.join(parent)}" if parent else ""
+    return f"{key} is not a config key{known}"
+
+
+_A_VALUE_OF = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
 def _config_message(exc: Exception) -> str:
     """One line from a Hydra or OmegaConf composition error: what was wrong and what is allowed."""
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options is not None:
@@ -119,13 +129,15 @@ def _config_message(exc: Exception) -> str:
     cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
     key = getattr(cause, "full_key", None)
     if isinstance(cause, ConfigKeyError | ConfigAttributeError) and key:
-        parent = getattr(cause, "parent_node", None)
-        known = f"; {key.rpartition('.')[0] or 'the config'} has {', '.join(parent)}" if parent else ""
-        return f"{key} is not a config key{known}"
+        return not_a_key(cause)
     detail = _first_line(getattr(cause, "msg", None) or cause)
     if key and detail.endswith("is not Optional"):  # null given for a key that needs a value
         kind = getattr(getattr(getattr(cause, "child_node", None), "_metadata", None), "ref_type", None)
-        allowed = f"one of {', '.join(m.value for m in kind)}" if isinstance(kind, EnumMeta) else "a value"
+        allowed = (
+            f"one of {', '.join(m.value for m in kind)}"
+            if isinstance(kind, EnumMeta)
+            else _A_VALUE_OF.get(kind, "a value")
+        )
         return f"{key}=null is not allowed: give {allowed}"
     return f"{key}: {detail}" if key else _first_line(exc)
 

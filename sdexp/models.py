@@ -4,7 +4,7 @@ One builder covers both families of ``conf/model/``:
 
 - the CIFAR ResNets of He et al. (2016) §4.2 (6n+2 layers, widths 16/32/64, basic blocks) with the
   parameter-free shortcut of the stochastic-depth paper's code: strided subsampling plus zero channels,
-  so a dropped transition block is a true identity;
+  so a dropped transition block has no weights to run, only that shortcut;
 - ResNet-18…152 (basic or bottleneck blocks, widths 64→512) with 1×1-conv+BN projection shortcuts at
   transitions, a 3×3 stem and no max-pool.
 """

@@ -172,6 +172,21 @@ def check_not_a_lone_sweep(config: DictConfig) -> None:
         )
 
 
+def check_debug_after_sweep(config: DictConfig) -> None:
+    """Refuse ``+debug=`` before ``+sweep=`` on the command line: the later preset's folder wins, so the
+    sweep's own folder would hold the debug runs, and aggregate would count them."""
+    given = {
+        o.key_or_group: o.input_line
+        for o in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    }
+    order = list(given)
+    if "debug" in given and "sweep" in given and order.index("debug") < order.index("sweep"):
+        raise ConfigError(
+            f"{given['debug']} comes before {given['sweep']} on the command line, so the sweep's folder "
+            f"{config.hydra.sweep.dir} would hold the debug runs: put {given['debug']} last"
+        )
+
+
 class Preflight(Callback):
     """Validate the config and check the run (or sweep) folder is writable."""
 
@@ -186,6 +201,7 @@ class Preflight(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with reported():
+            check_debug_after_sweep(config)
             _validate(config, jobs_run_here(config))
             check_sweep_jobs(config, kwargs.get("config_name"))
             claim_timed_sweep_folder(config)

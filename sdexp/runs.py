@@ -1,11 +1,12 @@
-"""The run folder: the one place that knows its file names and formats.
+"""The run folder: its file names and formats, for the code that writes and reads them.
 
 A run folder holds ``.hydra/`` (config.yaml, overrides.yaml, hydra.yaml), ``metrics.csv`` (one row per
 epoch), ``result.json`` (status and summary), ``checkpoint.pt`` (the state after the last finished
-epoch), ``train.log`` and ``.lock`` (locked by the process training in it); a run submitted to SLURM
-also ``slurm_job.json`` (its job id, submitit folder and the runs packed into the same job if any,
-written at submission, so a rerun of the sweep can tell that the job is still queued or running).
-Every file is written atomically (temp file + rename), so a reader never sees half a file.
+epoch, or at the step where a stop signal came), ``train.log`` and ``.lock`` (locked by the process
+training in it); a run submitted to SLURM also ``slurm_job.json`` (its job id, submitit folder and the
+runs packed into the same job if any, written at submission, so a rerun of the sweep can tell that
+the job is still queued or running). Every file is written atomically (temp file + rename), so a
+reader never sees half a file.
 """
 
 from __future__ import annotations

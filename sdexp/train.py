@@ -41,6 +41,7 @@ from sdexp.models import ResNet, build_model
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
 from sdexp.step import Step, build_step
+from sdexp.step.base import autocast
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def evaluate(model: ResNet, loader: Loader, amp_dtype: torch.dtype | None = None
     device = loader.device
     wrong = torch.zeros((), device=device, dtype=torch.long)
     for x, y in loader:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             wrong += (model(x).argmax(1) != y).sum()
     return 100.0 * wrong.item() / len(loader.labels)
 

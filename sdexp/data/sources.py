@@ -158,6 +158,10 @@ def read_image_folder(
                 f"{root / sub} has classes {folder.classes}, {split_dirs['train']} has {classes}"
             )
         classes = folder.classes
+        if len(classes) < 2:  # the error would be 0 % from the first step: nothing to learn
+            raise DatasetError(
+                f"{name} at {root} has 1 class ({classes[0]}): classifying needs at least two class folders"
+            )
         images = torch.empty((len(folder.samples), 3, size, size), dtype=torch.uint8)
         for i, (path, _) in enumerate(
             tqdm(folder.samples, desc=f"decoding {name} {split}", unit="img", disable=None)

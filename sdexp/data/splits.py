@@ -121,11 +121,6 @@ def build_data(cfg: DictConfig) -> ImageSplits:
         }
         return ImageSplits(**splits, classes=SYNTHETIC_CLASSES)
     decoded, classes = _decode(cfg)
-    if len(classes) < 2:  # the error would be 0 % from the first step: nothing to learn
-        raise DatasetError(
-            f"{cfg.name} at {cfg.root} has {len(classes)} class ({', '.join(classes)}): classifying needs "
-            "at least two class folders"
-        )
     pool = Split(*decoded["train"])
     generator = torch.Generator().manual_seed(cfg.split_seed)
     if "val" in decoded:

@@ -1,7 +1,7 @@
 """Procedural 32×32 RGB images of ten shape classes: an offline data set that is learnable but not trivial.
 
 Each image is one shape drawn at a random position, scale and rotation (up to ±MAX_ROTATION radians),
-in a random foreground colour on a random background colour (0.25 to 0.5 apart in every channel), plus
+in a random foreground colour on a random background colour (0.25 to 0.75 apart in every channel), plus
 Gaussian pixel noise. Everything is drawn
 from one seed, so the same seed always gives the same images.
 """

@@ -96,7 +96,7 @@ def build_step(
     if kind == StepKind.graph:
         device = next(model.parameters()).device
         why = unsupported_graph() if device.type == "cuda" else f"this run is on {device.type}"
-        if why:  # here, not in config.validate: a sweep may be checked on a login node without a GPU
+        if why:  # torch and driver checked here, not in config.validate: on the node that runs the job
             raise SdexpError(
                 f"trainer.step=graph needs CUDA graphs it can switch ({why}): use trainer.step=segments"
             )
