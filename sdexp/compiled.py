@@ -1,10 +1,12 @@
 """torch.compile for the residual branches (``trainer.compile``).
 
 Compiling the whole model would recompile for every drop pattern of the gates (2^L of them), so each
-block's residual branch is compiled on its own (``nn.Module.compile``, in place: parameter names and
-checkpoints stay the same) and the gating stays in Python. Blocks of the same shape share one compiled
-graph; a ResNet compiles a few graphs (one per distinct block shape, in training and in eval) in its
-first epoch and none after that, which the trainer checks (:func:`compiled_graph_count`).
+block's residual branch is compiled on its own and the gating stays in Python. What is compiled is the
+branch's ``forward``, in place: parameter names and checkpoints stay the same. (``nn.Module.compile``
+would do the same, but under torch 2.4 and 2.11 it compiles nothing: Dynamo skips the module's call.)
+From torch 2.5 on, blocks of the same shape share one compiled graph; a ResNet compiles a few graphs
+(one per distinct block shape, in training and in eval) in its first epoch and none after that, which
+the trainer checks (:func:`compiled_graph_count`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def compile_residual_branches(model: ResNet) -> None:
     name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # torch < 2.7
     setattr(dynamo, name, max(getattr(dynamo, name), CACHE_SIZE_LIMIT))
     for block in model.sd_blocks:
-        block.residual.compile(dynamic=False)
+        block.residual.forward = torch.compile(block.residual.forward, dynamic=False)
 
 
 def compiled_graph_count() -> int:

@@ -242,11 +242,6 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
         raise ConfigError("trainer.cuda_graphs=true needs a CUDA device: set trainer.cuda_graphs=false")
     if cfg.trainer.step in (StepKind.segments, StepKind.graph):
         _check_segments(cfg, no_cuda)
-    if cfg.optimizer.schedule == Schedule.cosine and cfg.optimizer.milestones:
-        raise ConfigError(
-            f"optimizer.milestones={list(cfg.optimizer.milestones)} with optimizer.schedule=cosine: cosine "
-            "decays the rate by itself; milestones are for schedule=multistep (optimizer=sgd_paper)"
-        )
     if cfg.optimizer.nesterov and (cfg.optimizer.momentum == 0 or cfg.optimizer.dampening != 0):
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0")
 

@@ -13,6 +13,8 @@ import logging
 import os
 import signal
 import sys
+import traceback
+import typing
 from collections.abc import Iterator
 from enum import EnumMeta
 from pathlib import Path
@@ -114,7 +116,7 @@ def not_a_key(exc: ConfigKeyError | ConfigAttributeError) -> str:
     return f"{key} is not a config key{known}"
 
 
-_A_VALUE_OF = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_A_VALUE_OF = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
 
 
 def _config_message(exc: Exception) -> str:
@@ -136,10 +138,16 @@ def _config_message(exc: Exception) -> str:
         allowed = (
             f"one of {', '.join(m.value for m in kind)}"
             if isinstance(kind, EnumMeta)
-            else _A_VALUE_OF.get(kind, "a value")
+            else _A_VALUE_OF.get(typing.get_origin(kind) or kind, "a value")
         )
         return f"{key}=null is not allowed: give {allowed}"
     return f"{key}: {detail}" if key else _first_line(exc)
+
+
+def _raised_in_omegaconf(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside OmegaConf: an override it cannot apply, not a bug of sdexp's."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and "omegaconf" in Path(frames[-1].filename).parts
 
 
 def _a_file_in_the_way(exc: BaseException) -> bool:
@@ -169,6 +177,8 @@ def message(exc: BaseException) -> tuple[str, int]:
         return f"stopped (SIGTERM){notes}", 128 + signal.SIGTERM
     if _a_file_in_the_way(exc):  # Hydra making a job's folder where a file is
         return f"error: cannot make the folder {os.fsdecode(exc.filename)}: it is a file{notes}", BAD_INPUT
+    if isinstance(exc, AssertionError) and _raised_in_omegaconf(exc):  # e.g. +dataset.mean.x=1 (mean: null)
+        return f"error: an override does not fit the config (OmegaConf: {_first_line(exc)}){notes}", BAD_INPUT
     hydra_check = _hydra_check(exc) if isinstance(exc, ValueError) else None
     if hydra_check is not None:  # e.g. model=null, -m with --cfg
         return f"error: {hydra_check}{notes}", BAD_INPUT

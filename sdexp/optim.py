@@ -55,6 +55,11 @@ def build_optimizer(
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     if Schedule(cfg.schedule) == Schedule.cosine:
+        if cfg.milestones:  # a warning, not an error: runs made so (optimizer.schedule=cosine) resume
+            log.warning(
+                "optimizer.milestones %s are not used: optimizer.schedule=cosine decays the rate by itself",
+                list(cfg.milestones),
+            )
         return optimizer, CosineAnnealingLR(optimizer, T_max=epochs)
     milestones = [max(1, round(m * epochs)) for m in cfg.milestones]
     if len(set(milestones)) < len(milestones):  # e.g. the paper's 0.5 and 0.75 of 3 epochs: both epoch 2

@@ -173,8 +173,11 @@ def check_not_a_lone_sweep(config: DictConfig) -> None:
 
 
 def check_debug_after_sweep(config: DictConfig) -> None:
-    """Refuse ``+debug=`` before ``+sweep=`` on the command line: the later preset's folder wins, so the
-    sweep's own folder would hold the debug runs, and aggregate would count them."""
+    """Refuse ``+debug=`` before ``+sweep=`` on the command line unless it names ``hydra.sweep.dir``:
+    the later preset's folder wins, so the sweep's own folder would hold the debug runs, and aggregate
+    would count them."""
+    if any(o.split("=")[0].lstrip("+") == "hydra.sweep.dir" for o in config.hydra.overrides.hydra):
+        return  # the user's folder
     given = {
         o.key_or_group: o.input_line
         for o in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))

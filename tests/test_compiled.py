@@ -23,6 +23,8 @@ def test_compiled_branches_match_eager_in_training_and_eval() -> None:
     eager = train.prepare_model(compose_config(TINY), 10, torch.device("cpu"))
     set_survival_probs(eager.sd_blocks, [0.5] * len(eager.sd_blocks))
     compiled = copy.deepcopy(eager)
+    torch._dynamo.reset()  # no graphs from earlier tests: this one must build its own
+    before = compiled_graph_count()
     compile_residual_branches(compiled)
     x = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     outputs = []
@@ -43,6 +45,7 @@ def test_compiled_branches_match_eager_in_training_and_eval() -> None:
         if grad_e is not None:  # fp32 sums in another order: errors scale with the largest entry
             torch.testing.assert_close(grad_c, grad_e, rtol=1e-3, atol=1e-3 * grad_e.abs().max().item())
     torch.testing.assert_close(eval_c, eval_e, rtol=1e-4, atol=1e-5)
+    assert compiled_graph_count() > before  # compiled, not run eagerly (nn.Module.compile under torch 2.11)
 
 
 @pytest.mark.slow

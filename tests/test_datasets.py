@@ -13,7 +13,7 @@ from scipy.stats import binomtest, chi2_contingency
 
 from sdexp import runs, train
 from sdexp.config import compose_config
-from sdexp.data import DatasetError, ImageSplits, Split, build_data, build_loaders
+from sdexp.data import DatasetError, ImageSplits, Split, build_data, build_loaders, sources
 from sdexp.data.loader import PAD
 from tests.conftest import ROOT, TINY
 from tests.data_formats import write_cifar, write_image_folder, write_svhn
@@ -97,6 +97,32 @@ def test_image_folder_without_val_or_test(tmp_path: Path, caplog: pytest.LogCapt
     more = build_data(data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", *sizes))
     assert len(more.train) == 16
     assert "dataset.train_size=20 but the split has 16 images: using all of them" in caplog.text
+
+
+def test_hidden_folders_are_not_classes(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "tree", {"train": 4}, ("a", "b"))
+    (tmp_path / "tree" / "train" / ".ipynb_checkpoints").mkdir()  # empty: ImageFolder would refuse it
+    hidden = tmp_path / "tree" / "train" / ".trash" / "x"
+    hidden.mkdir(parents=True)
+    (hidden / "0.png").write_bytes((tmp_path / "tree" / "train" / "a" / "0000.png").read_bytes())
+    data = build_data(data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=2"))
+    assert data.classes == ("a", "b") and len(data.train) + len(data.val) == 8
+
+
+def test_one_class_is_refused_also_from_a_cache_made_before_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_image_folder(tmp_path / "tree", {"train": 4}, ("a",))
+    cfg = data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=2")
+    with pytest.raises(DatasetError, match="has 1 class \\(a\\): classifying needs at least two"):
+        build_data(cfg)
+    assert not list((tmp_path / "cache").glob("*.pt"))  # refused before decoding
+    with monkeypatch.context() as old_version:
+        old_version.setattr(sources, "check_classes", lambda *args: None)
+        build_data(cfg)  # decoded and cached, as before the check
+    assert list((tmp_path / "cache").glob("*.pt"))
+    with pytest.raises(DatasetError, match="has 1 class"):
+        build_data(cfg)
 
 
 def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path: Path) -> None:

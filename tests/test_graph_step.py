@@ -104,6 +104,7 @@ def test_the_graph_step_says_why_it_cannot_be_built_here(monkeypatch: pytest.Mon
         raise OSError(f"{name}: cannot open shared object file")
 
     cuda_driver._driver.cache_clear()
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", type("NewGraph", (), {"raw_cuda_graph_exec": None}))
     monkeypatch.setattr(ctypes, "CDLL", no_library)
     assert graph.unsupported() == (
         "the CUDA driver library cannot be loaded (libcuda.so.1: cannot open shared object file)"

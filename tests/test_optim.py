@@ -46,6 +46,12 @@ def test_cosine_schedule_decays_to_zero() -> None:
     assert lrs[-1] < 0.01
 
 
+def test_cosine_schedule_says_milestones_are_not_used(caplog: pytest.LogCaptureFixture) -> None:
+    _, optimizer, scheduler = _setup(["optimizer.schedule=cosine", "trainer.epochs=10"])  # sgd_paper's kept
+    assert "optimizer.milestones [0.5, 0.75] are not used: optimizer.schedule=cosine" in caplog.text
+    assert _lrs(optimizer, scheduler, 10)[5:7] == pytest.approx([0.05, 0.0345], abs=1e-3)  # no step at 5
+
+
 def test_dropped_block_still_gets_momentum_and_weight_decay() -> None:
     model, optimizer, _ = _setup([])
     model.train()

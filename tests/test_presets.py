@@ -12,7 +12,7 @@ from sdexp import config as config_module
 from sdexp import runs, train
 from sdexp.config import CONF_DIR, ConfigError, compose_config, register_configs, validate
 from sdexp.optim import build_optimizer
-from sdexp.preflight import sweep_jobs
+from sdexp.preflight import check_debug_after_sweep, sweep_jobs
 from sdexp.report import paper_results
 from tests.conftest import run_py
 
@@ -97,6 +97,27 @@ def test_debug_preset_shrinks_any_experiment(experiment: str) -> None:
     assert cfg.trainer.deterministic and cfg.trainer.detect_anomaly
     assert cfg.model == compose_config([f"experiment={experiment}"]).model  # the groups are the user's
     assert _hydra_config(["+debug=default"]).hydra.run.dir.startswith("debug/")
+
+
+@pytest.mark.parametrize(
+    ("command", "hydra_overrides", "refused"),
+    [
+        (["+sweep=paper_cifar10", "+debug=default"], [], False),  # debug's folder wins
+        (["+debug=default", "seed=1", "+sweep=paper_cifar10"], [], True),  # the sweep's folder would
+        (["+debug=default", "+sweep=paper_cifar10"], ["hydra.sweep.dir=mine"], False),  # the user's folder
+    ],
+)
+def test_debug_before_a_sweep_preset_is_refused_unless_the_folder_is_named(
+    command: list[str], hydra_overrides: list[str], refused: bool
+) -> None:
+    cfg = _hydra_config(command + hydra_overrides)
+    cfg.hydra.overrides.task, cfg.hydra.overrides.hydra = command, hydra_overrides  # as Hydra records them
+    if refused:
+        assert cfg.hydra.sweep.dir == "multirun/paper_cifar10"
+        with pytest.raises(ConfigError, match=r"\+debug=default comes before \+sweep=paper_cifar10"):
+            check_debug_after_sweep(cfg)
+    else:
+        check_debug_after_sweep(cfg)
 
 
 def test_debug_run_trains_with_anomaly_checks(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

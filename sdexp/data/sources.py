@@ -11,6 +11,7 @@ the path and what to do.
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -130,7 +131,7 @@ def image_folder_files(name: str, root: Path, split_dirs: dict[str, str]) -> lis
         for sub in split_dirs.values()
         if (root / sub).is_dir()
         for p in (root / sub).rglob("*")
-        if p.is_file()
+        if p.is_file() and not p.relative_to(root / sub).parts[0].startswith(".")  # as read_image_folder
     )
 
 
@@ -138,38 +139,46 @@ def read_image_folder(
     name: str, root: Path, split_dirs: dict[str, str], size: int = 32
 ) -> tuple[dict[str, Arrays], list[str]]:
     """Splits of an ImageFolder tree: ``split_dirs`` maps split -> subfolder; missing ones are skipped,
-    but ``train`` must exist. Images are decoded to RGB and resized to ``size``×``size`` if needed."""
-    from torchvision.datasets import ImageFolder
+    but ``train`` must exist. Hidden folders (``.ipynb_checkpoints``) are not classes. Images are
+    decoded to RGB and resized to ``size``×``size`` if needed."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
     splits: dict[str, Arrays] = {}
     classes: list[str] | None = None
     for split, sub in split_dirs.items():
-        if not (root / sub).is_dir():
+        folder = root / sub
+        if not folder.is_dir():
             continue
+        found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
         try:
-            folder = ImageFolder(root / sub)
+            if not found:
+                raise FileNotFoundError("no class folders")
+            samples = make_dataset(str(folder), {c: i for i, c in enumerate(found)}, IMG_EXTENSIONS)
         except (FileNotFoundError, OSError) as exc:  # no class folders, or one without images
             raise DatasetError(
-                f"dataset {name}: {root / sub} is not an ImageFolder tree ({exc}); it needs "
+                f"dataset {name}: {folder} is not an ImageFolder tree ({exc}); it needs "
                 f"{sub}/<class>/<image> with at least one image in every class folder"
             ) from None
-        if classes is not None and folder.classes != classes:
-            raise DatasetError(
-                f"{root / sub} has classes {folder.classes}, {split_dirs['train']} has {classes}"
-            )
-        classes = folder.classes
-        if len(classes) < 2:  # the error would be 0 % from the first step: nothing to learn
-            raise DatasetError(
-                f"{name} at {root} has 1 class ({classes[0]}): classifying needs at least two class folders"
-            )
-        images = torch.empty((len(folder.samples), 3, size, size), dtype=torch.uint8)
-        for i, (path, _) in enumerate(
-            tqdm(folder.samples, desc=f"decoding {name} {split}", unit="img", disable=None)
-        ):
+        if classes is not None and found != classes:
+            raise DatasetError(f"{folder} has classes {found}, {split_dirs['train']} has {classes}")
+        classes = found
+        check_classes(name, root, classes)  # before decoding: refused in seconds
+        images = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
+        progress = tqdm(samples, desc=f"decoding {name} {split}", unit="img", disable=None)
+        for i, (path, _) in enumerate(progress):
             images[i] = _read(Path(path), lambda p: _decode(p, size))
-        splits[split] = images, torch.tensor(folder.targets, dtype=torch.int64)
+        splits[split] = images, torch.tensor([label for _, label in samples], dtype=torch.int64)
     assert classes is not None
     return splits, classes
+
+
+def check_classes(name: str, root: Path, classes: list[str]) -> None:
+    """Refuse a data set of fewer than two classes: its error would be 0 % from the first step."""
+    if len(classes) < 2:
+        raise DatasetError(
+            f"{name} at {root} has {len(classes)} class ({', '.join(classes)}): classifying needs at least "
+            "two class folders"
+        )
 
 
 def _decode(path: Path, size: int) -> torch.Tensor:

@@ -121,6 +121,7 @@ def build_data(cfg: DictConfig) -> ImageSplits:
         }
         return ImageSplits(**splits, classes=SYNTHETIC_CLASSES)
     decoded, classes = _decode(cfg)
+    sources.check_classes(cfg.name, cfg.root, classes)  # also for a cache made before the check was
     pool = Split(*decoded["train"])
     generator = torch.Generator().manual_seed(cfg.split_seed)
     if "val" in decoded:
