@@ -144,10 +144,12 @@ def _config_message(exc: Exception) -> str:
     return f"{key}: {detail}" if key else _first_line(exc)
 
 
-def _raised_in_omegaconf(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised inside OmegaConf: an override it cannot apply, not a bug of sdexp's."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    return bool(frames) and "omegaconf" in Path(frames[-1].filename).parts
+def _override_being_applied(exc: BaseException) -> str | None:
+    """The override Hydra was applying to the config when ``exc`` was raised, or None."""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_name == "_apply_overrides_to_config":
+            return getattr(frame.f_locals.get("override"), "input_line", None)
+    return None
 
 
 def _a_file_in_the_way(exc: BaseException) -> bool:
@@ -177,8 +179,9 @@ def message(exc: BaseException) -> tuple[str, int]:
         return f"stopped (SIGTERM){notes}", 128 + signal.SIGTERM
     if _a_file_in_the_way(exc):  # Hydra making a job's folder where a file is
         return f"error: cannot make the folder {os.fsdecode(exc.filename)}: it is a file{notes}", BAD_INPUT
-    if isinstance(exc, AssertionError) and _raised_in_omegaconf(exc):  # e.g. +dataset.mean.x=1 (mean: null)
-        return f"error: an override does not fit the config (OmegaConf: {_first_line(exc)}){notes}", BAD_INPUT
+    override = _override_being_applied(exc) if isinstance(exc, AssertionError) else None
+    if override is not None:  # e.g. +dataset.mean.x=1, where dataset.mean is null: OmegaConf asserts
+        return f"error: {override}: cannot apply it to the config ({_first_line(exc)}){notes}", BAD_INPUT
     hydra_check = _hydra_check(exc) if isinstance(exc, ValueError) else None
     if hydra_check is not None:  # e.g. model=null, -m with --cfg
         return f"error: {hydra_check}{notes}", BAD_INPUT

@@ -37,6 +37,14 @@ class LoggerName(StrEnum):
     wandb = "wandb"
 
 
+class WandbMode(StrEnum):
+    """``logger.mode``: where a W&B run goes (``wandb.init``'s mode; offline: ``wandb sync`` later)."""
+
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
 def missing_package(name: str) -> str | None:
     """The package ``logger=name`` needs and this Python lacks (also its pip extra), else None."""
     needed = {LoggerName.tensorboard: "tensorboard", LoggerName.wandb: "wandb"}.get(LoggerName(name))

@@ -176,12 +176,10 @@ def check_debug_after_sweep(config: DictConfig) -> None:
     """Refuse ``+debug=`` before ``+sweep=`` on the command line unless it names ``hydra.sweep.dir``:
     the later preset's folder wins, so the sweep's own folder would hold the debug runs, and aggregate
     would count them."""
-    if any(o.split("=")[0].lstrip("+") == "hydra.sweep.dir" for o in config.hydra.overrides.hydra):
+    parse = OverridesParser.create().parse_overrides
+    if "hydra.sweep.dir" in {o.key_or_group for o in parse(list(config.hydra.overrides.hydra))}:
         return  # the user's folder
-    given = {
-        o.key_or_group: o.input_line
-        for o in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    }
+    given = {o.key_or_group: o.input_line for o in parse(list(config.hydra.overrides.task))}
     order = list(given)
     if "debug" in given and "sweep" in given and order.index("debug") < order.index("sweep"):
         raise ConfigError(

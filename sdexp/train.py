@@ -349,8 +349,14 @@ def _epoch_description(epoch: int, epochs: int, rows: list[dict[str, Any]]) -> s
 
 
 def _report_compiles(epoch: int, before: int | None) -> int:
-    """Log how many graphs torch.compile has built; warn if an epoch after the first built more."""
+    """Log how many graphs torch.compile has built; warn if an epoch after the first built more, or if
+    none was built (a torch whose compile leaves the branches eager)."""
     graphs = compiled_graph_count()
+    if graphs == 0:
+        log.warning(
+            "trainer.compile=true, but torch %s compiled no graph: the branches ran eagerly",
+            torch.__version__,
+        )
     if before is not None and graphs > before:
         log.warning(
             "torch.compile built %d more graphs in epoch %d: recompiles after the first epoch slow "

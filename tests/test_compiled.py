@@ -42,8 +42,9 @@ def test_compiled_branches_match_eager_in_training_and_eval() -> None:
     dropped = [not block.gate for block in compiled.sd_blocks]
     assert dropped == [not block.gate for block in eager.sd_blocks] and 0 < sum(dropped) < len(dropped)
     for grad_c, grad_e in zip(grads_c, grads_e, strict=True):
-        if grad_e is not None:  # fp32 sums in another order: errors scale with the largest entry
-            torch.testing.assert_close(grad_c, grad_e, rtol=1e-3, atol=1e-3 * grad_e.abs().max().item())
+        if grad_e is not None:  # fp32 sums in another order: errors scale with the largest entry (a
+            # BatchNorm bias under torch 2.4: 1.7e-3 of it; a wrong gradient is off by its own size)
+            torch.testing.assert_close(grad_c, grad_e, rtol=1e-3, atol=5e-3 * grad_e.abs().max().item())
     torch.testing.assert_close(eval_c, eval_e, rtol=1e-4, atol=1e-5)
     assert compiled_graph_count() > before  # compiled, not run eagerly (nn.Module.compile under torch 2.11)
 
@@ -62,6 +63,19 @@ def test_a_compiled_run_builds_its_graphs_in_the_first_epoch_only(
     assert counts[0] > before  # the first epoch compiled (training and eval graphs)
     assert counts[1] == counts[2] == counts[0]  # and later epochs did not
     assert "more graphs" not in caplog.text
+
+
+def test_a_compiled_run_that_compiles_nothing_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        train, "compile_residual_branches", lambda model: None
+    )  # as nn.Module.compile on 2.11
+    torch._dynamo.utils.counters.clear()  # no graphs from earlier tests in this process
+    cfg = compose_config([*TINY, "trainer.compile=true", "trainer.epochs=1"])
+    with caplog.at_level(logging.INFO, logger="sdexp.train"):
+        assert train.run(cfg, tmp_path)["status"] == "completed"
+    assert "trainer.compile=true, but torch" in caplog.text and "the branches ran eagerly" in caplog.text
 
 
 def test_compile_and_cuda_graphs_are_exclusive() -> None:

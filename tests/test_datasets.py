@@ -88,6 +88,12 @@ def test_cinic10_uses_its_own_valid_split(tmp_path: Path) -> None:
     assert torch.equal(data.train.labels, index_of(data.train.images) // 4)
 
 
+def test_extra_is_said_to_be_unused_outside_svhn(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = compose_config([*TINY, "dataset.extra=true"]).dataset  # synthetic: a run made so still resumes
+    assert len(build_data(cfg).train) == cfg.train_size
+    assert "dataset.extra=true is not used: it adds SVHN's extra split, and synthetic has none" in caplog.text
+
+
 def test_image_folder_without_val_or_test(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_image_folder(tmp_path / "tree", {"train": 10}, ("a", "b"), suffix="jpg")
     data = build_data(data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=4"))
@@ -107,6 +113,19 @@ def test_hidden_folders_are_not_classes(tmp_path: Path) -> None:
     (hidden / "0.png").write_bytes((tmp_path / "tree" / "train" / "a" / "0000.png").read_bytes())
     data = build_data(data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=2"))
     assert data.classes == ("a", "b") and len(data.train) + len(data.val) == 8
+
+
+def test_a_linked_class_folder_is_read_and_watched_by_the_cache(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "tree", {"train": 2}, ("a",))
+    write_image_folder(tmp_path / "elsewhere", {"train": 2}, ("b",))
+    (tmp_path / "tree" / "train" / "b").symlink_to(tmp_path / "elsewhere" / "train" / "b")
+    cfg = data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=1")
+    assert build_data(cfg).classes == ("a", "b")
+    (first,) = (tmp_path / "cache").glob("*.pt")
+    image = tmp_path / "elsewhere" / "train" / "b" / "0000.png"
+    os.utime(image, ns=(first.stat().st_mtime_ns + 10**9,) * 2)  # a changed image behind the link
+    build_data(cfg)
+    assert [p.name for p in (tmp_path / "cache").glob("*.pt")] != [first.name]  # rebuilt
 
 
 def test_one_class_is_refused_also_from_a_cache_made_before_the_check(

@@ -123,16 +123,25 @@ def read_svhn(root: Path, extra: bool) -> tuple[dict[str, Arrays], list[str]]:
     return splits, [str(d) for d in range(10)]
 
 
+def _class_folders(split: Path) -> list[str]:
+    """A split folder's class folders, sorted as ImageFolder sorts them; hidden folders
+    (``.ipynb_checkpoints``) are not classes."""
+    return sorted(e.name for e in os.scandir(split) if e.is_dir() and not e.name.startswith("."))
+
+
 def image_folder_files(name: str, root: Path, split_dirs: dict[str, str]) -> list[Path]:
+    """Every file of the split folders but those in hidden folders, following links as
+    :func:`read_image_folder` does."""
     if not (root / split_dirs["train"]).is_dir():
         raise missing(name, root / split_dirs["train"], download_hint=False)
-    return sorted(
-        p
-        for sub in split_dirs.values()
-        if (root / sub).is_dir()
-        for p in (root / sub).rglob("*")
-        if p.is_file() and not p.relative_to(root / sub).parts[0].startswith(".")  # as read_image_folder
-    )
+    files = []
+    for split in (root / sub for sub in split_dirs.values() if (root / sub).is_dir()):
+        files += [split / f for f in os.listdir(split) if (split / f).is_file()]
+        for folder in _class_folders(split):
+            files += [
+                Path(top) / f for top, _, names in os.walk(split / folder, followlinks=True) for f in names
+            ]
+    return sorted(files)
 
 
 def read_image_folder(
@@ -149,16 +158,13 @@ def read_image_folder(
         folder = root / sub
         if not folder.is_dir():
             continue
-        found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
         try:
+            found = _class_folders(folder)
             if not found:
-                raise FileNotFoundError("no class folders")
+                raise _not_a_tree(name, folder, sub, "no class folders")
             samples = make_dataset(str(folder), {c: i for i, c in enumerate(found)}, IMG_EXTENSIONS)
-        except (FileNotFoundError, OSError) as exc:  # no class folders, or one without images
-            raise DatasetError(
-                f"dataset {name}: {folder} is not an ImageFolder tree ({exc}); it needs "
-                f"{sub}/<class>/<image> with at least one image in every class folder"
-            ) from None
+        except OSError as exc:  # a class folder without images, or one that cannot be read
+            raise _not_a_tree(name, folder, sub, str(exc)) from None
         if classes is not None and found != classes:
             raise DatasetError(f"{folder} has classes {found}, {split_dirs['train']} has {classes}")
         classes = found
@@ -170,6 +176,13 @@ def read_image_folder(
         splits[split] = images, torch.tensor([label for _, label in samples], dtype=torch.int64)
     assert classes is not None
     return splits, classes
+
+
+def _not_a_tree(name: str, folder: Path, sub: str, problem: str) -> DatasetError:
+    return DatasetError(
+        f"dataset {name}: {folder} is not an ImageFolder tree ({problem}); it needs "
+        f"{sub}/<class>/<image> with at least one image in every class folder"
+    )
 
 
 def check_classes(name: str, root: Path, classes: list[str]) -> None:
