@@ -176,10 +176,11 @@ def check_debug_after_sweep(config: DictConfig) -> None:
     """Refuse ``+debug=`` before ``+sweep=`` on the command line unless it names ``hydra.sweep.dir``:
     the later preset's folder wins, so the sweep's own folder would hold the debug runs, and aggregate
     would count them."""
+    overrides = OmegaConf.to_container(config.hydra.overrides, resolve=False)  # as typed: ${...} kept
     parse = OverridesParser.create().parse_overrides
-    if "hydra.sweep.dir" in {o.key_or_group for o in parse(list(config.hydra.overrides.hydra))}:
+    if "hydra.sweep.dir" in {o.key_or_group for o in parse(overrides["hydra"])}:
         return  # the user's folder
-    given = {o.key_or_group: o.input_line for o in parse(list(config.hydra.overrides.task))}
+    given = {o.key_or_group: o.input_line for o in parse(overrides["task"])}
     order = list(given)
     if "debug" in given and "sweep" in given and order.index("debug") < order.index("sweep"):
         raise ConfigError(
