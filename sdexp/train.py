@@ -352,7 +352,7 @@ def _report_compiles(epoch: int, before: int | None) -> int:
     """Log how many graphs torch.compile has built; warn if an epoch after the first built more, or if
     none was built (a torch whose compile leaves the branches eager)."""
     graphs = compiled_graph_count()
-    if graphs == 0:
+    if before is None and graphs == 0:  # said once, after the first epoch
         log.warning(
             "trainer.compile=true, but torch %s compiled no graph: the branches ran eagerly",
             torch.__version__,

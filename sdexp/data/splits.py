@@ -113,11 +113,10 @@ def build_data(cfg: DictConfig) -> ImageSplits:
     chosen by ``split_seed`` alone (so runs with different training seeds share one split).
     ``train_size``/``test_size`` (null: all) take a seeded random subset.
     """
-    if cfg.extra and DatasetName(cfg.name) != DatasetName.svhn:  # a warning: runs made so resume
-        log.warning(
-            "data: dataset.extra=true is not used: it adds SVHN's extra split, and %s has none", cfg.name
-        )
-    if DatasetName(cfg.name) == DatasetName.synthetic:
+    name = DatasetName(cfg.name)
+    if cfg.extra and name != DatasetName.svhn:  # a warning: runs made so resume
+        log.warning("data: dataset.extra=true is not used: it adds SVHN's extra split, and %s has none", name)
+    if name == DatasetName.synthetic:
         sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
         splits = {
             name: Split(*make_synthetic(n, seed=cfg.split_seed * 3 + i))
