@@ -24,7 +24,7 @@ export PYTHONPATH="$PWD:$PWD/.devsite" PYTHONUNBUFFERED=1 SDEXP_TRACEBACK=1
 RUNS=$(mktemp -d)
 
 check() {
-  python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())"
+  timeout 20 python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())"
   echo "== 1. the driver's node switch, then the one-graph step on ResNet-20 against eager autograd"
   timeout 90 python3 benchmarks/cuda_graphs_check.py --model resnet20 --steps 3 --paths graph 2>&1 \
     | tee "$OUT/graph_quick_check.txt" | grep -v "^  File"
@@ -33,12 +33,12 @@ check() {
   echo "== 2. the parts of a branch per stage (convolutions, BatchNorm+ReLU, weight gradient as one GEMM)"
   timeout 60 python3 benchmarks/conv_costs.py 2>&1 | tee "$OUT/conv_costs.txt"
   echo "== 3. training speed, ResNet-110, bf16, channels-last: $steps x cuDNN's or GEMM weight gradients; the peer"
-  timeout 200 python3 benchmarks/train_speed.py --model resnet110 --images 6400 --repeats 3 --channels-last true \
+  timeout 190 python3 benchmarks/train_speed.py --model resnet110 --images 6400 --repeats 3 --channels-last true \
     --precision bf16 --step $steps --conv-weight-grad native,gemm --peer true --json "$OUT/speed_bf16.json" \
     2>"$OUT/speed_bf16.log" | tee "$OUT/speed_bf16.txt"
   grep -E "^(failed|skipped)|Error" "$OUT/speed_bf16.log" | head -5
   echo "== 4. ResNet-110 against eager autograd: $steps (bf16 weight copies since session 9), GEMM weight grads"
-  timeout 180 python3 benchmarks/cuda_graphs_check.py --paths $steps,gemm 2>&1 \
+  timeout 170 python3 benchmarks/cuda_graphs_check.py --paths $steps,gemm 2>&1 \
     | tee "$OUT/cuda_graphs_check.txt" | grep -v "^  File"
   echo "== 5. run.py trainer.step=${steps##*,}, ResNet-110, 2 epochs of 12,800 synthetic images"
   timeout 60 python3 run.py model=resnet110 dataset=synthetic dataset.train_size=12800 dataset.val_size=5000 \

@@ -200,7 +200,7 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
             )
         raise ConfigError(f"{missing[0]} must be given: add {missing[0]}=... to the command")
     try:
-        OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
+        OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg, resolve=True))
     except ConfigKeyError as exc:
         raise ConfigError(not_a_key(exc)) from None
     for key, (ok, allowed) in _CHECKS.items():

@@ -10,19 +10,23 @@ command, so two sweeps started in the same second do not share it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import logging
+import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hydra import compose
 from hydra._internal.config_loader_impl import get_overrides_dirname  # Hydra's own folder naming
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from sdexp.config import ConfigError, group_options, validate
@@ -35,6 +39,27 @@ log = logging.getLogger(__name__)
 
 def _validate(config: DictConfig, this_host: bool = True) -> None:
     validate(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), this_host)
+
+
+@contextlib.contextmanager
+def hydra_config_of(config: DictConfig, num: int | None = None) -> Iterator[None]:
+    """Set Hydra's config as the started job will have it (its output folder; for a sweep's job, its
+    number), so that ``${hydra:...}`` in the job's config resolves while it is checked
+    (``dataset.root=${hydra:runtime.cwd}/data``): Hydra sets it only as the job starts."""
+    job = copy.deepcopy(config)
+    with read_write(job.hydra), open_dict(job.hydra):
+        if num is not None:
+            job.hydra.job.num = job.hydra.job.id = num
+    hydra, previous = HydraConfig.instance(), HydraConfig.instance().cfg
+    hydra.set_config(job)  # keeps a copy of job's hydra node
+    try:
+        with read_write(hydra.cfg.hydra):  # the folder's name may hold ${hydra:...} too
+            sweep = hydra.cfg.hydra.sweep
+            where = Path(sweep.dir, sweep.subdir) if num is not None else hydra.cfg.hydra.run.dir
+            hydra.cfg.hydra.runtime.output_dir = os.path.abspath(where)
+        yield
+    finally:
+        hydra.cfg = previous
 
 
 def jobs_run_here(config: DictConfig) -> bool:
@@ -65,11 +90,18 @@ def _check_writable(config: DictConfig, folder_key: str) -> None:
                 path.rmdir()
 
 
+def typed(config: DictConfig, which: str = "task") -> list[str]:
+    """The command line's overrides for the job (``task``) or for Hydra (``hydra``), as typed: reading
+    them one by one would resolve a ``${...}`` in them (``seed=${hydra:job.num}``), which only a
+    started job can."""
+    return OmegaConf.to_container(config.hydra.overrides, resolve=False)[which]
+
+
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
     """Each job's overrides, expanded from ``hydra.sweeper.params`` and the command line as Hydra's
     basic sweeper expands them."""
-    params = config.hydra.sweeper.get("params") or {}
-    arguments = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    params = config.hydra.sweeper.get("params") or {}  # resolved, as Hydra's sweeper reads them
+    arguments = [f"{key}={value}" for key, value in params.items()] + typed(config)
     overrides = OverridesParser.create().parse_overrides(arguments)
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
@@ -127,7 +159,9 @@ def check_sweep_jobs(config: DictConfig, config_name: str | None) -> None:
     for idx, overrides in enumerate(jobs):
         try:
             check_one_option_per_group(overrides)
-            validate(compose(config_name=config_name, overrides=overrides), here)
+            job = compose(config_name, typed(config, "hydra") + overrides, return_hydra_config=True)
+            with hydra_config_of(job, idx):
+                _validate(job, here)
         except (SdexpError, HydraException, OmegaConfBaseException) as exc:
             exc.add_note(f"in job #{idx}{f' ({shown[idx]})' if shown[idx] else ''}; no job was started")
             raise
@@ -162,8 +196,7 @@ def check_not_a_lone_sweep(config: DictConfig) -> None:
     giving its swept keys: it would train one run with default values instead of the grid. (A sweep's
     job run by the local launcher gives them all.)"""
     params = config.hydra.sweeper.get("params") or {}
-    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    given = {o.key_or_group for o in overrides}
+    given = {o.key_or_group for o in OverridesParser.create().parse_overrides(typed(config))}
     unset = [key for key in params if key not in given]
     if unset:
         raise ConfigError(
@@ -176,11 +209,10 @@ def check_debug_after_sweep(config: DictConfig) -> None:
     """Refuse ``+debug=`` before ``+sweep=`` on the command line unless it names ``hydra.sweep.dir``:
     the later preset's folder wins, so the sweep's own folder would hold the debug runs, and aggregate
     would count them."""
-    overrides = OmegaConf.to_container(config.hydra.overrides, resolve=False)  # as typed: ${...} kept
     parse = OverridesParser.create().parse_overrides
-    if "hydra.sweep.dir" in {o.key_or_group for o in parse(overrides["hydra"])}:
+    if "hydra.sweep.dir" in {o.key_or_group for o in parse(typed(config, "hydra"))}:
         return  # the user's folder
-    given = {o.key_or_group: o.input_line for o in parse(overrides["task"])}
+    given = {o.key_or_group: o.input_line for o in parse(typed(config))}
     order = list(given)
     if "debug" in given and "sweep" in given and order.index("debug") < order.index("sweep"):
         raise ConfigError(
@@ -196,15 +228,17 @@ class Preflight(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with reported():
-            check_one_option_per_group(list(config.hydra.overrides.task))
+            check_one_option_per_group(typed(config))
             check_not_a_lone_sweep(config)
-            _validate(config)
+            with hydra_config_of(config):
+                _validate(config)
             _check_writable(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with reported():
             check_debug_after_sweep(config)
-            _validate(config, jobs_run_here(config))
+            with hydra_config_of(config, 0):
+                _validate(config, jobs_run_here(config))
             check_sweep_jobs(config, kwargs.get("config_name"))
             claim_timed_sweep_folder(config)
             _check_writable(config, "hydra.sweep.dir")

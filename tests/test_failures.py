@@ -101,6 +101,8 @@ RUN_PY = [
         2,
         "logger.mode: Invalid value 'ofline', expected one of [offline, online, disabled]",
     ),
+    Case("job number in a run", nothing, ["seed=${hydra:job.num}"], 2, "seed: Incompatible value 'None'"),
+    Case("wrong type", nothing, ["seed=${trainer.device}"], 2, "seed: Value 'cpu' of type 'str'"),
     Case("null list", nothing, ["model.widths=null"], 2, "model.widths=null is not allowed: give a list"),
     Case(
         "key under a null",
