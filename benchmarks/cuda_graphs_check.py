@@ -27,6 +27,7 @@ from arg_types import count  # a sibling script: benchmarks/ is on sys.path
 from sdexp.config import compose_config, validate
 from sdexp.environment import seed_everything, speed_settings
 from sdexp.errors import reported
+from sdexp.models import IMAGE_SIZE
 from sdexp.optim import build_optimizer
 from sdexp.step import build_step, cuda_driver
 from sdexp.step import graph as step_graph
@@ -80,7 +81,7 @@ def run(model_name: str, device: str, overrides: list[str], steps: int, precisio
     losses, gates = [], []
     model.train()
     for _ in range(steps):
-        x = torch.randn(cfg.trainer.batch_size, 3, 32, 32, device=device, generator=g)
+        x = torch.randn(cfg.trainer.batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, device=device, generator=g)
         if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (cfg.trainer.batch_size,), device=device, generator=g)

@@ -19,6 +19,7 @@ from train_speed import sync  # a sibling script: benchmarks/ is on sys.path whe
 from sdexp.data import DeviceLoader, TorchLoader
 from sdexp.environment import resolve_device
 from sdexp.errors import reported
+from sdexp.models import IMAGE_SIZE
 
 
 def images_per_second(loader: DeviceLoader | TorchLoader, device: torch.device, repeats: int) -> float:
@@ -44,7 +45,7 @@ def main() -> None:
         args.images, args.repeats, args.workers = 2048, 1, 0
     device = resolve_device(args.device)
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
+    x = torch.randint(0, 256, (args.images, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (args.images,), generator=g)
     common = {"mean": [0.5] * 3, "std": [0.25] * 3, "device": device, "train": True, "augment": True}
     fast = images_per_second(DeviceLoader(x, y, args.batch_size, **common), device, args.repeats)

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from sdexp.config import compose_config
 from sdexp.errors import SdexpError
+from sdexp.models import IMAGE_SIZE
 
 
 class PlainBlock(nn.Module):
@@ -92,7 +93,8 @@ def build_step(
     torch.manual_seed(0)
     model = plain_resnet(depth, stochastic_depth).to(device, memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
 
     def step() -> None:

@@ -32,7 +32,7 @@ from train_speed import sync  # a sibling script: benchmarks/ is on sys.path whe
 from sdexp.config import compose_config, register_configs
 from sdexp.environment import resolve_device, speed_settings
 from sdexp.errors import reported
-from sdexp.models import ResNet
+from sdexp.models import IMAGE_SIZE, ResNet
 from sdexp.optim import build_optimizer
 from sdexp.stochastic_depth import StochasticDepthBlock, set_survival_probs, survival_probs
 from sdexp.train import prepare_model
@@ -56,7 +56,7 @@ class StepTimer:
         self.model = prepare_model(cfg, 10, self.device).train()
         self.optimizer, _ = build_optimizer(self.model, cfg.optimizer, cfg.trainer.epochs)
         batch = cfg.trainer.batch_size
-        self.x = torch.randn(batch, 3, 32, 32, device=self.device).contiguous(
+        self.x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, device=self.device).contiguous(
             memory_format=self.memory_format
         )
         self.y = torch.randint(0, 10, (batch,), device=self.device)

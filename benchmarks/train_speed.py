@@ -42,6 +42,7 @@ from sdexp.cuda_graphs import branch_inputs
 from sdexp.data import DeviceLoader, Loader, TorchLoader
 from sdexp.environment import resolve_device, seed_everything, speed_settings
 from sdexp.errors import SdexpError, reported
+from sdexp.models import IMAGE_SIZE
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
 from sdexp.step import build_step
@@ -74,7 +75,7 @@ def make_loader(
 ) -> Loader:
     """A training loader of ``kind`` over random uint8 CIFAR-shaped images, augmented as in training."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=g)
+    x = torch.randint(0, 256, (images, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (images,), generator=g)
     common = {"train": True, "augment": True, "channels_last": channels_last}
     if kind == "torch":

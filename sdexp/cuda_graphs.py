@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from sdexp.models import ResNet
+from sdexp.models import IMAGE_SIZE, ResNet
 from sdexp.step.base import autocast
 
 
@@ -24,7 +24,7 @@ def branch_inputs(model: ResNet, batch_size: int, amp_dtype: torch.dtype | None)
     ]
     was_training = model.training
     model.eval()  # runs every branch and leaves BatchNorm statistics alone
-    x = torch.zeros(batch_size, 3, 32, 32, device=device)
+    x = torch.zeros(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
     if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), autocast(device, amp_dtype):

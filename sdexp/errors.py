@@ -91,12 +91,10 @@ def _first_line(text: str) -> str:
 def _hydra_check(exc: BaseException) -> str | None:
     """If Hydra's own code raised ``exc`` (it checks the command line with plain ValueErrors), its line,
     led by the override it was checking where its frame holds one (``model=null: ...``); else None."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is None or not str(tb.tb_frame.f_globals.get("__name__", "")).startswith("hydra."):
+    frames = [frame for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    if not frames or not str(frames[-1].f_globals.get("__name__", "")).startswith("hydra."):
         return None
-    override = tb.tb_frame.f_locals.get("override")
+    override = frames[-1].f_locals.get("override")
     line = getattr(override, "input_line", None)
     if line is None:
         return _first_line(exc)

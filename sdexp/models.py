@@ -21,6 +21,8 @@ from torch.nn import functional as F
 
 from sdexp.stochastic_depth import StochasticDepthBlock, sample_gates
 
+IMAGE_SIZE = 32  # the side of every input: CIFAR's; other image folders are resized to it
+
 
 class Block(StrEnum):
     """The residual branch (``model.block``): two 3×3 convolutions, or 1×1-3×3-1×1 with 4× output."""

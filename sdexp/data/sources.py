@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from sdexp.errors import SdexpError
+from sdexp.models import IMAGE_SIZE
 
 Arrays = tuple[torch.Tensor, torch.Tensor]  # images uint8 N×3×H×W, labels int64 N
 
@@ -145,11 +146,11 @@ def image_folder_files(name: str, root: Path, split_dirs: dict[str, str]) -> lis
 
 
 def read_image_folder(
-    name: str, root: Path, split_dirs: dict[str, str], size: int = 32
+    name: str, root: Path, split_dirs: dict[str, str]
 ) -> tuple[dict[str, Arrays], list[str]]:
     """Splits of an ImageFolder tree: ``split_dirs`` maps split -> subfolder; missing ones are skipped,
     but ``train`` must exist. Hidden folders (``.ipynb_checkpoints``) are not classes. Images are
-    decoded to RGB and resized to ``size``×``size`` if needed."""
+    decoded to RGB and resized to 32×32 (``IMAGE_SIZE``) if needed."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
     splits: dict[str, Arrays] = {}
@@ -169,10 +170,10 @@ def read_image_folder(
             raise DatasetError(f"{folder} has classes {found}, {split_dirs['train']} has {classes}")
         classes = found
         check_classes(name, root, classes)  # before decoding: refused in seconds
-        images = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
+        images = torch.empty((len(samples), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
         progress = tqdm(samples, desc=f"decoding {name} {split}", unit="img", disable=None)
         for i, (path, _) in enumerate(progress):
-            images[i] = _read(Path(path), lambda p: _decode(p, size))
+            images[i] = _read(Path(path), _decode)
         splits[split] = images, torch.tensor([label for _, label in samples], dtype=torch.int64)
     assert classes is not None
     return splits, classes
@@ -194,9 +195,9 @@ def check_classes(name: str, root: Path, classes: list[str]) -> None:
         )
 
 
-def _decode(path: Path, size: int) -> torch.Tensor:
+def _decode(path: Path) -> torch.Tensor:
     with Image.open(path) as img:
         rgb = img.convert("RGB")
-        if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.BILINEAR)
+        if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
+            rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
         return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from sdexp.models import IMAGE_SIZE
+
 CLASSES = (
     "disk",
     "square",
@@ -45,8 +47,9 @@ def _shape_mask(label: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return masks[CLASSES[label]]()
 
 
-def make_synthetic(n: int, seed: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` images (uint8, n×3×size×size) and their labels (int64), balanced over the ten classes."""
+def make_synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` images (uint8, n×3×32×32) and their labels (int64), balanced over the ten classes."""
+    size = IMAGE_SIZE
     g = torch.Generator().manual_seed(seed)
     labels = (torch.arange(n) % len(CLASSES))[torch.randperm(n, generator=g)]
     scale = size * (0.16 + 0.16 * torch.rand(n, 1, 1, generator=g))
