@@ -14,7 +14,7 @@ from sdexp.config import CONF_DIR, ConfigError, compose_config, register_configs
 from sdexp.optim import build_optimizer
 from sdexp.preflight import check_debug_after_sweep, sweep_jobs
 from sdexp.report import paper_results
-from tests.conftest import run_py
+from tests.conftest import ROOT, run_py
 
 PAPER = sorted(p.stem for p in (CONF_DIR / "experiment").glob("paper_*.yaml"))
 UNCONFIRMED = {"paper_cifar100"}  # copies of the paper disagree: no row in sdexp/paper_results.csv
@@ -28,12 +28,14 @@ def test_every_paper_experiment_has_its_sweep() -> None:
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_experiment_matches_the_reports_paper_column(name: str) -> None:
     """Both rules of the preset find the paper's number in the report's table, and the numbers in the
-    preset's header comment are those."""
+    preset's header comment and in the README's row for the preset are those."""
     header = (CONF_DIR / "experiment" / f"{name}.yaml").read_text()
     quoted = re.search(
         r"constant depth ([\d.]+) %, stochastic depth \(linear, p_L = 0.5\) ([\d.]+) %", header
     )
     assert quoted, "the header gives the paper's two test errors"
+    readme = re.search(rf"^\| `{name}` \|.*\| ([\d.]+) → ([\d.]+) %", (ROOT / "README.md").read_text(), re.M)
+    assert readme and readme.groups() == quoted.groups(), "the README's row gives the same numbers"
     table = paper_results()
     for rule, number in zip(("off", "linear"), quoted.groups(), strict=True):
         cfg = compose_config([f"experiment={name}", f"stochastic_depth={rule}"])
