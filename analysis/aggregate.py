@@ -4,7 +4,8 @@
 
 Prints the table (markdown by default); with ``--out`` also writes summary.csv, runs.csv, epochs.csv,
 summary.tex, summary.md and the plots (PNG and PDF). Runs that did not complete are listed below the
-table. The functions live in ``sdexp.report`` and ``sdexp.plots`` (the notebook uses them too).
+table; with ``--format csv`` or ``latex`` the table is alone on stdout, the rest on stderr. The
+functions live in ``sdexp.report`` and ``sdexp.plots`` (the notebook uses them too).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sdexp import plots, report
+from sdexp import plots, report, runs
 from sdexp.errors import SdexpError, reported
 from sdexp.files import atomic_write_text
 from sdexp.wording import count
@@ -43,7 +44,7 @@ def _check_keys(table: pd.DataFrame, by: list[str], metric: str) -> None:
     unknown = [k for k in [*by, metric] if k not in table.columns]
     if unknown:
         raise SdexpError(f"{', '.join(unknown)} not found in the runs; columns: {', '.join(table.columns)}")
-    numbers = [k for k in report.NUMBER_FIELDS if k in table.columns and k != "seed"]
+    numbers = [k for k in runs.NUMBER_FIELDS if k in table.columns and k != "seed"]
     values = table[metric].dropna()
     if metric not in numbers and (report.is_config_key(metric) or not pd.api.types.is_numeric_dtype(values)):
         raise SdexpError(f"--metric {metric} is not a result.json number; choose one of {', '.join(numbers)}")
@@ -78,15 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.out is not None and not args.out.strip():
         raise SdexpError("--out is empty: give a folder for the files, e.g. --out report")
+    info = sys.stdout if args.format == "md" else sys.stderr  # csv, LaTeX: the table alone on stdout
     loaded = report.load_runs(args.paths)
     table = loaded.table
     completed = table[table["status"] == "completed"] if len(table) else table
     if len(completed) == 0:
         statuses = table["status"].value_counts().to_dict() if len(table) else {}
         counts = [f"{n} {status}" for status, n in statuses.items()]
-        counts += [f"{len(loaded.unusable)} unreadable"] if len(loaded.unusable) else []
+        counts += [f"{len(loaded.unusable)} without a usable result"] if len(loaded.unusable) else []
         folders = count(len(table) + len(loaded.unusable), "run folder")
-        print(f"nothing to show yet: {folders}, none completed ({', '.join(counts) or 'none found'})")
+        print(
+            f"nothing to show yet: {folders}, none completed ({', '.join(counts) or 'none found'})", file=info
+        )
     else:
         by = _group_keys(args.by, table)
         _check_keys(table, by, args.metric)
@@ -94,20 +98,20 @@ def main(argv: list[str] | None = None) -> int:
         shown = report.display_table(summary, by, args.metric)
         repeats = report.repeated_seeds(table, by)
         averaged = f" ({count(repeats, 'run')} repeating a seed of its group: averaged)" if repeats else ""
-        print(f"{count(len(table), 'run')} in {count(summary.shape[0], 'group')}{averaged}\n")
+        print(f"{count(len(table), 'run')} in {count(summary.shape[0], 'group')}{averaged}\n", file=info)
         print(render(shown, args.format))
     unfinished = report.problems(table) if len(table) else table
     if len(unfinished):
-        print(f"\nNot completed ({len(unfinished)}):\n")
-        print(render(unfinished, args.format))
+        print(f"\nNot completed ({len(unfinished)}):\n\n{render(unfinished, args.format)}", file=info)
     if len(loaded.unusable):
-        print(f"\nCould not use ({len(loaded.unusable)}):\n")
-        print(render(loaded.unusable, args.format))
+        print(
+            f"\nCould not use ({len(loaded.unusable)}):\n\n{render(loaded.unusable, args.format)}", file=info
+        )
     if args.out and len(completed):
         written = _write_outputs(Path(args.out), loaded, summary, shown, by, args.metric)
-        print(f"\nwrote {args.out}/: {' '.join(written)}")
+        print(f"\nwrote {args.out}/: {' '.join(written)}", file=info)
     elif args.out:
-        print(f"\nwrote nothing to {args.out}/: no run has completed yet")
+        print(f"\nwrote nothing to {args.out}/: no run has completed yet", file=info)
     return 0
 
 

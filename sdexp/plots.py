@@ -1,6 +1,8 @@
 """Figures of a set of runs (seaborn): error curves over epochs, final errors, time per epoch.
 
-Each figure is written as PNG and PDF at a fixed size (``FIGSIZE`` inches at ``DPI``).
+Each figure is written as PNG and PDF at a fixed size (``FIGSIZE`` inches at ``DPI``). Like the table
+(:func:`sdexp.report.summarize`), they show completed runs only, and runs of a group with the same seed
+count once (averaged).
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ def group_labels(table: pd.DataFrame, by: Sequence[str]) -> pd.Series:
     return table[varying].astype(str).agg(" · ".join, axis=1)
 
 
+def _completed_epochs(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """The epochs of completed runs, with their run's group label and seed."""
+    done = table[table["status"] == "completed"]
+    runs = pd.DataFrame({"group": group_labels(done, by), "seed": done["seed"], "run_dir": done["run_dir"]})
+    return epochs.merge(runs, on="run_dir")
+
+
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
@@ -41,8 +50,8 @@ def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
 def error_curves(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
     """Test error against epoch per group: mean line and a ±1 std band over seeds (paper Fig. 3 style),
     on a log axis so that the end of training is readable."""
-    labels = group_labels(table, by).set_axis(table["run_dir"])
-    data = epochs.dropna(subset=["test_error"]).assign(group=lambda d: d["run_dir"].map(labels))
+    data = _completed_epochs(table, epochs, by).dropna(subset=["test_error"])
+    data = data.groupby(["group", "seed", "epoch"], as_index=False)["test_error"].mean()
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     sns.lineplot(data=data, x="epoch", y="test_error", hue="group", errorbar="sd", ax=ax)
     ax.set(yscale="log", xlabel="epoch", ylabel="test error (%)", title="Test error during training")
@@ -53,7 +62,9 @@ def error_curves(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], o
 
 def final_errors(table: pd.DataFrame, by: Sequence[str], metric: str, out: Path) -> list[Path]:
     """The reported error per group: each seed as a point, and the mean with ±1 std."""
-    data = table[table["status"] == "completed"].assign(group=lambda t: group_labels(t, by))
+    done = table[table["status"] == "completed"]
+    data = done.groupby([*by, "seed"], dropna=False, as_index=False)[metric].mean()
+    data = data.assign(group=group_labels(data, by))
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     sns.stripplot(data=data, x="group", y=metric, color="0.6", ax=ax)
     sns.pointplot(data=data, x="group", y=metric, errorbar="sd", linestyle="none", capsize=0.2, ax=ax)
@@ -65,8 +76,7 @@ def final_errors(table: pd.DataFrame, by: Sequence[str], metric: str, out: Path)
 
 def epoch_times(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
     """Seconds per training epoch per group (stochastic vs constant depth), mean ± std over epochs."""
-    labels = group_labels(table, by).set_axis(table["run_dir"])
-    data = epochs.assign(group=lambda d: d["run_dir"].map(labels))
+    data = _completed_epochs(table, epochs, by)
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     sns.barplot(data=data, x="group", y="epoch_time_s", errorbar="sd", ax=ax)
     ax.set(xlabel="", ylabel="seconds per epoch", title="Training time per epoch")

@@ -49,30 +49,12 @@ def _hashable(value: Any) -> Any:
     return str(value) if isinstance(value, list) else value
 
 
-# result.json fields that must be numbers where present, and those a completed run must have.
-NUMBER_FIELDS = (
-    "seed",
-    "epochs_completed",
-    "train_time_s",
-    "test_error",
-    "best_val_error",
-    "test_error_at_best_val",
-)
-COMPLETED_FIELDS = ("train_time_s", "test_error", "test_error_at_best_val")
-
-
 def _run_row(run_dir: Path) -> dict[str, Any]:
     """The run's config and result as one flat row; a damaged or foreign folder raises RunFolderError."""
     result = runs.read_result(run_dir)
-    runs.check_status(run_dir, result)
-    path = run_dir / runs.RESULT
-    for key in NUMBER_FIELDS:
-        value = result.get(key, 0.0)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise runs.RunFolderError(f"{path}: {key} is {value!r}, not a number")
-    missing = [key for key in COMPLETED_FIELDS if result["status"] == "completed" and key not in result]
-    if missing:
-        raise runs.RunFolderError(f"{path}: a completed run without {', '.join(missing)}")
+    runs.check_result(run_dir, result)
+    if result["status"] == "running" and not runs.held(run_dir):
+        result["status"] = "stopped"  # no process holds the folder: killed, or its node was lost
     row = {**runs.flatten(runs.read_config(run_dir)), **runs.flatten(result), "run_dir": str(run_dir)}
     if row.get("stochastic_depth.rule") == "off":  # every block survives, whatever p_L was set to
         row["stochastic_depth.final_survival"] = 1.0
@@ -90,6 +72,9 @@ def _epochs(run_dir: Path) -> pd.DataFrame:
         missing = {"epoch", "test_error", "epoch_time_s"} - set(epochs.columns)
         if missing:
             raise ValueError(f"no column {', '.join(sorted(missing))}")
+        text = [c for c in epochs.columns if not pd.api.types.is_numeric_dtype(epochs[c])]
+        if text:
+            raise ValueError(f"column {text[0]} holds text ({epochs[text[0]].dropna().iloc[0]!r})")
         short = epochs[["epoch", "epoch_time_s"]].isna().any(axis=1)  # never NaN in a whole row
         if short.any():
             raise ValueError(f"line {short.to_numpy().argmax() + 2} is cut short")
@@ -100,14 +85,17 @@ def _epochs(run_dir: Path) -> pd.DataFrame:
 
 def load_runs(paths: Sequence[str | Path]) -> Runs:
     """Every run folder at or under ``paths`` (globs expanded) as tidy tables; folders whose
-    ``result.json`` or config cannot be read, and unreadable ``metrics.csv`` files, are listed in
-    ``unusable`` with the reason instead."""
+    ``result.json`` or config cannot be read, those without ``result.json`` (failed before training,
+    or not started yet), and unreadable ``metrics.csv`` files are listed in ``unusable`` with the reason
+    instead."""
     rows, epoch_tables = [], []
     run_dirs, empty = runs.find_run_dirs(paths)
-    unusable = [
-        {"run_dir": path, "reason": f"no run folders (folders with {runs.RESULT}) there"} for path in empty
-    ]
+    unusable = [{"run_dir": path, "reason": runs.NO_RUN_FOLDERS} for path in empty]
     for run_dir in run_dirs:
+        if not (run_dir / runs.RESULT).exists():
+            reason = f"no {runs.RESULT}: {runs.status_before_result(run_dir)}"
+            unusable.append({"run_dir": str(run_dir), "reason": reason})
+            continue
         try:
             rows.append(_run_row(run_dir))
             epoch_tables.append(_epochs(run_dir))  # if this fails, the run is kept without its epochs
@@ -139,10 +127,11 @@ def summarize(
     metric: str = "test_error_at_best_val",
 ) -> pd.DataFrame:  # fmt: skip
     """One row per group of completed runs (grouped ``by`` the experiment keys by default):
-    ``seeds``, mean and std of ``metric`` and of the final ``test_error``, mean training time and
-    seconds per epoch, their ratio to the matching constant-depth group, the paired difference to
-    it (``diff_mean``, ``diff_std``, ``pairs``, ``p_value`` of a paired t-test over seeds), the
-    paper's number where one matches, the count of runs that did not complete and a flag for a
+    ``seeds`` (those with a value of ``metric``), mean and std of ``metric`` and of the final
+    ``test_error``, mean training time and seconds per epoch, their ratio to the matching
+    constant-depth group, the paired difference to it (``diff_mean``, ``diff_std``, ``pairs``,
+    ``p_value`` of a paired t-test over seeds; none where the differences do not vary), the paper's
+    number where one matches, the count of runs that did not complete and a flag for a
     group with fewer seeds than the largest.
 
     Each seed counts once in a group: runs of a group with the same seed (a sweep aggregated twice,
@@ -156,7 +145,7 @@ def summarize(
     per_seed = done.groupby([*by, "seed"], dropna=False)[values].mean().reset_index()
     groups = per_seed.groupby(by, dropna=False, sort=True)
     summary = groups.agg(
-        seeds=("seed", "nunique"),
+        seeds=(metric, "count"),  # seeds with a value: a run without a test split has none
         mean=(metric, "mean"),
         std=(metric, "std"),
         final_mean=("test_error", "mean"),
@@ -200,10 +189,12 @@ def _paired(per_seed: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFr
     sd = per_seed[per_seed["stochastic_depth.rule"] != "off"]
     pairs = sd.merge(constant, on=[*base, "seed"], suffixes=("", "_constant"))
     pairs["diff"] = pairs[metric] - pairs[f"{metric}_constant"]
+    pairs = pairs.dropna(subset=["diff"])
 
     def stats(group: pd.DataFrame) -> pd.Series:
         n = len(group)
-        p = ttest_rel(group[metric], group[f"{metric}_constant"]).pvalue if n >= 2 else math.nan
+        spread = n >= 2 and group["diff"].std() > 0  # else a t-test has no p-value (it is 0 or NaN)
+        p = ttest_rel(group[metric], group[f"{metric}_constant"]).pvalue if spread else math.nan
         return pd.Series({"pairs": n, "diff_mean": group["diff"].mean(), "diff_std": group["diff"].std(),
                           "p_value": p})  # fmt: skip
 
@@ -285,7 +276,8 @@ def display_table(summary: pd.DataFrame, by: Sequence[str], metric: str) -> pd.D
     out["paper %"] = summary["paper_test_error"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     diffs = summary[["diff_mean", "diff_std", "p_value", "pairs"]].itertuples(index=False)
     out["SD − constant"] = [
-        "" if pd.isna(m) else f"{pm(m, s)} (p={p:.3g}, n={int(n)})" for m, s, p, n in diffs
+        "" if pd.isna(m) else f"{pm(m, s)} ({'' if pd.isna(p) else f'p={p:.3g}, '}n={int(n)})"
+        for m, s, p, n in diffs
     ]
     out["time ratio"] = summary["time_ratio"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     out["not completed"] = summary["not_completed"]

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from sdexp.errors import SdexpError
+from sdexp.errors import SdexpError, failure_log
 from sdexp.files import atomic_write_text, read_file
 
 try:
@@ -321,12 +321,32 @@ def read_result(run_dir: Path) -> dict[str, Any]:
     return {**result, **{k: math.nan for k in FINAL_ERRORS if k in result and result[k] is None}}
 
 
-def check_status(run_dir: Path, result: dict[str, Any]) -> None:
-    """Raise :class:`RunFolderError` if the run's result has a status sdexp never writes."""
+# result.json fields that must be numbers where present, and those a completed run must have.
+NUMBER_FIELDS = (
+    "seed",
+    "epochs_completed",
+    "train_time_s",
+    "test_error",
+    "best_val_error",
+    "test_error_at_best_val",
+)
+COMPLETED_FIELDS = ("train_time_s", "test_error", "test_error_at_best_val")
+
+
+def check_result(run_dir: Path, result: dict[str, Any]) -> None:
+    """Raise :class:`RunFolderError` if the run's result (read from its folder) has a status sdexp
+    never writes, a field of :data:`NUMBER_FIELDS` that is no number, or is completed without one of
+    :data:`COMPLETED_FIELDS`: a file edited by hand, or not sdexp's."""
+    path = Path(run_dir) / RESULT
     if result.get("status") not in STATUSES:
-        raise RunFolderError(
-            f"{Path(run_dir) / RESULT}: status {result.get('status')!r} is not one of {', '.join(STATUSES)}"
-        )
+        raise RunFolderError(f"{path}: status {result.get('status')!r} is not one of {', '.join(STATUSES)}")
+    for key in NUMBER_FIELDS:
+        value = result.get(key, 0.0)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise RunFolderError(f"{path}: {key} is {value!r}, not a number")
+    missing = [key for key in COMPLETED_FIELDS if result["status"] == "completed" and key not in result]
+    if missing:
+        raise RunFolderError(f"{path}: a completed run without {', '.join(missing)}")
 
 
 def previous_result(run_dir: Path) -> dict[str, Any] | None:
@@ -389,8 +409,55 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def held(run_dir: Path) -> bool:
+    """Whether a live process holds the run's lock; True where that cannot be told (another host,
+    no lock file) so that a running run is never called stopped by mistake."""
+    holder = lock_holder(run_dir)
+    if holder is None or holder[1] != socket.gethostname():
+        return True
+    try:
+        os.kill(holder[0], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def failure_before_training(run_dir: Path) -> str | None:
+    """The error a run wrote to its train.log if it failed before writing result.json (a data set not
+    found, say) and nothing was logged since (a rerun of it would be), else None."""
+    path = run_dir / LOG
+    marker = f"[{failure_log.name}][ERROR] - error: "
+    text = path.read_text(errors="replace").strip() if path.is_file() else ""
+    last = text.splitlines()[-1] if text else ""
+    return last.split(marker, 1)[1] if marker in last else None
+
+
+def status_before_result(run_dir: Path) -> str:
+    """What a run folder without ``result.json`` says of its run: ``failed: <error>`` (before training),
+    ``queued`` (submitted to SLURM), ``starting`` (loading its data) or ``stopped`` (no process holds
+    the folder any more)."""
+    failed = failure_before_training(run_dir)
+    if failed:
+        return f"failed: {failed}"
+    if read_slurm_job(run_dir):
+        return "queued"
+    return "starting" if held(run_dir) else "stopped"
+
+
+# What a run folder holds from its start: result.json comes later, once the data set is read.
+MARKERS = (RESULT, SLURM_JOB, LOCK, LOG)
+NO_RUN_FOLDERS = f"no run folders (folders with {RESULT} or {LOG}) there"
+
+
+def run_folders_under(folder: Path) -> set[Path]:
+    """The run folders at or under ``folder``: those holding one of :data:`MARKERS`."""
+    return {p.parent for name in MARKERS for p in folder.rglob(name)}
+
+
 def find_run_dirs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
-    """Every run folder (one holding ``result.json``) at or under each path, globs expanded; and the
+    """Every run folder (:func:`run_folders_under`) at or under each path, globs expanded; and the
     paths (or globs) under which there is none.
 
     Raises :class:`RunFolderError` for a path that is empty or matches nothing, or when no path holds
@@ -405,10 +472,10 @@ def find_run_dirs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
         matches = [Path(p) for p in glob.glob(pattern)] if is_glob else [Path(pattern)]
         if not matches or not all(m.exists() for m in matches):
             raise RunFolderError(f"{pattern}: no such file or folder")
-        here = {p.parent for match in matches if match.is_dir() for p in match.rglob(RESULT)}
+        here = set().union(*(run_folders_under(match) for match in matches if match.is_dir()))
         if not here:
             empty.append(pattern)
         found |= here
     if not found:
-        raise RunFolderError(f"{', '.join(empty)}: no run folders (folders with {RESULT}) there")
+        raise RunFolderError(f"{', '.join(empty)}: {NO_RUN_FOLDERS}")
     return sorted(found), empty

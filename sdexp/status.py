@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import os
-import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from sdexp import errors, runs
+from sdexp import runs
 from sdexp.files import read_file
 from sdexp.preflight import job_folders, sweep_jobs
 from sdexp.wording import count
@@ -55,54 +53,35 @@ def run_row(run_dir: Path, shown: str | None = None) -> dict[str, Any]:
         result = runs.previous_result(run_dir)
         slurm = runs.read_slurm_job(run_dir) or {}
         if result is None:
-            failed = _failure_before_training(run_dir)
-            status = f"failed: {failed}" if failed else "queued" if slurm else "starting"
-            if status == "starting" and not _held(run_dir):
-                status = "stopped"  # it took the folder, and no process holds it now
+            status = runs.status_before_result(run_dir)
             return {**row, "status": status, "slurm job": slurm.get("slurm_job_id")}
-        runs.check_status(run_dir, result)
-        epochs = runs.read_config(run_dir)["trainer"]["epochs"]
+        runs.check_result(run_dir, result)
+        epochs = _planned_epochs(run_dir)
         metrics = runs.read_metrics(run_dir) if (run_dir / runs.METRICS).exists() else []
     except runs.RunFolderError as exc:
         return {**row, "status": f"unreadable: {exc}"}
     done = result.get("epochs_completed", 0)
     status = result.get("status")
-    if status == "running" and not _held(run_dir):
+    if status == "running" and not runs.held(run_dir):
         status = "stopped"  # no process holds the folder: killed, or its node was lost
-    evaluated = [m["val_error"] for m in metrics if not math.isnan(m["val_error"])]
+    evaluated = [m["val_error"] for m in metrics if not math.isnan(m.get("val_error", math.nan))]
     row.update(status=status, epoch=f"{done}/{epochs}", **{"slurm job": result.get("slurm_job_id")})
     if evaluated:
         row["last val error %"] = evaluated[-1]
     if metrics:
-        row["img/s"] = metrics[-1]["images_per_s"]
-    if status not in runs.FINISHED and done:
-        row["time left"] = pd.Timedelta(seconds=round(result["train_time_s"] / done * (epochs - done)))
+        row["img/s"] = metrics[-1].get("images_per_s")
+    if status not in runs.FINISHED and done and "train_time_s" in result:
+        row["time left"] = pd.Timedelta(seconds=round(result["train_time_s"] / done * max(epochs - done, 0)))
     return row
 
 
-def _failure_before_training(run_dir: Path) -> str | None:
-    """The error a run wrote to its train.log if it failed before writing result.json (a data set not
-    found, say) and nothing was logged since (a rerun of it would be), else None."""
-    path = run_dir / runs.LOG
-    marker = f"[{errors.failure_log.name}][ERROR] - error: "
-    text = path.read_text(errors="replace").strip() if path.is_file() else ""
-    last = text.splitlines()[-1] if text else ""
-    return last.split(marker, 1)[1] if marker in last else None
-
-
-def _held(run_dir: Path) -> bool:
-    """Whether a live process holds the run's lock; True where that cannot be told (another host,
-    no lock file) so that a running run is never called stopped by mistake."""
-    holder = runs.lock_holder(run_dir)
-    if holder is None or holder[1] != socket.gethostname():
-        return True
-    try:
-        os.kill(holder[0], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
+def _planned_epochs(run_dir: Path) -> int:
+    trainer = runs.read_config(run_dir).get("trainer")
+    epochs = trainer.get("epochs") if isinstance(trainer, dict) else None
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        path = run_dir / runs.CONFIG
+        raise runs.RunFolderError(f"{path}: trainer.epochs is {epochs!r}, not an integer >= 1")
+    return epochs
 
 
 def sweep_status(paths: Sequence[str | Path]) -> pd.DataFrame:
@@ -113,8 +92,7 @@ def sweep_status(paths: Sequence[str | Path]) -> pd.DataFrame:
         if not path.exists():
             raise runs.RunFolderError(f"{path}: no such folder")
         planned = {path / name: shown for name, shown in planned_runs(path).items()}
-        markers = (runs.RESULT, runs.SLURM_JOB, runs.LOCK, runs.LOG)  # a run may fail before result.json
-        found = {p.parent for name in markers for p in path.rglob(name)}
+        found = runs.run_folders_under(path)
         for folder in [*planned, *sorted(found - set(planned))]:
             if folder.resolve() not in seen:
                 seen.add(folder.resolve())

@@ -405,7 +405,7 @@ def test_aggregate_lists_a_path_without_runs(workspace: Path, capsys: pytest.Cap
     (workspace / "empty").mkdir()
     assert aggregate.main([str(workspace / "run"), str(workspace / "empty")]) == 0
     out = capsys.readouterr().out
-    assert "1 run in 1 group\n" in out and "no run folders (folders with result.json) there" in out
+    assert "1 run in 1 group\n" in out and f"empty | {runs.NO_RUN_FOLDERS}" in out
 
 
 def test_aggregate_with_nothing_completed_says_so(workspace: Path, capsys: pytest.CaptureFixture) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import nbclient
@@ -158,6 +160,63 @@ def test_constant_depth_is_one_baseline_per_seed(tmp_path: Path) -> None:
         )
 
 
+def test_differences_that_do_not_vary_have_no_p_value(tmp_path: Path) -> None:
+    for seed, (c, s) in enumerate([(6.0, 5.0), (7.0, 6.0), (8.0, 7.0)]):
+        make_run(tmp_path / f"off,{seed}", "off", seed, c)
+        make_run(tmp_path / f"linear,{seed}", "linear", seed, s)
+    table, epochs, _ = report.load_runs([tmp_path])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw scipy warning either
+        summary = report.summarize(table, epochs)
+    linear = summary.set_index("stochastic_depth.rule").loc["linear"]
+    assert (linear["pairs"], linear["diff_mean"], linear["diff_std"]) == (3, -1.0, 0.0)
+    assert math.isnan(linear["p_value"])
+    shown = report.display_table(summary, report.experiment_keys(table), "test_error_at_best_val")
+    assert "-1.00 ± 0.00 (n=3)" in shown["SD − constant"].tolist()
+
+
+def test_a_completed_run_without_the_metric_is_not_a_seed_of_it(sweep: Path) -> None:
+    # a run whose test split is empty: its test_error_at_best_val is null
+    make_run(sweep / "linear,seed=2", "linear", 2, math.nan)
+    table, epochs, _ = report.load_runs([sweep])
+    linear = report.summarize(table, epochs).set_index("stochastic_depth.rule").loc["linear"]
+    assert (linear["seeds"], linear["pairs"]) == (2, 2)
+    assert linear["mean"] == pytest.approx(5.25) and linear["diff_mean"] == pytest.approx(-1.0)
+
+
+def test_metrics_with_text_leave_out_only_that_runs_epochs(sweep: Path) -> None:
+    path = sweep / "off,seed=0" / runs.METRICS
+    path.write_text(path.read_text().replace(",33.333333333333336,", ",abc,", 1))
+    table, epochs, unusable = report.load_runs([sweep])
+    assert len(table) == 10 and str(sweep / "off,seed=0") not in set(epochs["run_dir"])
+    assert unusable["reason"].tolist() == [
+        f"cannot read {path} (ValueError: column epoch_time_s holds text ('abc')): "
+        "its epochs are left out of the curves"
+    ]
+
+
+def test_figures_show_what_the_table_shows(
+    sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Completed runs only, a repeated seed once: the data each figure is drawn from."""
+    copy = tmp_path.parent / f"{tmp_path.name}-copy"
+    shutil.copytree(sweep, copy)
+    make_run(copy / "off,seed=0", "off", 0, 9.0)  # seed 0 twice: 6.0 and 9.0, averaged to 7.5
+    drawn: dict[str, pd.DataFrame] = {}
+    for name in ("lineplot", "stripplot", "pointplot", "barplot"):
+        monkeypatch.setattr(plots.sns, name, lambda *, data, name=name, **_: drawn.setdefault(name, data))
+    table, epochs, _ = report.load_runs([sweep, copy])
+    by = report.experiment_keys(table)
+    plots.final_errors(table, by, "test_error_at_best_val", tmp_path / "out")
+    plots.error_curves(table, epochs, by, tmp_path / "out")
+    plots.epoch_times(table, epochs, by, tmp_path / "out")
+    off = drawn["pointplot"][drawn["pointplot"]["stochastic_depth.rule"] == "off"]
+    assert sorted(off["test_error_at_best_val"]) == [6.5, 7.0, 7.5]
+    curves = drawn["lineplot"]
+    assert len(curves) == 8 * 3 and not curves.duplicated(["group", "seed", "epoch"]).any()  # 8 runs done
+    assert len(drawn["barplot"]) == 2 * 8 * 3  # every epoch of the two folders' completed runs
+
+
 def aggregate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "analysis" / "aggregate.py"), *args],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -189,6 +248,9 @@ def test_printed_formats(sweep: Path, fmt: str) -> None:
     proc = aggregate(str(sweep), "--format", fmt)
     assert proc.returncode == 0, proc.stderr
     assert ("\\begin{tabular}" in proc.stdout) == (fmt == "latex")
+    assert "Not completed (2)" in proc.stderr  # stdout holds the table alone
+    if fmt == "csv":
+        assert pd.read_csv(io.StringIO(proc.stdout)).shape == (3, 11)
     if fmt == "latex":  # nothing pdflatex would choke on: unescaped % or _, raw ± or −
         assert re.search(r"(?<!\\)[%_]|[±−]", proc.stdout) is None, proc.stdout
         assert "$\\pm$" in proc.stdout and "SD $-$ constant" in proc.stdout

@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sdexp import runs, status, train
+from sdexp import report, runs, status, train
 from sdexp.config import CONF_DIR, compose_config, register_configs
 from tests.conftest import ROOT, TINY, ctrl_c_default, run_command
 
@@ -120,6 +120,44 @@ def test_a_run_without_result_whose_lock_holder_is_gone_is_stopped(tmp_path: Pat
     assert status.run_row(tmp_path)["status"] == "stopped"  # killed after it took the folder
     (tmp_path / runs.LOCK).write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
     assert status.run_row(tmp_path)["status"] == "starting"
+
+
+def test_aggregate_sees_each_state_as_status_does(sweep: Path) -> None:
+    """A killed run is stopped in both; a folder without result.json is listed by aggregate with why."""
+    by_status = {r["run"]: r["status"] for r in status.sweep_status([sweep]).to_dict("records")}
+    table, _, unusable = report.load_runs([sweep])
+    for run_dir, state in zip(table["run_dir"], table["status"], strict=True):
+        assert by_status[Path(run_dir).name.replace(",", " ")] == state
+    assert unusable[["run_dir", "reason"]].values.tolist() == [
+        [str(sweep / _name(2, "off")), "no result.json: queued"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ("config", "unreadable: "),  # a config without trainer.epochs names the file and key
+        ("metrics", "completed"),  # metrics.csv without val_error: the row without it
+        ("result", "running"),  # a running run's result without train_time_s: no time left
+    ],
+)
+def test_files_lacking_a_field_give_a_row(sweep: Path, tmp_path: Path, edit: str, expected: str) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(sweep / _name(0, "off"), run_dir)
+    if edit == "config":
+        (run_dir / runs.CONFIG).write_text("seed: 0\ntrainer: null\n")
+    elif edit == "metrics":
+        (run_dir / runs.METRICS).write_text("epoch,test_error\n1,50.0\n")
+    else:
+        result = {k: v for k, v in runs.read_result(run_dir).items() if k != "train_time_s"}
+        runs.write_result(run_dir, {**result, "status": "running", "epochs_completed": 1})
+        (run_dir / runs.LOCK).write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    row = status.run_row(run_dir)
+    assert row["status"].startswith(expected)
+    if edit == "config":
+        assert "config.yaml: trainer.epochs is None" in row["status"]
+    assert pd.isna(row.get("time left"))
+    assert pd.isna(row.get("last val error %")) == (edit != "result")
 
 
 def test_a_cut_metrics_line_makes_the_run_unreadable(sweep: Path, tmp_path: Path) -> None:
