@@ -29,10 +29,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from sdexp.config import ConfigError, group_options, validate
+from sdexp.config import ConfigError, group_options, register_configs, validate
 from sdexp.errors import SdexpError, reported
 from sdexp.files import file_in_the_way
-from sdexp.overrides import quote_override, run_name
+from sdexp.overrides import quote_override
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,21 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
 
 
 def job_folders(config: DictConfig, jobs: list[list[str]]) -> list[str]:
-    """Each job's run folder name under the sweep folder, as ``hydra.sweep.subdir`` in conf/config.yaml
-    names it (from the overrides, less ``override_dirname.exclude_keys``)."""
+    """Each job's run folder name under the sweep folder: ``hydra.sweep.subdir`` resolved as for the
+    started job, with its number and its ``override_dirname`` (its overrides less
+    ``override_dirname.exclude_keys``), as Hydra's launchers set them."""
+    register_configs()  # the run_name resolver of conf/config.yaml's subdir
     exclude = list(config.hydra.job.config.override_dirname.exclude_keys)
     parse = OverridesParser.create().parse_overrides
-    return [run_name(get_overrides_dirname(parse(job), exclude, item_sep=",", kv_sep="=")) for job in jobs]
+    job, names = copy.deepcopy(config), []
+    with read_write(job.hydra), open_dict(job.hydra):
+        for idx, overrides in enumerate(jobs):
+            job.hydra.job.num = job.hydra.job.id = idx
+            job.hydra.job.override_dirname = get_overrides_dirname(
+                parse(overrides), exclude, item_sep=",", kv_sep="="
+            )
+            names.append(str(job.hydra.sweep.subdir))
+    return names
 
 
 def _check_folders_differ(config: DictConfig, jobs: list[list[str]], shown: list[str]) -> None:

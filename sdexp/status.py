@@ -86,7 +86,8 @@ def _planned_epochs(run_dir: Path) -> int:
 
 def sweep_status(paths: Sequence[str | Path]) -> pd.DataFrame:
     """The rows of every run under ``paths`` (sweep or run folders): each sweep's planned runs, started
-    or not, then any other run folder found there."""
+    or not, then any other run folder found there. With several paths, each row's name starts with
+    its path."""
     rows, seen = [], set()
     for path in map(Path, paths):
         if not path.exists():
@@ -96,7 +97,8 @@ def sweep_status(paths: Sequence[str | Path]) -> pd.DataFrame:
         for folder in [*planned, *sorted(found - set(planned))]:
             if folder.resolve() not in seen:
                 seen.add(folder.resolve())
-                rows.append(run_row(folder, planned.get(folder)))
+                shown = planned.get(folder) or folder.name
+                rows.append(run_row(folder, f"{path}: {shown}" if len(paths) > 1 else shown))
     if not rows:
         raise runs.RunFolderError(
             f"{', '.join(map(str, paths))}: no runs there (no {MULTIRUN}, no run folders)"

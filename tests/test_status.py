@@ -160,6 +160,25 @@ def test_files_lacking_a_field_give_a_row(sweep: Path, tmp_path: Path, edit: str
     assert pd.isna(row.get("last val error %")) == (edit != "result")
 
 
+def test_a_sweep_with_its_own_folder_names_and_several_sweeps(sweep: Path, tmp_path: Path) -> None:
+    """Folders named by hydra.sweep.subdir=job${hydra.job.num} are the planned runs, not extra ones."""
+    other = tmp_path / "other"
+    other.mkdir()
+    record = OmegaConf.load(sweep / status.MULTIRUN)
+    record.hydra.sweep.subdir = "job${hydra.job.num}"
+    OmegaConf.save(record, other / status.MULTIRUN)
+    shutil.copytree(sweep / _name(0, "off"), other / "job0")
+    table = status.sweep_status([other])
+    assert table[["run", "status"]].values.tolist()[:2] == [
+        ["seed=0 stochastic_depth=off", "completed"],
+        ["seed=0 stochastic_depth=linear", "not started"],
+    ]
+    assert status.totals(table).startswith("6 runs: 5 not started, 1 completed")
+    both = status.sweep_status([sweep, other])["run"].tolist()
+    assert len(both) == 12 and both[0] == f"{sweep}: seed=0 stochastic_depth=off"
+    assert both[6] == f"{other}: seed=0 stochastic_depth=off"
+
+
 def test_a_cut_metrics_line_makes_the_run_unreadable(sweep: Path, tmp_path: Path) -> None:
     copy = tmp_path / "run"
     shutil.copytree(sweep / _name(0, "off"), copy)
