@@ -304,6 +304,10 @@ def test_notebook_executes_on_a_real_tiny_sweep(tmp_path: Path, monkeypatch: pyt
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    (sweep / "broken").mkdir()
+    (sweep / "broken" / runs.LOG).write_text(
+        "[2026-12-06 05:00:00,000][sdexp.failure][ERROR] - error: no data\n"
+    )
     monkeypatch.setenv("SDEXP_SWEEP", str(sweep))
     monkeypatch.setenv("SDEXP_REPORT", str(tmp_path / "figures"))
     notebook = nbformat.read(ROOT / "analysis" / "report.ipynb", as_version=4)
@@ -313,4 +317,6 @@ def test_notebook_executes_on_a_real_tiny_sweep(tmp_path: Path, monkeypatch: pyt
     markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     assert len(markdown) == 1 and "±" in markdown[0] and "linear" in markdown[0]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
+    texts = [o["data"]["text/plain"] for o in outputs if "text/plain" in o.get("data", {})]
+    assert any("no result.json: failed: no data" in text for text in texts)  # what it could not use
     assert (tmp_path / "figures" / "test_error_curves.png").is_file()
