@@ -31,11 +31,12 @@ def group_labels(table: pd.DataFrame, by: Sequence[str]) -> pd.Series:
     return table[varying].astype(str).agg(" · ".join, axis=1)
 
 
-def _completed_epochs(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    """The epochs of completed runs, with their run's group label and seed."""
+def _seed_epochs(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
+    """``value`` per group label, seed and epoch of the completed runs (a seed run twice averaged)."""
     done = table[table["status"] == "completed"]
     runs = pd.DataFrame({"group": group_labels(done, by), "seed": done["seed"], "run_dir": done["run_dir"]})
-    return epochs.merge(runs, on="run_dir")
+    data = epochs.merge(runs, on="run_dir").dropna(subset=[value])
+    return data.groupby(["group", "seed", "epoch"], as_index=False)[value].mean()
 
 
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
@@ -50,8 +51,7 @@ def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
 def error_curves(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
     """Test error against epoch per group: mean line and a ±1 std band over seeds (paper Fig. 3 style),
     on a log axis so that the end of training is readable."""
-    data = _completed_epochs(table, epochs, by).dropna(subset=["test_error"])
-    data = data.groupby(["group", "seed", "epoch"], as_index=False)["test_error"].mean()
+    data = _seed_epochs(table, epochs, by, "test_error")
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     sns.lineplot(data=data, x="epoch", y="test_error", hue="group", errorbar="sd", ax=ax)
     ax.set(yscale="log", xlabel="epoch", ylabel="test error (%)", title="Test error during training")
@@ -62,8 +62,7 @@ def error_curves(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], o
 
 def final_errors(table: pd.DataFrame, by: Sequence[str], metric: str, out: Path) -> list[Path]:
     """The reported error per group: each seed as a point, and the mean with ±1 std."""
-    done = table[table["status"] == "completed"]
-    data = done.groupby([*by, "seed"], dropna=False, as_index=False)[metric].mean()
+    data = report.seed_means(table[table["status"] == "completed"], by, [metric])
     data = data.assign(group=group_labels(data, by))
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     sns.stripplot(data=data, x="group", y=metric, color="0.6", ax=ax)
@@ -76,7 +75,7 @@ def final_errors(table: pd.DataFrame, by: Sequence[str], metric: str, out: Path)
 
 def epoch_times(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
     """Seconds per training epoch per group (stochastic vs constant depth), mean ± std over epochs."""
-    data = _completed_epochs(table, epochs, by)
+    data = _seed_epochs(table, epochs, by, "epoch_time_s")
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     sns.barplot(data=data, x="group", y="epoch_time_s", errorbar="sd", ax=ax)
     ax.set(xlabel="", ylabel="seconds per epoch", title="Training time per epoch")

@@ -53,8 +53,7 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
     """The run's config and result as one flat row; a damaged or foreign folder raises RunFolderError."""
     result = runs.read_result(run_dir)
     runs.check_result(run_dir, result)
-    if result["status"] == "running" and not runs.held(run_dir):
-        result["status"] = "stopped"  # no process holds the folder: killed, or its node was lost
+    result["status"] = runs.live_status(run_dir, result)
     row = {**runs.flatten(runs.read_config(run_dir)), **runs.flatten(result), "run_dir": str(run_dir)}
     if row.get("stochastic_depth.rule") == "off":  # every block survives, whatever p_L was set to
         row["stochastic_depth.final_survival"] = 1.0
@@ -72,9 +71,11 @@ def _epochs(run_dir: Path) -> pd.DataFrame:
         missing = {"epoch", "test_error", "epoch_time_s"} - set(epochs.columns)
         if missing:
             raise ValueError(f"no column {', '.join(sorted(missing))}")
-        text = [c for c in epochs.columns if not pd.api.types.is_numeric_dtype(epochs[c])]
-        if text:
-            raise ValueError(f"column {text[0]} holds text ({epochs[text[0]].dropna().iloc[0]!r})")
+        for column in epochs.columns:
+            numbers = pd.to_numeric(epochs[column], errors="coerce")
+            text = epochs[column][numbers.isna() & epochs[column].notna()]
+            if len(text):
+                raise ValueError(f"column {column} holds text ({text.iloc[0]!r}, line {text.index[0] + 2})")
         short = epochs[["epoch", "epoch_time_s"]].isna().any(axis=1)  # never NaN in a whole row
         if short.any():
             raise ValueError(f"line {short.to_numpy().argmax() + 2} is cut short")
@@ -142,7 +143,7 @@ def summarize(
     per_run_epoch = epochs.groupby("run_dir")["epoch_time_s"].mean() if len(epochs) else pd.Series()
     done["epoch_time_s"] = done["run_dir"].map(per_run_epoch)
     values = list(dict.fromkeys([metric, "test_error", "train_time_s", "epoch_time_s"]))
-    per_seed = done.groupby([*by, "seed"], dropna=False)[values].mean().reset_index()
+    per_seed = seed_means(done, by, values)
     groups = per_seed.groupby(by, dropna=False, sort=True)
     summary = groups.agg(
         seeds=(metric, "count"),  # seeds with a value: a run without a test split has none
@@ -166,6 +167,12 @@ def summarize(
     summary["not_completed"] = summary["not_completed"].astype(int)
     summary["fewer_seeds"] = summary["seeds"] < summary["seeds"].max()
     return summary
+
+
+def seed_means(done: pd.DataFrame, by: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
+    """One row per group and seed of the completed runs ``done``: the mean of each of ``values`` over
+    the seed's runs, so that a seed run twice counts once."""
+    return done.groupby([*by, "seed"], dropna=False, as_index=False)[list(values)].mean()
 
 
 def repeated_seeds(table: pd.DataFrame, by: Sequence[str]) -> int:

@@ -3,7 +3,8 @@
 A run folder holds ``.hydra/`` (config.yaml, overrides.yaml, hydra.yaml), ``metrics.csv`` (one row per
 epoch), ``result.json`` (status and summary), ``checkpoint.pt`` (the state after the last finished
 epoch, or at the step where a stop signal came), ``train.log`` and ``.lock`` (locked by the process
-training in it); a run submitted to SLURM also ``slurm_job.json`` (its job id, submitit folder and the
+training in it); a run started by sdexp's local or packed launcher also ``console.log`` (its process's
+output); a run submitted to SLURM also ``slurm_job.json`` (its job id, submitit folder and the
 runs packed into the same job if any, written at submission, so a rerun of the sweep can tell that
 the job is still queued or running). Every file is written atomically (temp file + rename), so a
 reader never sees half a file.
@@ -43,6 +44,7 @@ LOG = "train.log"
 CHECKPOINT = "checkpoint.pt"
 SLURM_JOB = "slurm_job.json"
 LOCK = ".lock"
+CONSOLE_LOG = "console.log"
 HYDRA_DIR = ".hydra"
 CONFIG = Path(HYDRA_DIR) / "config.yaml"
 
@@ -424,14 +426,27 @@ def held(run_dir: Path) -> bool:
     return True
 
 
-def failure_before_training(run_dir: Path) -> str | None:
-    """The error a run wrote to its train.log if it failed before writing result.json (a data set not
-    found, say) and nothing was logged since (a rerun of it would be), else None."""
-    path = run_dir / LOG
-    marker = f"[{failure_log.name}][ERROR] - error: "
+def live_status(run_dir: Path, result: dict[str, Any]) -> str:
+    """The result's status, but ``stopped`` for a run that says it is running while no process holds
+    its folder (:func:`held`): killed, or its node was lost."""
+    status = result["status"]
+    return "stopped" if status == "running" and not held(run_dir) else status
+
+
+def _last_line(path: Path) -> str:
     text = path.read_text(errors="replace").strip() if path.is_file() else ""
-    last = text.splitlines()[-1] if text else ""
-    return last.split(marker, 1)[1] if marker in last else None
+    return text.splitlines()[-1] if text else ""
+
+
+def failure_before_training(run_dir: Path) -> str | None:
+    """The error a run wrote last to its train.log if it failed before writing result.json (a data set
+    not found, say), or to its console.log if it was refused before it started (a launcher's job whose
+    config this machine cannot run); None if there is none, or something was logged since (a rerun)."""
+    marker = f"[{failure_log.name}][ERROR] - error: "
+    logged, console = _last_line(run_dir / LOG), _last_line(run_dir / CONSOLE_LOG)
+    if marker in logged:
+        return logged.split(marker, 1)[1]
+    return console.removeprefix("error: ") if console.startswith("error: ") and not logged else None
 
 
 def status_before_result(run_dir: Path) -> str:
@@ -447,8 +462,8 @@ def status_before_result(run_dir: Path) -> str:
 
 
 # What a run folder holds from its start: result.json comes later, once the data set is read.
-MARKERS = (RESULT, SLURM_JOB, LOCK, LOG)
-NO_RUN_FOLDERS = f"no run folders (folders with {RESULT} or {LOG}) there"
+MARKERS = (RESULT, SLURM_JOB, LOCK, LOG, CONSOLE_LOG)
+NO_RUN_FOLDERS = f"no run folders (folders with {', '.join(MARKERS[:-1])} or {MARKERS[-1]}) there"
 
 
 def run_folders_under(folder: Path) -> set[Path]:

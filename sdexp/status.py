@@ -61,9 +61,7 @@ def run_row(run_dir: Path, shown: str | None = None) -> dict[str, Any]:
     except runs.RunFolderError as exc:
         return {**row, "status": f"unreadable: {exc}"}
     done = result.get("epochs_completed", 0)
-    status = result.get("status")
-    if status == "running" and not runs.held(run_dir):
-        status = "stopped"  # no process holds the folder: killed, or its node was lost
+    status = runs.live_status(run_dir, result)
     evaluated = [m["val_error"] for m in metrics if not math.isnan(m.get("val_error", math.nan))]
     row.update(status=status, epoch=f"{done}/{epochs}", **{"slurm job": result.get("slurm_job_id")})
     if evaluated:

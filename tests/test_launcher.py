@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from hydra_plugins.sdexp_launcher import mps
-from hydra_plugins.sdexp_launcher.jobs import CONSOLE_LOG, Job
+from hydra_plugins.sdexp_launcher.jobs import Job
 from hydra_plugins.sdexp_launcher.local_launcher import LocalLauncher, slot_environments, visible_gpus
 from hydra_plugins.sdexp_launcher.packed import PackedTask, run_environments
 from hydra_plugins.sdexp_launcher.slurm_launcher import SlurmLauncher
+from sdexp import runs
 from sdexp.errors import SdexpError
 from tests.conftest import ROOT, TINY, change_saved_epochs, ctrl_c_default
 
@@ -41,7 +42,7 @@ def test_jobs_run_two_at_a_time_and_a_rerun_skips_them(tmp_path: Path) -> None:
         result = json.loads(path.read_text())
         assert result["status"] == "completed"
         assert result["device_name"].endswith("1 threads)")  # 2 cores shared by 2 workers
-        assert (path.parent / CONSOLE_LOG).is_file()
+        assert (path.parent / runs.CONSOLE_LOG).is_file()
     names = [p.parent.name for p in results]  # named from each job's overrides
     for seed in (0, 1):
         for rule in ("off", "linear"):
@@ -142,11 +143,11 @@ def test_packed_task_trains_each_run_in_a_process_of_its_own_and_skips_finished_
     outcomes = task(jobs)
     assert [o.status.name for o in outcomes] == ["COMPLETED", "COMPLETED"]
     assert [o.working_dir for o in outcomes] == [str(job.run_dir) for job in jobs]
-    consoles = [(job.run_dir / CONSOLE_LOG).read_text() for job in jobs]
+    consoles = [(job.run_dir / runs.CONSOLE_LOG).read_text() for job in jobs]
     assert all(json.loads((job.run_dir / "result.json").read_text())["status"] == "completed" for job in jobs)
     again = task(jobs)  # as a requeued task: both finished, neither started again
     assert [o.status.name for o in again] == ["COMPLETED", "COMPLETED"]
-    assert [(job.run_dir / CONSOLE_LOG).read_text() for job in jobs] == consoles
+    assert [(job.run_dir / runs.CONSOLE_LOG).read_text() for job in jobs] == consoles
 
 
 def fake_mps_control(folder: Path, start_status: int = 0) -> Path:

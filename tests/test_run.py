@@ -150,10 +150,14 @@ def test_run_py_multirun_writes_one_folder_per_job(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_hydra_interpolations_in_overrides_resolve_as_in_the_started_job(tmp_path: Path) -> None:
-    """``${hydra:...}`` resolves only once Hydra starts the job; the checks before it must not refuse it."""
+@pytest.mark.parametrize("launcher", ["hydra/launcher=basic", "hydra/launcher=local"])
+def test_hydra_interpolations_in_overrides_resolve_as_in_the_started_job(
+    tmp_path: Path, launcher: str
+) -> None:
+    """``${hydra:...}`` resolves only once Hydra starts the job; the checks before it must not refuse it,
+    and the local launcher's jobs (processes of their own) know their number too."""
     jobs = ["seed=${hydra:job.num}", "dataset.root=${hydra:runtime.cwd}/data", "optimizer.lr=0.1,0.05"]
-    proc = run_py("-m", *TINY, "trainer.epochs=1", *jobs, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    proc = run_py("-m", launcher, *TINY, "trainer.epochs=1", *jobs, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     configs = [runs.read_config(p.parent) for p in sorted(tmp_path.glob("sweep/*/result.json"))]
     assert sorted(c["seed"] for c in configs) == [0, 1]

@@ -103,6 +103,21 @@ def test_a_run_that_failed_before_training_is_failed_until_it_logs_again(tmp_pat
     assert status.run_row(tmp_path)["status"] == "starting"  # rerun, not there yet
 
 
+def test_a_launchers_job_refused_before_it_started_is_failed(tmp_path: Path) -> None:
+    """The local launcher's job whose own check refused it: console.log alone, its last line the error."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / runs.CONSOLE_LOG).write_text("error: trainer.device=cuda but CUDA is not available here\n")
+    assert status.sweep_status([tmp_path])["status"].tolist() == [
+        "failed: trainer.device=cuda but CUDA is not available here"
+    ]
+    assert report.load_runs([tmp_path]).unusable["reason"].tolist() == [
+        "no result.json: failed: trainer.device=cuda but CUDA is not available here"
+    ]
+    (run_dir / runs.LOG).write_text("[2026-12-06 06:00:00,000][sdexp.train][INFO] - building\n")
+    assert status.run_row(run_dir)["status"] == "starting"  # started again since
+
+
 def test_a_run_folder_that_failed_before_training_is_found_alone(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -27,7 +27,6 @@ from sdexp.overrides import quote_override
 from sdexp.wording import count
 
 log = logging.getLogger(__name__)
-CONSOLE_LOG = "console.log"
 
 
 class Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs modules outside sys.modules
@@ -78,13 +77,15 @@ def plan_jobs(
 
 def start_process(job: Job, script: str, env: dict[str, str], own_session: bool = False) -> subprocess.Popen:
     """Start training ``job`` in a process of its own, ``python <script> <its overrides>
-    hydra.run.dir=<its run folder>``, with ``env`` added to the environment and its console output
-    appended to ``console.log`` in the run folder; ``own_session``: out of the terminal's reach, for a
-    caller that passes signals on itself."""
+    hydra.run.dir=<its run folder>``, its number given as ``hydra.job.num`` and ``hydra.job.id`` (as
+    :func:`plan_jobs` and Hydra's basic launcher set them; ``seed=${hydra:job.num}`` reads it), with
+    ``env`` added to the environment and its console output appended to ``console.log`` in the run
+    folder; ``own_session``: out of the terminal's reach, for a caller that passes signals on itself."""
     log.info("#%d start (%s): %s", job.idx, ", ".join(f"{k}={v}" for k, v in env.items()), job.shown)
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, script, *job.overrides, f"hydra.run.dir={quote_override(str(job.run_dir))}"]
-    with open(job.run_dir / CONSOLE_LOG, "a", encoding="utf-8") as console:
+    command = [sys.executable, script, *job.overrides, f"hydra.run.dir={quote_override(str(job.run_dir))}",
+               f"hydra.job.num={job.idx}", f"hydra.job.id={job.idx}"]  # fmt: skip
+    with open(job.run_dir / runs.CONSOLE_LOG, "a", encoding="utf-8") as console:
         return subprocess.Popen(
             command, env={**os.environ, **env}, stdout=console, stderr=subprocess.STDOUT,
             start_new_session=own_session,
@@ -97,7 +98,7 @@ def process_outcome(job: Job, code: int) -> JobReturn:
         log.info("#%d done: %s", job.idx, job.shown)
         return job_return(job)
     log.error("#%d failed with status %d: %s", job.idx, code, job.shown)
-    return job_return(job, f"exited with status {code}; see {job.run_dir / CONSOLE_LOG}")
+    return job_return(job, f"exited with status {code}; see {job.run_dir / runs.CONSOLE_LOG}")
 
 
 def settled(job: Job) -> JobReturn | None:
