@@ -467,8 +467,19 @@ NO_RUN_FOLDERS = f"no run folders (folders with {', '.join(MARKERS[:-1])} or {MA
 
 
 def run_folders_under(folder: Path) -> set[Path]:
-    """The run folders at or under ``folder``: those holding one of :data:`MARKERS`."""
-    return {p.parent for name in MARKERS for p in folder.rglob(name)}
+    """The run folders at or under ``folder``: those holding one of :data:`MARKERS`. Linked folders are
+    followed (a folder of links to the runs to compare), each real folder once, so a loop of links
+    ends and a run linked beside itself counts once."""
+    found, seen = set(), set()
+    for root, subfolders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        if any(name in files for name in MARKERS):
+            found.add(Path(root))
+    return found
 
 
 def find_run_dirs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:

@@ -217,6 +217,19 @@ def test_figures_show_what_the_table_shows(
         assert len(drawn[name]) == 8 * 3 and not drawn[name].duplicated(["group", "seed", "epoch"]).any()
 
 
+def test_linked_run_folders_are_followed_once(tmp_path: Path) -> None:
+    """A folder of links to the runs to compare is read; a run linked beside itself and a loop of links
+    count once."""
+    make_run(tmp_path / "sweep" / "off,seed=0", "off", 0, 6.0)
+    make_run(tmp_path / "sweep" / "linear,seed=0", "linear", 0, 5.0)
+    compare = tmp_path / "compare"
+    compare.mkdir()
+    (compare / "off").symlink_to(tmp_path / "sweep" / "off,seed=0", target_is_directory=True)
+    (compare / "loop").symlink_to(compare, target_is_directory=True)
+    assert report.load_runs([compare]).table["stochastic_depth.rule"].tolist() == ["off"]
+    assert sorted(report.load_runs([tmp_path]).table["stochastic_depth.rule"]) == ["linear", "off"]
+
+
 def aggregate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "analysis" / "aggregate.py"), *args],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
