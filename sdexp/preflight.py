@@ -42,11 +42,11 @@ def _validate(config: DictConfig, this_host: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def hydra_config_of(config: DictConfig, num: int | None = None) -> Iterator[None]:
+def hydra_config_of(job: DictConfig, num: int | None = None) -> Iterator[None]:
     """Set Hydra's config as the started job will have it (its output folder; for a sweep's job, its
     number), so that ``${hydra:...}`` in the job's config resolves while it is checked
-    (``dataset.root=${hydra:runtime.cwd}/data``): Hydra sets it only as the job starts."""
-    job = copy.deepcopy(config)
+    (``dataset.root=${hydra:runtime.cwd}/data``): Hydra sets it only as the job starts. ``job``'s
+    ``hydra`` node is changed (the number, read-only): pass a copy of a config Hydra goes on with."""
     with read_write(job.hydra), open_dict(job.hydra):
         if num is not None:
             job.hydra.job.num = job.hydra.job.id = num
@@ -240,14 +240,14 @@ class Preflight(Callback):
         with reported():
             check_one_option_per_group(typed(config))
             check_not_a_lone_sweep(config)
-            with hydra_config_of(config):
+            with hydra_config_of(copy.deepcopy(config)):
                 _validate(config)
             _check_writable(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with reported():
             check_debug_after_sweep(config)
-            with hydra_config_of(config, 0):
+            with hydra_config_of(copy.deepcopy(config), 0):
                 _validate(config, jobs_run_here(config))
             check_sweep_jobs(config, kwargs.get("config_name"))
             claim_timed_sweep_folder(config)

@@ -119,8 +119,8 @@ def build_data(cfg: DictConfig) -> ImageSplits:
     if name == DatasetName.synthetic:
         sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
         splits = {
-            name: Split(*make_synthetic(n, seed=cfg.split_seed * 3 + i))
-            for i, (name, n) in enumerate(sizes.items())
+            split: Split(*make_synthetic(n, seed=cfg.split_seed * 3 + i))
+            for i, (split, n) in enumerate(sizes.items())
         }
         return ImageSplits(**splits, classes=SYNTHETIC_CLASSES)
     decoded, classes = _decode(cfg)
