@@ -11,6 +11,7 @@ functions live in ``sdexp.report`` and ``sdexp.plots`` (the notebook uses them t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pandas as pd
 
 from sdexp import plots, report, runs
 from sdexp.errors import SdexpError, reported
-from sdexp.files import atomic_write_text
+from sdexp.files import atomic_write_text, file_in_the_way
 from sdexp.wording import count
 
 
@@ -41,12 +42,15 @@ def _group_keys(by: str | None, table: pd.DataFrame) -> list[str]:
 
 
 def _check_keys(table: pd.DataFrame, by: list[str], metric: str) -> None:
-    unknown = [k for k in [*by, metric] if k not in table.columns]
+    unknown = [k for k in by if k not in table.columns]
     if unknown:
-        raise SdexpError(f"{', '.join(unknown)} not found in the runs; columns: {', '.join(table.columns)}")
+        varying = ", ".join(report.experiment_keys(table))
+        raise SdexpError(f"{', '.join(unknown)} not found in the runs' configs; keys that vary: {varying}")
     numbers = [k for k in runs.NUMBER_FIELDS if k in table.columns and k != "seed"]
-    values = table[metric].dropna()
-    if metric not in numbers and (report.is_config_key(metric) or not pd.api.types.is_numeric_dtype(values)):
+    values = table[metric].dropna() if metric in table.columns else None
+    if metric not in numbers and (
+        values is None or report.is_config_key(metric) or not pd.api.types.is_numeric_dtype(values)
+    ):
         raise SdexpError(f"--metric {metric} is not a result.json number; choose one of {', '.join(numbers)}")
 
 
@@ -69,16 +73,28 @@ def _write_outputs(out: Path, loaded: report.Runs, summary: pd.DataFrame, shown:
     return [*texts, *(p.name for p in figures)]
 
 
+def _check_out(out: str) -> None:
+    """Refuse an ``--out`` that cannot become a folder here before any run is read, not after."""
+    if not out.strip():
+        raise SdexpError("--out is empty: give a folder for the files, e.g. --out report")
+    folder = Path(out)
+    if (blocking := file_in_the_way(folder)) is not None:
+        raise SdexpError(f"--out {out}: {blocking} is a file, not a folder")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SdexpError(f"--out {out}: {existing} is not writable here")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="sweep folders, run folders or globs (searched recursively)")
     parser.add_argument("--by", help="comma-separated config keys to group by (default: the keys that vary)")
     parser.add_argument("--metric", default="test_error_at_best_val", help="result.json field to report")
     parser.add_argument("--out", help="folder for the CSV/LaTeX/markdown files and plots")
     parser.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="printed format")
     args = parser.parse_args(argv)
-    if args.out is not None and not args.out.strip():
-        raise SdexpError("--out is empty: give a folder for the files, e.g. --out report")
+    if args.out is not None:
+        _check_out(args.out)
     info = sys.stdout if args.format == "md" else sys.stderr  # csv, LaTeX: the table alone on stdout
     loaded = report.load_runs(args.paths)
     table = loaded.table

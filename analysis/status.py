@@ -22,7 +22,7 @@ CLEAR = "\033[2J\033[H"  # clear the terminal, cursor to the top left
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="sweep folders (multirun/...) or run folders")
     parser.add_argument("--watch", type=float, nargs="?", const=10.0, default=None, metavar="SECONDS",
                         help="refresh every SECONDS (default 10) until Ctrl-C")  # fmt: skip

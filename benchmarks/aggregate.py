@@ -5,15 +5,16 @@ python benchmarks/aggregate.py [--runs 1000] [--epochs 500] [--quick]
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
+import arg_types
 import numpy as np
 import pandas as pd
 import yaml
+from arg_types import count  # a sibling script: benchmarks/ is on sys.path
 
 from sdexp import report, runs
 from sdexp.errors import reported
@@ -45,9 +46,9 @@ def synthesise(root: Path, n_runs: int, n_epochs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=500)
+    parser = arg_types.parser(__doc__)
+    parser.add_argument("--runs", type=count, default=1000)
+    parser.add_argument("--epochs", type=count, default=500)
     parser.add_argument("--quick", action="store_true", help="20 runs × 10 epochs: checks the script runs")
     args = parser.parse_args()
     if args.quick:

@@ -1,9 +1,24 @@
-"""Argument types shared by the benchmark scripts, so that a bad number is a usage error naming the
-option (exit status 2) instead of a failure deep inside a benchmark."""
+"""Argument types shared by the benchmark scripts, so that a bad value is a usage error naming the
+option (exit status 2) before anything is timed, instead of a failure deep inside a benchmark or a
+value quietly read as another."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A parser described by the script docstring's first paragraph (its whole first sentence)."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0])
 
 
 def count(text: str) -> int:
@@ -17,6 +32,64 @@ def count(text: str) -> int:
     return value
 
 
-def counts(text: str) -> list[int]:
-    """A comma list of integers >= 1."""
-    return [count(v) for v in text.split(",")]
+def seconds(text: str) -> float:
+    """A finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
+def one_of(*allowed: str) -> Callable[[str], str]:
+    """One of ``allowed``."""
+
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def flag(text: str) -> bool:
+    """``true`` or ``false``."""
+    return one_of("false", "true")(text) == "true"
+
+
+def listed(kind: Callable[[str], T]) -> Callable[[str], list[T]]:
+    """A comma list of ``kind``, each value once (a value listed twice would time one case twice)."""
+
+    def parse(text: str) -> list[T]:
+        values = [kind(part) for part in text.split(",")]
+        if len(set(values)) < len(values):
+            raise argparse.ArgumentTypeError(f"{text!r} lists a value twice")
+        return values
+
+    return parse
+
+
+counts = listed(count)
+
+
+def device(text: str) -> str:
+    """``auto`` (CUDA where there is one), ``cpu``, ``cuda`` or ``cuda:N``; CUDA only where it is."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of auto, cpu, cuda, cuda:N")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here")
+    if text.startswith("cuda:") and int(text[5:]) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} GPUs")
+    return text
+
+
+def new_file(text: str) -> Path:
+    """A file to write at the end, checked at the start: its folder exists and it is no folder."""
+    path = Path(text)
+    if not text or path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder: give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: no folder {path.parent} to write it in")
+    return path

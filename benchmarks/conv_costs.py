@@ -23,16 +23,17 @@ per block; the stride-2 convolutions at stage transitions are counted as stride-
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
+import arg_types  # sibling scripts: benchmarks/ is on sys.path when a benchmark runs
 import pandas as pd
 import torch
-from arg_types import count  # sibling scripts: benchmarks/ is on sys.path when a benchmark runs
+from arg_types import count, listed, one_of
 from torch.nn import functional as F
 from torch.utils.benchmark import Timer
 
 from sdexp.conv import weight_grad_gemm
+from sdexp.environment import resolve_device
 from sdexp.errors import reported
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -125,35 +126,31 @@ def stage_parts(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depth", type=count, default=110, help="CIFAR ResNet depth, 6n+2")
-    parser.add_argument("--batch", type=count, default=128)
-    parser.add_argument("--dtypes", default="fp32,bf16", help=f"comma list of {', '.join(DTYPES)}")
-    parser.add_argument("--layouts", default="channels_last", help=f"comma list of {', '.join(LAYOUTS)}")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seconds", type=float, default=0.2, help="timing per part (at least)")
-    parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
+    parser = arg_types.parser(__doc__)
+    parser.add_argument("--depth", type=count, default=None, help="CIFAR ResNet depth, 6n+2 (110)")
+    parser.add_argument("--batch", type=count, default=None, help="(128)")
+    parser.add_argument("--dtypes", type=listed(one_of(*DTYPES)), default="fp32,bf16",
+                        help=f"comma list of {', '.join(DTYPES)}")  # fmt: skip
+    parser.add_argument("--layouts", type=listed(one_of(*LAYOUTS)), default="channels_last",
+                        help=f"comma list of {', '.join(LAYOUTS)}")  # fmt: skip
+    parser.add_argument("--device", type=arg_types.device, default=None, help="auto: CUDA where there is one")
+    parser.add_argument(
+        "--seconds", type=arg_types.seconds, default=None, help="timing per part, at least (0.2)"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny, on the CPU: checks the script runs")
     args = parser.parse_args()
-    if args.quick:
-        args.depth, args.batch, args.device, args.seconds = 20, 8, "cpu", 0.01
-    for option, names, known in (("--dtypes", args.dtypes, DTYPES), ("--layouts", args.layouts, LAYOUTS)):
-        unknown = sorted(set(names.split(",")) - set(known))
-        if unknown:
-            parser.error(f"{option}: {', '.join(unknown)} unknown; allowed: {', '.join(known)}")
-    if (args.depth - 2) % 6:
-        parser.error(f"--depth {args.depth} is no CIFAR ResNet depth (6n+2)")
-    if not args.seconds > 0:  # NaN fails too
-        parser.error(f"--seconds {args.seconds}: give a time > 0")
-    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
-        parser.error(f"--device {args.device}: give cpu, cuda or cuda:N")
-    if args.device != "cpu" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available here")
-    device, blocks = torch.device(args.device), (args.depth - 2) // 6
+    quick = {"depth": 20, "batch": 8, "device": "cpu", "seconds": 0.01}
+    full = {"depth": 110, "batch": 128, "device": "auto", "seconds": 0.2}
+    for key, value in (quick if args.quick else full).items():  # what is not given
+        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+    if (args.depth - 2) % 6 or args.depth < 8:
+        parser.error(f"--depth {args.depth} is no CIFAR ResNet depth (6n+2, n >= 1)")
+    device, blocks = resolve_device(args.device), (args.depth - 2) // 6
     torch.backends.cudnn.benchmark = True  # as training sets it (sdexp.environment)
 
     rows = []
-    for dtype_name in args.dtypes.split(","):
-        for layout_name in args.layouts.split(","):
+    for dtype_name in args.dtypes:
+        for layout_name in args.layouts:
             for stage, (channels, size) in enumerate(((16, 32), (32, 16), (64, 8)), start=1):
                 parts = stage_parts(
                     args.batch, channels, size, DTYPES[dtype_name], LAYOUTS[layout_name], device, args.seconds

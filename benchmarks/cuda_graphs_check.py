@@ -13,19 +13,19 @@ row (its traceback on stderr); the others still run. Exits non-zero on a mismatc
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import traceback
 from functools import partial
 from typing import NamedTuple
 
+import arg_types  # a sibling script: benchmarks/ is on sys.path
 import pandas as pd
 import torch
-from arg_types import count  # a sibling script: benchmarks/ is on sys.path
+from arg_types import count, listed, one_of
 
 from sdexp.config import compose_config, validate
-from sdexp.environment import seed_everything, speed_settings
+from sdexp.environment import resolve_device, seed_everything, speed_settings
 from sdexp.errors import reported
 from sdexp.models import IMAGE_SIZE
 from sdexp.optim import build_optimizer
@@ -150,17 +150,17 @@ def node_switch_check(device: str) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arg_types.parser(__doc__)
     parser.add_argument("--model", default="resnet110")
     parser.add_argument("--steps", type=count, default=6)
-    parser.add_argument("--device", default="cuda", help="cpu: a rehearsal, segments and gemm only")
-    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma list of {', '.join(PATHS)}")
+    parser.add_argument("--device", type=arg_types.device, default="cuda",
+                        help="cuda or cuda:N; cpu: a rehearsal, segments and gemm only")  # fmt: skip
+    parser.add_argument("--paths", type=listed(one_of(*PATHS)), default=",".join(PATHS),
+                        help=f"comma list of {', '.join(PATHS)}")  # fmt: skip
     args = parser.parse_args()
-    unknown = [p for p in args.paths.split(",") if p not in PATHS]
-    if unknown:
-        parser.error(f"--paths: {unknown[0]} is not one of {', '.join(PATHS)}")
+    args.device = str(resolve_device(args.device))  # auto: cuda where there is one
     on_cuda = args.device.startswith("cuda")
-    paths = {p: PATHS[p] for p in args.paths.split(",") if on_cuda or p in ("segments", "gemm")}
+    paths = {p: PATHS[p] for p in args.paths if on_cuda or p in ("segments", "gemm")}
     if not paths:
         parser.error("--paths: on the CPU only segments and gemm can be checked")
     try:

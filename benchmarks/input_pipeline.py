@@ -8,12 +8,13 @@ uint8 tensors of CIFAR shape; each is timed over whole epochs (median), synchron
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
+import arg_types
 import pandas as pd
 import torch
+from arg_types import count
 from train_speed import sync  # a sibling script: benchmarks/ is on sys.path when a benchmark runs
 
 from sdexp.data import DeviceLoader, TorchLoader
@@ -33,12 +34,12 @@ def images_per_second(loader: DeviceLoader | TorchLoader, device: torch.device, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--images", type=int, default=50_000)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = arg_types.parser(__doc__)
+    parser.add_argument("--device", type=arg_types.device, default="auto")
+    parser.add_argument("--images", type=count, default=50_000)
+    parser.add_argument("--batch-size", type=count, default=128)
+    parser.add_argument("--workers", type=count, default=4, help="DataLoader worker processes")
+    parser.add_argument("--repeats", type=count, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
     args = parser.parse_args()
     if args.quick:

@@ -19,17 +19,18 @@ the add, whose work follows the activation size (4× larger in stage 1 than in s
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
+import arg_types
 import pandas as pd
 import torch
+from arg_types import count
 from torch import nn
 from torch.nn import functional as F
 from train_speed import sync  # a sibling script: benchmarks/ is on sys.path when a benchmark runs
 
-from sdexp.config import compose_config, register_configs
+from sdexp.config import compose_config, register_configs, validate
 from sdexp.environment import resolve_device, speed_settings
 from sdexp.errors import reported
 from sdexp.models import IMAGE_SIZE, ResNet
@@ -48,6 +49,7 @@ class StepTimer:
 
     def __init__(self, overrides: list[str], steps: int) -> None:
         cfg = compose_config(overrides)
+        validate(cfg)  # a value run.py refuses, or a device this machine lacks
         self.cfg, self.steps = cfg, steps
         self.device = resolve_device(cfg.trainer.device)
         self.amp_dtype, channels_last = speed_settings(cfg.trainer, self.device)
@@ -128,10 +130,10 @@ def conv_rates(timer: StepTimer, repeats: int) -> list[tuple[torch.Size, float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arg_types.parser(__doc__)
     parser.add_argument("overrides", nargs="*", help="config overrides, as for run.py")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds over all cases (median)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per case and round")
+    parser.add_argument("--repeats", type=count, default=5, help="rounds over all cases (median)")
+    parser.add_argument("--steps", type=count, default=3, help="timed steps per case and round")
     parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
     args = parser.parse_args()
     register_configs()

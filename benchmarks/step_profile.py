@@ -17,22 +17,24 @@ by their own CPU time instead (summed over threads).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable
 
+import arg_types  # sibling scripts: benchmarks/ is on sys.path
 import pandas as pd
 import torch
-from arg_types import count  # sibling scripts: benchmarks/ is on sys.path
+from arg_types import count, one_of
 from plain_peer import build_step, cifar_depth
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from train_speed import Case, Setting, check_images, sync
 
-from sdexp.config import register_configs
+from sdexp.config import group_options, register_configs
+from sdexp.conv import ConvWeightGrad
 from sdexp.environment import resolve_device
 from sdexp.errors import SdexpError, reported
+from sdexp.step import StepKind
 
 
 def profiled(epoch: Callable[[], None], device: torch.device) -> tuple[float, pd.DataFrame, int]:
@@ -64,20 +66,32 @@ def profiled(epoch: Callable[[], None], device: torch.device) -> tuple[float, pd
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet110")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--rule", default="linear", help="stochastic_depth: linear, off, ...")
-    parser.add_argument("--step", default="auto", help="trainer.step: auto, autograd, segments or graph")
-    parser.add_argument("--peer", choices=["graph", "eager"], help="profile the plain PyTorch peer instead")
-    parser.add_argument("--conv-weight-grad", default="native", help="native or gemm")
-    parser.add_argument("--precision", default=None, help="fp32 or bf16 (default: bf16 on CUDA, else fp32)")
-    parser.add_argument("--images", type=count, default=6400, help="images per profiled epoch")
-    parser.add_argument("--top", type=count, default=15, help="rows of the table")
+    parser = arg_types.parser(__doc__)
+    parser.add_argument("--model", default=None, help="resnet110 (--quick: resnet20)")
+    parser.add_argument("--device", type=arg_types.device, default="auto")
+    parser.add_argument("--rule", type=one_of(*group_options("stochastic_depth")), default="linear",
+                        help=f"stochastic_depth: {', '.join(group_options('stochastic_depth'))}")  # fmt: skip
+    parser.add_argument(
+        "--step", type=one_of(*StepKind), default="auto", help=f"one of {', '.join(StepKind)}"
+    )
+    parser.add_argument(
+        "--peer", type=one_of("graph", "eager"), help="graph or eager: the plain peer instead"
+    )
+    parser.add_argument(
+        "--conv-weight-grad", type=one_of(*ConvWeightGrad), default="native", help="native or gemm"
+    )
+    parser.add_argument(
+        "--precision", type=one_of("fp32", "bf16"), help="fp32 or bf16 (default: bf16 on CUDA)"
+    )
+    parser.add_argument("--images", type=count, default=None, help="images per profiled epoch (6400)")
+    parser.add_argument("--top", type=count, default=None, help="rows of the table (15)")
     parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
     args = parser.parse_args()
-    if args.quick:
-        args.model, args.images, args.top = "resnet20", 256, 5
+    args.model = args.model or ("resnet20" if args.quick else "resnet110")
+    args.images, args.top = (
+        args.images or (256 if args.quick else 6400),
+        args.top or (5 if args.quick else 15),
+    )
     args.repeats, args.workers = 1, 0  # what Case reads besides
     register_configs()
     device = resolve_device(args.device)
@@ -88,6 +102,10 @@ def main() -> None:
     if args.peer == "graph" and not on_cuda:
         raise SdexpError(
             "--peer graph replays a CUDA graph: it needs a CUDA device (--peer eager runs anywhere)"
+        )
+    if args.peer and args.rule not in ("off", "linear"):
+        raise SdexpError(
+            f"--rule {args.rule}: the plain peer drops blocks by the linear rule or not at all (off)"
         )
     if args.peer:
         depth, batch = cifar_depth(args.model), 128

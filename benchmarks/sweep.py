@@ -27,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import arg_types  # a sibling script: benchmarks/ is on sys.path
 import pandas as pd
-from arg_types import count, counts  # a sibling script: benchmarks/ is on sys.path
+from arg_types import count, counts
 from train_speed import PAPER_EPOCHS, PAPER_TRAIN_IMAGES
 
 from sdexp import runs
@@ -141,7 +142,7 @@ def _value(overrides: list[str], key: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arg_types.parser(__doc__)
     parser.add_argument("--jobs", type=count, default=None, help="runs per sweep (6; GPU mode: k, one round)")
     parser.add_argument("--workers", type=count, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny CPU runs: checks the script runs")
@@ -152,7 +153,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.runs_per_gpu:
         return gpu_mode(args)
-    args.jobs = 2 if args.quick else args.jobs or 6
+    if args.overrides:
+        parser.error(f"{args.overrides[0]}: overrides are for GPU mode (--runs-per-gpu)")
+    args.jobs = args.jobs or (2 if args.quick else 6)
     seeds = "seed=" + ",".join(map(str, range(args.jobs)))
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)

@@ -28,24 +28,25 @@ import statistics
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import NamedTuple
 
+import arg_types  # sibling scripts: benchmarks/ is on sys.path when a benchmark runs
 import pandas as pd
 import torch
-from arg_types import count  # sibling scripts: benchmarks/ is on sys.path when a benchmark runs
+from arg_types import count, flag, listed, one_of
 from omegaconf import DictConfig
 from plain_peer import cifar_depth, images_per_s, sync
 
 from sdexp.config import ConfigError, compose_config, register_configs, validate
+from sdexp.conv import ConvWeightGrad
 from sdexp.cuda_graphs import branch_inputs
-from sdexp.data import DeviceLoader, Loader, TorchLoader
+from sdexp.data import DeviceLoader, Loader, LoaderKind, TorchLoader
 from sdexp.environment import resolve_device, seed_everything, speed_settings
 from sdexp.errors import SdexpError, reported
 from sdexp.models import IMAGE_SIZE
 from sdexp.optim import build_optimizer
 from sdexp.signals import StopSignals
-from sdexp.step import build_step
+from sdexp.step import StepKind, build_step
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
 from sdexp.train import EpochProgress, evaluate, prepare_model, train_one_epoch
 
@@ -218,41 +219,41 @@ class Case:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet110")
-    parser.add_argument("--device", default="auto")
+    parser = arg_types.parser(__doc__)
+    parser.add_argument("--model", default=None, help="resnet110 (--quick: resnet20)")
+    parser.add_argument("--device", type=arg_types.device, default="auto")
     parser.add_argument("--images", type=count, default=None, help="images per timed epoch")
-    parser.add_argument("--repeats", type=count, default=5, help="timed epochs per case (median)")
-    parser.add_argument("--precision", default=None, help="comma list of fp32,bf16")
-    parser.add_argument("--channels-last", default=None, help="comma list of false,true")
-    parser.add_argument("--step", default="autograd", help="comma list of auto,autograd,segments,graph")
-    parser.add_argument("--cuda-graphs", default="false", help="comma list of false,true (CUDA only)")
-    parser.add_argument("--compile", default="false", help="comma list of false,true: torch.compile branches")
-    parser.add_argument("--loader", default="fast", help="comma list of fast,torch (DataLoader)")
-    parser.add_argument("--conv-weight-grad", default="native", help="comma list of native,gemm")
+    parser.add_argument("--repeats", type=count, default=None, help="timed epochs per case (median; 5)")
+    parser.add_argument("--precision", type=listed(one_of("fp32", "bf16")), help="comma list of fp32,bf16")
+    parser.add_argument("--channels-last", type=listed(flag), help="comma list of false,true")
+    parser.add_argument("--step", type=listed(one_of(*StepKind)), default="autograd",
+                        help=f"comma list of {','.join(StepKind)}")  # fmt: skip
+    parser.add_argument("--cuda-graphs", type=listed(flag), default="false", help="comma list of false,true")
+    parser.add_argument("--compile", type=listed(flag), default="false",
+                        help="comma list of false,true: torch.compile branches")  # fmt: skip
+    parser.add_argument("--loader", type=listed(one_of(*LoaderKind)), default="fast",
+                        help="comma list of fast,torch (DataLoader)")  # fmt: skip
+    parser.add_argument("--conv-weight-grad", type=listed(one_of(*ConvWeightGrad)), default="native",
+                        help="comma list of native,gemm")  # fmt: skip
     parser.add_argument("--workers", type=count, default=4, help="DataLoader worker processes (torch loader)")
-    parser.add_argument("--peer", default=None, help="true/false: time the plain PyTorch peer too")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--peer", type=flag, default=None, help="true/false: time the plain PyTorch peer too")
+    parser.add_argument("--json", type=arg_types.new_file, default=None, help="also write the rows here")
     parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
     args = parser.parse_args()
     register_configs()
     on_cuda = resolve_device(args.device).type == "cuda"
-    if args.quick:
-        args.model, args.repeats = "resnet20", 1
-        args.images = args.images or 512
-    args.images = args.images or (20_000 if on_cuda else 2_048)
-    precisions = (args.precision or ("fp32,bf16" if on_cuda else "fp32")).split(",")
-    layouts = [s == "true" for s in (args.channels_last or ("false,true" if on_cuda else "true")).split(",")]
-    steps = args.step.split(",")
-    graph_modes = [s == "true" for s in args.cuda_graphs.split(",")]
-    compile_modes = [s == "true" for s in args.compile.split(",")]
-    loaders = args.loader.split(",")
-    weight_grads = args.conv_weight_grad.split(",")
+    args.model = args.model or ("resnet20" if args.quick else "resnet110")
+    args.repeats = args.repeats or (1 if args.quick else 5)
+    args.images = args.images or (512 if args.quick else 20_000 if on_cuda else 2_048)
+    precisions = args.precision or (["fp32", "bf16"] if on_cuda else ["fp32"])
+    layouts = args.channels_last or ([False, True] if on_cuda else [True])
     check_images(args.images, compose_config([f"model={args.model}"]).trainer.batch_size)  # before any row
     rows = []
     for setting in map(
         Setting._make,
-        itertools.product(precisions, layouts, steps, graph_modes, compile_modes, loaders, weight_grads),
+        itertools.product(
+            precisions, layouts, args.step, args.cuda_graphs, args.compile, args.loader, args.conv_weight_grad
+        ),
     ):
         try:
             case_config(args, "linear", setting)
@@ -298,7 +299,7 @@ def main() -> None:
         for r in rows
     ]  # fmt: skip
     print(pd.DataFrame(table).to_markdown(index=False, disable_numparse=True))
-    if args.peer == "true" or (args.peer is None and on_cuda):
+    if args.peer or (args.peer is None and on_cuda):
         peer = peer_rows(args, rows)
         print(f"\nplain PyTorch peer (benchmarks/plain_peer.py), {peer[0]['steps']} steps per case")
         print(pd.DataFrame(peer).to_markdown(index=False, floatfmt=".3f"))

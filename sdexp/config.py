@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
@@ -26,6 +27,7 @@ from sdexp.loggers import LoggerName, WandbMode, missing_package
 from sdexp.models import Block, Shortcut
 from sdexp.optim import OptimizerName, Schedule
 from sdexp.overrides import run_name
+from sdexp.runs import flatten
 from sdexp.step import StepKind
 from sdexp.stochastic_depth import Mode, Rule, Scaling
 
@@ -184,6 +186,23 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+_HYDRA_VALUE = re.compile(r"\$\{hydra:([^}]*)\}")
+
+
+def _check_hydra_values(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for a ``${hydra:key}`` that is null where the job runs. Hydra's resolver
+    gives null for a key its config lacks, and for the job's number outside a sweep, which would
+    otherwise surface later as a null value far from its cause."""
+    if not HydraConfig.initialized():  # composed outside a run (scripts, notebooks): nothing to look up
+        return
+    for key, value in flatten(OmegaConf.to_container(cfg, resolve=False)).items():
+        for path in _HYDRA_VALUE.findall(str(value)):
+            if OmegaConf.select(HydraConfig.get(), path) is None:
+                sweeps_only = path in ("job.num", "job.id")
+                why = "set in sweeps (-m) only" if sweeps_only else "null, or not in Hydra's config"
+                raise ConfigError(f"{key}={value}: hydra.{path} is {why}")
+
+
 def validate(cfg: DictConfig, this_host: bool = True) -> None:
     """Raise :class:`ConfigError` naming the first key that the schema lacks (added with ``+key=``)
     or whose value is outside its allowed range. ``this_host=False`` leaves out whether this machine
@@ -199,6 +218,7 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
                 f"no {group} chosen: add {group}=... to the command ({group} is one of {', '.join(options)})"
             )
         raise ConfigError(f"{missing[0]} must be given: add {missing[0]}=... to the command")
+    _check_hydra_values(cfg)
     try:
         OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg, resolve=True))
     except ConfigKeyError as exc:

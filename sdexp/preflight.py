@@ -125,17 +125,28 @@ def job_folders(config: DictConfig, jobs: list[list[str]]) -> list[str]:
 
 
 def _check_folders_differ(config: DictConfig, jobs: list[list[str]], shown: list[str]) -> None:
-    """Refuse two jobs that would train in one folder (they differ only in keys left out of its name);
-    the second would find the first's run there and skip or resume it."""
-    if OmegaConf.to_container(config.hydra.sweep)["subdir"] != "${run_name:${hydra.job.override_dirname}}":
-        return  # folders named otherwise are the user's
+    """Refuse two jobs that would train in one folder (they differ only in keys left out of its name,
+    or ``hydra.sweep.subdir`` names one folder for both); the second would find the first's run there
+    and skip or resume it."""
+    subdir = str(OmegaConf.to_container(config.hydra.sweep)["subdir"])
+    if subdir == "${run_name:${hydra.job.override_dirname}}":  # conf/config.yaml's
+        why = (
+            "they differ only in keys that do not name run folders (e.g. trainer.step); sweep those in "
+            "separate sweep folders (hydra.sweep.dir)"
+        )
+    else:
+        why = f"hydra.sweep.subdir={subdir} names one folder for both: put ${{hydra.job.num}} in it"
     first: dict[str, int] = {}
     for idx, folder in enumerate(job_folders(config, jobs)):
+        if folder in first and jobs[first[folder]] == jobs[idx]:
+            same = shown[idx] or "all the jobs are alike"
+            raise ConfigError(
+                f"jobs #{first[folder]} and #{idx} are one job ({same}): the sweep lists a value twice"
+            )
         if folder in first:
             raise ConfigError(
                 f"jobs #{first[folder]} ({shown[first[folder]]}) and #{idx} ({shown[idx]}) would train in "
-                f"the same run folder {folder}: they differ only in keys that do not name run folders "
-                "(e.g. trainer.step); sweep those in separate sweep folders (hydra.sweep.dir)"
+                f"the same run folder {folder or '(the sweep folder itself)'}: {why}"
             )
         first[folder] = idx
 

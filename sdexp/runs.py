@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -323,29 +323,36 @@ def read_result(run_dir: Path) -> dict[str, Any]:
     return {**result, **{k: math.nan for k in FINAL_ERRORS if k in result and result[k] is None}}
 
 
-# result.json fields that must be numbers where present, and those a completed run must have.
-NUMBER_FIELDS = (
-    "seed",
-    "epochs_completed",
-    "train_time_s",
-    "test_error",
-    "best_val_error",
-    "test_error_at_best_val",
-)
+def _count(v: float) -> bool:
+    return isinstance(v, int) and v >= 0
+
+
+def _error(v: float) -> bool:
+    return math.isnan(v) or 0 <= v <= 100  # percent; NaN: null in the file (no test split)
+
+
+# result.json fields that must be numbers where present, with what each may be; and the fields a
+# completed run must have.
+NUMBER_FIELDS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "seed": (_count, "an integer >= 0"),
+    "epochs_completed": (_count, "an integer >= 0"),
+    "train_time_s": (lambda v: 0 <= v < math.inf, "a number of seconds >= 0"),
+    **dict.fromkeys(FINAL_ERRORS, (_error, "a percentage from 0 to 100, or null")),
+}
 COMPLETED_FIELDS = ("train_time_s", "test_error", "test_error_at_best_val")
 
 
 def check_result(run_dir: Path, result: dict[str, Any]) -> None:
     """Raise :class:`RunFolderError` if the run's result (read from its folder) has a status sdexp
-    never writes, a field of :data:`NUMBER_FIELDS` that is no number, or is completed without one of
-    :data:`COMPLETED_FIELDS`: a file edited by hand, or not sdexp's."""
+    never writes, a field of :data:`NUMBER_FIELDS` that is no number or out of its range, or is
+    completed without one of :data:`COMPLETED_FIELDS`: a file edited by hand, or not sdexp's."""
     path = Path(run_dir) / RESULT
     if result.get("status") not in STATUSES:
         raise RunFolderError(f"{path}: status {result.get('status')!r} is not one of {', '.join(STATUSES)}")
-    for key in NUMBER_FIELDS:
-        value = result.get(key, 0.0)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise RunFolderError(f"{path}: {key} is {value!r}, not a number")
+    for key, (ok, allowed) in NUMBER_FIELDS.items():
+        value = result.get(key, 0)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not ok(value):
+            raise RunFolderError(f"{path}: {key} is {value!r}, not {allowed}")
     missing = [key for key in COMPLETED_FIELDS if result["status"] == "completed" and key not in result]
     if missing:
         raise RunFolderError(f"{path}: a completed run without {', '.join(missing)}")

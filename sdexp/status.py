@@ -86,6 +86,8 @@ def sweep_status(paths: Sequence[str | Path]) -> pd.DataFrame:
     """The rows of every run under ``paths`` (sweep or run folders): each sweep's planned runs, started
     or not, then any other run folder found there. With several paths, each row's name starts with
     its path."""
+    if any(not str(path).strip() for path in paths):  # Path("") would be this folder
+        raise runs.RunFolderError("an empty path was given: name sweep folders or run folders")
     rows, seen = [], set()
     for path in map(Path, paths):
         if not path.exists():

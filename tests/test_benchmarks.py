@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import ROOT
 
@@ -149,6 +150,15 @@ def test_cuda_graphs_check_rehearses_on_the_cpu() -> None:
     assert [float(row[6]) for row in rows[2:]][::2] == [0.0, 0.0]  # the segments: the same state
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="its default device, cuda, is there")
+def test_the_gpu_check_on_a_machine_without_one_says_so() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cuda_graphs_check.py")], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "argument --device: 'cuda': CUDA is not available here" in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("script", "args", "message"),
     [
@@ -159,13 +169,23 @@ def test_cuda_graphs_check_rehearses_on_the_cpu() -> None:
         ("step_profile", ["--peer=eager", "--model=resnet18"], "model=resnet18: the plain peer is a CIFAR"),
         (
             "cuda_graphs_check",
-            ["--paths=segments,nope"],
-            "--paths: nope is not one of branches, segments, graph",
+            ["--device=cpu", "--paths=segments,nope"],
+            "argument --paths: 'nope' is not one of branches, segments, graph",
         ),
-        ("conv_costs", ["--dtypes=fp16"], "--dtypes: fp16 unknown; allowed: fp32, bf16"),
-        ("conv_costs", ["--depth=7"], "--depth 7 is no CIFAR ResNet depth (6n+2)"),
-        ("conv_costs", ["--device=tpu"], "--device tpu: give cpu, cuda or cuda:N"),
-        ("conv_costs", ["--seconds=0"], "--seconds 0.0: give a time > 0"),
+        ("conv_costs", ["--dtypes=fp16"], "argument --dtypes: 'fp16' is not one of fp32, bf16"),
+        ("conv_costs", ["--depth=7"], "--depth 7 is no CIFAR ResNet depth (6n+2, n >= 1)"),
+        ("conv_costs", ["--depth=2"], "--depth 2 is no CIFAR ResNet depth (6n+2, n >= 1)"),
+        ("conv_costs", ["--device=tpu"], "argument --device: 'tpu' is not one of auto, cpu, cuda, cuda:N"),
+        ("conv_costs", ["--seconds=inf"], "argument --seconds: 'inf' is not a number of seconds > 0"),
+        ("train_speed", ["--channels-last=maybe"], "--channels-last: 'maybe' is not one of false, true"),
+        ("train_speed", ["--precision=fp32,fp32"], "argument --precision: 'fp32,fp32' lists a value twice"),
+        ("train_speed", ["--json=nowhere/rows.json"], "--json: 'nowhere/rows.json': no folder nowhere"),
+        ("train_speed", ["--quick", "--model=resnet999"], "model=resnet999: no such option"),
+        ("step_profile", ["--peer=eager", "--rule=uniform"], "--rule uniform: the plain peer drops blocks"),
+        ("step_profile", ["--precision=fp16"], "argument --precision: 'fp16' is not one of fp32, bf16"),
+        ("stage_costs", ["--steps=0"], "argument --steps: '0' is not an integer >= 1"),
+        ("stage_costs", ["--quick", "trainer.batch_size=0"], "trainer.batch_size=0 is not allowed"),
+        ("sweep", ["seed=3"], "seed=3: overrides are for GPU mode (--runs-per-gpu)"),
     ],
 )
 def test_bad_benchmark_arguments_are_named(script: str, args: list[str], message: str) -> None:

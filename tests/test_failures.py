@@ -101,7 +101,14 @@ RUN_PY = [
         2,
         "logger.mode: Invalid value 'ofline', expected one of [offline, online, disabled]",
     ),
-    Case("job number in a run", nothing, ["seed=${hydra:job.num}"], 2, "seed: Incompatible value 'None'"),
+    Case("job number in a run", nothing, ["seed=${hydra:job.num}"], 2, "hydra.job.num is set in sweeps"),
+    Case(
+        "unknown Hydra value",
+        nothing,
+        ["dataset=cifar10", "dataset.root=${hydra:runtime.cdw}/data"],
+        2,
+        "dataset.root=${hydra:runtime.cdw}/data: hydra.runtime.cdw is null, or not in Hydra's config",
+    ),
     Case("wrong type", nothing, ["seed=${trainer.device}"], 2, "seed: Value 'cpu' of type 'str'"),
     Case("null list", nothing, ["model.widths=null"], 2, "model.widths=null is not allowed: give a list"),
     Case(
@@ -253,6 +260,25 @@ RUN_PY = [
         for name, launcher in (("basic", []), ("local", ["hydra/launcher=local"]))
     ),
     *(
+        Case(
+            f"one subdir for all jobs ({name} launcher)",
+            nothing,
+            ["-m", *launcher, "seed=0,1", "hydra.sweep.dir=sweep", "hydra.sweep.subdir=same"],
+            2,
+            "same run folder same: hydra.sweep.subdir=same names one folder for both",
+            then=lambda cwd: not (cwd / "sweep").exists(),
+        )
+        for name, launcher in (("basic", []), ("local", ["hydra/launcher=local"]))
+    ),
+    Case(
+        "a value listed twice",
+        nothing,
+        ["-m", "seed=0,1,0", "hydra.sweep.dir=sweep"],
+        2,
+        "jobs #0 and #2 are one job (seed=0): the sweep lists a value twice",
+        then=lambda cwd: not (cwd / "sweep").exists(),
+    ),
+    *(
         Case(name, nothing, ["-m", "hydra/launcher=local", key, "seed=0,1", "hydra.sweep.dir=sweep"], 2, says)
         for name, key, says in (
             ("GPU ids not a list", "hydra.launcher.gpus=0", "hydra.launcher.gpus=0 is not allowed: a list"),
@@ -300,6 +326,7 @@ AGGREGATE = [
     Case("unknown --by key", nothing, ["run", "--by", "model.nme"], 2, "model.nme not found in the runs"),
     Case("text --metric", nothing, ["run", "--metric", "model"], 2, "--metric model is not a result.json"),
     Case("config --metric", nothing, ["run", "--metric", "seed"], 2, "--metric seed is not a result.json"),
+    Case("unknown --metric", nothing, ["run", "--metric", "eror"], 2, "eror is not a result.json number;"),
     Case("empty --out", nothing, ["run", "--out", ""], 2, "--out is empty"),
     Case("empty path", nothing, ["run", ""], 2, "an empty path was given"),
     Case("--out is a file", write("out", ""), ["run", "--out", "out/report"], 2, "out is a file, not a"),
@@ -378,6 +405,21 @@ DAMAGED_RUNS = [
         "text number",
         write(RESULT, '{"status": "completed", "test_error_at_best_val": "abc"}'),
         "is 'abc', not a",
+    ),
+    (
+        "infinite time",
+        write(RESULT, '{"status": "running", "train_time_s": Infinity}'),
+        "train_time_s is inf, not a number of seconds >= 0",
+    ),
+    (
+        "negative error",
+        write(RESULT, '{"status": "running", "test_error": -6.41}'),
+        "test_error is -6.41, not a percentage from 0 to 100, or null",
+    ),
+    (
+        "negative epochs",
+        write(RESULT, '{"status": "running", "epochs_completed": -1}'),
+        "epochs_completed is -1, not an integer >= 0",
     ),
     (
         "completed without numbers",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import stat
@@ -164,8 +165,13 @@ def fake_mps_control(folder: Path, start_status: int = 0) -> Path:
     return folder / "calls.txt"
 
 
-def test_mps_is_wanted_where_gpus_are_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mps_is_wanted_where_gpus_are_shared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
+    with caplog.at_level(logging.INFO):
+        assert not mps.wanted(True, 2, [])  # asked for, but no GPU: one line says so
+    assert "hydra.launcher.mps=true: no GPU here, so no MPS" in caplog.text
     assert not mps.wanted("auto", 2, ["0"])  # no control program here
     fake_mps_control(tmp_path)
     assert mps.wanted("auto", 2, ["0"])

@@ -249,3 +249,8 @@ def test_a_run_folder_alone_is_a_sweep_of_one(sweep: Path) -> None:
     table = status.sweep_status([sweep / _name(0, "off")])
     assert table["status"].tolist() == ["completed"] and table["run"].tolist() == [_name(0, "off")]
     assert json.loads((sweep / _name(0, "off") / runs.RESULT).read_text())["status"] == "completed"
+
+
+def test_an_empty_path_is_refused_not_read_as_this_folder(sweep: Path) -> None:
+    with pytest.raises(runs.RunFolderError, match="an empty path was given"):
+        status.sweep_status([sweep, ""])

@@ -24,6 +24,8 @@ CHOICES = ("auto", True, False)
 def wanted(mps: str | bool, runs_per_gpu: int, gpus: list[str]) -> bool:
     """Whether to start MPS: ``auto`` where GPUs are shared (k > 1) and the control program exists;
     ``true`` wherever there are GPUs; ``false`` never."""
+    if not gpus and mps is True:
+        log.info("hydra.launcher.mps=true: no GPU here, so no MPS (the jobs run on CPU workers)")
     if not gpus or mps is False:
         return False
     return mps is True or (runs_per_gpu > 1 and shutil.which(CONTROL) is not None)
