@@ -44,14 +44,17 @@ def _group_keys(by: str | None, table: pd.DataFrame) -> list[str]:
 def _check_keys(table: pd.DataFrame, by: list[str], metric: str) -> None:
     unknown = [k for k in by if k not in table.columns]
     if unknown:
-        varying = ", ".join(report.experiment_keys(table))
-        raise SdexpError(f"{', '.join(unknown)} not found in the runs' configs; keys that vary: {varying}")
+        keys = ", ".join(report.experiment_keys(table))
+        raise SdexpError(f"{', '.join(unknown)} not found in the runs' configs; keys such as {keys}")
     numbers = [k for k in runs.NUMBER_FIELDS if k in table.columns and k != "seed"]
     values = table[metric].dropna() if metric in table.columns else None
     if metric not in numbers and (
         values is None or report.is_config_key(metric) or not pd.api.types.is_numeric_dtype(values)
     ):
-        raise SdexpError(f"--metric {metric} is not a result.json number; choose one of {', '.join(numbers)}")
+        raise SdexpError(
+            f"--metric {metric} is not a result.json number; choose one of {', '.join(numbers)} (or another "
+            "number in result.json)"
+        )
 
 
 def _write_outputs(out: Path, loaded: report.Runs, summary: pd.DataFrame, shown: pd.DataFrame,

@@ -47,12 +47,11 @@ def synthesise(root: Path, n_runs: int, n_epochs: int) -> None:
 
 def main() -> None:
     parser = arg_types.parser(__doc__)
-    parser.add_argument("--runs", type=count, default=1000)
-    parser.add_argument("--epochs", type=count, default=500)
+    parser.add_argument("--runs", type=count, default=None, help="(1000)")
+    parser.add_argument("--epochs", type=count, default=None, help="(500)")
     parser.add_argument("--quick", action="store_true", help="20 runs × 10 epochs: checks the script runs")
     args = parser.parse_args()
-    if args.quick:
-        args.runs, args.epochs = 20, 10
+    arg_types.fill(args, {"runs": 20, "epochs": 10}, {"runs": 1000, "epochs": 500})
     with tempfile.TemporaryDirectory() as tmp:
         synthesise(Path(tmp), args.runs, args.epochs)
         start = time.perf_counter()

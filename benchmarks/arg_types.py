@@ -9,7 +9,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -21,15 +21,32 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc.split("\n\n")[0])
 
 
-def count(text: str) -> int:
-    """An integer >= 1."""
+def fill(args: argparse.Namespace, quick: dict[str, Any], full: dict[str, Any]) -> None:
+    """Set each of these options that was not given (None) to its ``--quick`` or its full value:
+    ``--quick`` shrinks what the user left open, never what they chose."""
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
+def _integer(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {least}")
     return value
+
+
+def count(text: str) -> int:
+    """An integer >= 1."""
+    return _integer(text, 1)
+
+
+def workers(text: str) -> int:
+    """A number of worker processes: an integer >= 0 (0: none, the work is done in this process)."""
+    return _integer(text, 0)
 
 
 def seconds(text: str) -> float:
@@ -75,9 +92,11 @@ counts = listed(count)
 
 
 def device(text: str) -> str:
-    """``auto`` (CUDA where there is one), ``cpu``, ``cuda`` or ``cuda:N``; CUDA only where it is."""
-    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text) is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of auto, cpu, cuda, cuda:N")
+    """``auto`` (CUDA where there is one), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, where there is one."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if text == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available here")
     if text.startswith("cuda") and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here")
     if text.startswith("cuda:") and int(text[5:]) >= torch.cuda.device_count():
@@ -88,7 +107,9 @@ def device(text: str) -> str:
 def new_file(text: str) -> Path:
     """A file to write at the end, checked at the start: its folder exists and it is no folder."""
     path = Path(text)
-    if not text or path.is_dir():
+    if not text:
+        raise argparse.ArgumentTypeError("an empty name: give a file name")
+    if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a folder: give a file name")
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r}: no folder {path.parent} to write it in")

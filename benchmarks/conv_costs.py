@@ -139,10 +139,11 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny, on the CPU: checks the script runs")
     args = parser.parse_args()
-    quick = {"depth": 20, "batch": 8, "device": "cpu", "seconds": 0.01}
-    full = {"depth": 110, "batch": 128, "device": "auto", "seconds": 0.2}
-    for key, value in (quick if args.quick else full).items():  # what is not given
-        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+    arg_types.fill(
+        args,
+        {"depth": 20, "batch": 8, "device": "cpu", "seconds": 0.01},
+        {"depth": 110, "batch": 128, "device": "auto", "seconds": 0.2},
+    )
     if (args.depth - 2) % 6 or args.depth < 8:
         parser.error(f"--depth {args.depth} is no CIFAR ResNet depth (6n+2, n >= 1)")
     device, blocks = resolve_device(args.device), (args.depth - 2) // 6

@@ -36,14 +36,17 @@ def images_per_second(loader: DeviceLoader | TorchLoader, device: torch.device, 
 def main() -> None:
     parser = arg_types.parser(__doc__)
     parser.add_argument("--device", type=arg_types.device, default="auto")
-    parser.add_argument("--images", type=count, default=50_000)
+    parser.add_argument("--images", type=count, default=None, help="(50000)")
     parser.add_argument("--batch-size", type=count, default=128)
-    parser.add_argument("--workers", type=count, default=4, help="DataLoader worker processes")
-    parser.add_argument("--repeats", type=count, default=3)
+    parser.add_argument(
+        "--workers", type=arg_types.workers, default=None, help="DataLoader worker processes (4)"
+    )
+    parser.add_argument("--repeats", type=count, default=None, help="(3)")
     parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
     args = parser.parse_args()
-    if args.quick:
-        args.images, args.repeats, args.workers = 2048, 1, 0
+    arg_types.fill(
+        args, {"images": 2048, "repeats": 1, "workers": 0}, {"images": 50_000, "repeats": 3, "workers": 4}
+    )
     device = resolve_device(args.device)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (args.images, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=g)

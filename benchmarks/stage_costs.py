@@ -132,15 +132,15 @@ def conv_rates(timer: StepTimer, repeats: int) -> list[tuple[torch.Size, float, 
 def main() -> None:
     parser = arg_types.parser(__doc__)
     parser.add_argument("overrides", nargs="*", help="config overrides, as for run.py")
-    parser.add_argument("--repeats", type=count, default=5, help="rounds over all cases (median)")
-    parser.add_argument("--steps", type=count, default=3, help="timed steps per case and round")
+    parser.add_argument("--repeats", type=count, default=None, help="rounds over all cases (median; 5)")
+    parser.add_argument("--steps", type=count, default=None, help="timed steps per case and round (3)")
     parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
     args = parser.parse_args()
     register_configs()
+    arg_types.fill(args, {"repeats": 1, "steps": 1}, {"repeats": 5, "steps": 3})
     defaults = {"model": "resnet110"}
     if args.quick:
         defaults = {"model": "resnet20", "trainer.device": "cpu", "trainer.batch_size": "32"}
-        args.repeats, args.steps = 1, 1
     given = {o.split("=", 1)[0] for o in args.overrides}
     overrides = [f"{k}={v}" for k, v in defaults.items() if k not in given] + args.overrides
     timer = StepTimer(overrides, args.steps)

@@ -87,10 +87,10 @@ def main() -> None:
     parser.add_argument("--top", type=count, default=None, help="rows of the table (15)")
     parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
     args = parser.parse_args()
-    args.model = args.model or ("resnet20" if args.quick else "resnet110")
-    args.images, args.top = (
-        args.images or (256 if args.quick else 6400),
-        args.top or (5 if args.quick else 15),
+    arg_types.fill(
+        args,
+        {"model": "resnet20", "images": 256, "top": 5},
+        {"model": "resnet110", "images": 6400, "top": 15},
     )
     args.repeats, args.workers = 1, 0  # what Case reads besides
     register_configs()

@@ -235,16 +235,20 @@ def main() -> None:
                         help="comma list of fast,torch (DataLoader)")  # fmt: skip
     parser.add_argument("--conv-weight-grad", type=listed(one_of(*ConvWeightGrad)), default="native",
                         help="comma list of native,gemm")  # fmt: skip
-    parser.add_argument("--workers", type=count, default=4, help="DataLoader worker processes (torch loader)")
+    parser.add_argument(
+        "--workers", type=arg_types.workers, default=4, help="DataLoader worker processes (torch loader)"
+    )
     parser.add_argument("--peer", type=flag, default=None, help="true/false: time the plain PyTorch peer too")
     parser.add_argument("--json", type=arg_types.new_file, default=None, help="also write the rows here")
     parser.add_argument("--quick", action="store_true", help="tiny and fast: checks the script runs")
     args = parser.parse_args()
     register_configs()
     on_cuda = resolve_device(args.device).type == "cuda"
-    args.model = args.model or ("resnet20" if args.quick else "resnet110")
-    args.repeats = args.repeats or (1 if args.quick else 5)
-    args.images = args.images or (512 if args.quick else 20_000 if on_cuda else 2_048)
+    arg_types.fill(
+        args,
+        {"model": "resnet20", "repeats": 1, "images": 512},
+        {"model": "resnet110", "repeats": 5, "images": 20_000 if on_cuda else 2_048},
+    )
     precisions = args.precision or (["fp32", "bf16"] if on_cuda else ["fp32"])
     layouts = args.channels_last or ([False, True] if on_cuda else [True])
     check_images(args.images, compose_config([f"model={args.model}"]).trainer.batch_size)  # before any row

@@ -196,8 +196,8 @@ def _check_hydra_values(cfg: DictConfig) -> None:
     if not HydraConfig.initialized():  # composed outside a run (scripts, notebooks): nothing to look up
         return
     for key, value in flatten(OmegaConf.to_container(cfg, resolve=False)).items():
-        for path in _HYDRA_VALUE.findall(str(value)):
-            if OmegaConf.select(HydraConfig.get(), path) is None:
+        for path in (p.strip().strip("'\"") for p in _HYDRA_VALUE.findall(str(value))):
+            if "$" not in path and OmegaConf.select(HydraConfig.get(), path) is None:  # nested: not read
                 sweeps_only = path in ("job.num", "job.id")
                 why = "set in sweeps (-m) only" if sweeps_only else "null, or not in Hydra's config"
                 raise ConfigError(f"{key}={value}: hydra.{path} is {why}")

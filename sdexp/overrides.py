@@ -6,6 +6,7 @@ Both are about the command line, not the config schema, so the launchers need no
 from __future__ import annotations
 
 import hashlib
+import re
 
 
 def run_name(override_dirname: str) -> str:
@@ -18,5 +19,9 @@ def run_name(override_dirname: str) -> str:
 
 
 def quote_override(value: str) -> str:
-    """``value`` as a quoted Hydra override value (paths may hold ``=``, ``,`` or brackets)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """``value`` as a quoted Hydra override value (paths may hold ``=``, ``,`` or brackets). Hydra keeps
+    the backslashes of a quoted value as they are, except a run of them before a quote or at the end,
+    where two stand for one: so only those are doubled (a folder named from ``seed=${...}`` holds
+    ``$\\{``, which must stay as it is)."""
+    escaped = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", value)
+    return "'" + re.sub(r"(\\+)$", lambda m: m[1] * 2, escaped) + "'"

@@ -125,17 +125,17 @@ def job_folders(config: DictConfig, jobs: list[list[str]]) -> list[str]:
 
 
 def _check_folders_differ(config: DictConfig, jobs: list[list[str]], shown: list[str]) -> None:
-    """Refuse two jobs that would train in one folder (they differ only in keys left out of its name,
-    or ``hydra.sweep.subdir`` names one folder for both); the second would find the first's run there
-    and skip or resume it."""
+    """Refuse two jobs that would train in one folder: a ``hydra.sweep.subdir`` without a ``${...}``
+    names one folder for all, and the default one leaves some keys out of its name; the second job
+    would find the first's run there and skip or resume it. Other subdirs are the user's."""
     subdir = str(OmegaConf.to_container(config.hydra.sweep)["subdir"])
-    if subdir == "${run_name:${hydra.job.override_dirname}}":  # conf/config.yaml's
-        why = (
-            "they differ only in keys that do not name run folders (e.g. trainer.step); sweep those in "
-            "separate sweep folders (hydra.sweep.dir)"
+    if "${" not in subdir and len(jobs) > 1:
+        raise ConfigError(
+            f"hydra.sweep.subdir={subdir} names one folder for all {len(jobs)} jobs of the sweep: "
+            "put ${hydra.job.num} in it"
         )
-    else:
-        why = f"hydra.sweep.subdir={subdir} names one folder for both: put ${{hydra.job.num}} in it"
+    if subdir != "${run_name:${hydra.job.override_dirname}}":  # conf/config.yaml's
+        return
     first: dict[str, int] = {}
     for idx, folder in enumerate(job_folders(config, jobs)):
         if folder in first and jobs[first[folder]] == jobs[idx]:
@@ -146,7 +146,8 @@ def _check_folders_differ(config: DictConfig, jobs: list[list[str]], shown: list
         if folder in first:
             raise ConfigError(
                 f"jobs #{first[folder]} ({shown[first[folder]]}) and #{idx} ({shown[idx]}) would train in "
-                f"the same run folder {folder or '(the sweep folder itself)'}: {why}"
+                f"the same run folder {folder}: they differ only in keys that do not name run folders "
+                "(e.g. trainer.step); sweep those in separate sweep folders (hydra.sweep.dir)"
             )
         first[folder] = idx
 

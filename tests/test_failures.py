@@ -265,7 +265,7 @@ RUN_PY = [
             nothing,
             ["-m", *launcher, "seed=0,1", "hydra.sweep.dir=sweep", "hydra.sweep.subdir=same"],
             2,
-            "same run folder same: hydra.sweep.subdir=same names one folder for both",
+            "hydra.sweep.subdir=same names one folder for all 2 jobs of the sweep",
             then=lambda cwd: not (cwd / "sweep").exists(),
         )
         for name, launcher in (("basic", []), ("local", ["hydra/launcher=local"]))

@@ -155,12 +155,18 @@ def test_hydra_interpolations_in_overrides_resolve_as_in_the_started_job(
     tmp_path: Path, launcher: str
 ) -> None:
     """``${hydra:...}`` resolves only once Hydra starts the job; the checks before it must not refuse it,
-    and the local launcher's jobs (processes of their own) know their number too."""
-    jobs = ["seed=${hydra:job.num}", "dataset.root=${hydra:runtime.cwd}/data", "optimizer.lr=0.1,0.05"]
-    proc = run_py("-m", launcher, *TINY, "trainer.epochs=1", *jobs, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    and the local launcher's jobs (processes of their own) know their number too. The run folders
+    are named from each job's own values."""
+    jobs = ["seed=${hydra:job.num}", "dataset.root=${hydra: runtime.cwd}/data", "optimizer.lr=0.1,0.05"]
+    subdir = "hydra.sweep.subdir=j${hydra:job.num}_lr${optimizer.lr}"
+    proc = run_py(
+        "-m", launcher, *TINY, "trainer.epochs=1", *jobs, "hydra.sweep.dir=sweep", subdir, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
-    configs = [runs.read_config(p.parent) for p in sorted(tmp_path.glob("sweep/*/result.json"))]
-    assert sorted(c["seed"] for c in configs) == [0, 1]
+    folders = sorted(p.parent for p in tmp_path.glob("sweep/*/result.json"))
+    assert [f.name for f in folders] == ["j0_lr0.1", "j1_lr0.05"]
+    configs = [runs.read_config(folder) for folder in folders]
+    assert [c["seed"] for c in configs] == [0, 1]
     assert {c["dataset"]["root"] for c in configs} == {str(tmp_path / "data")}
 
 

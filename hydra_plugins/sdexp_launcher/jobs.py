@@ -18,12 +18,13 @@ from typing import NamedTuple
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.types import HydraContext
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from sdexp import runs
 from sdexp.errors import SweepFailed
 from sdexp.files import file_in_the_way
 from sdexp.overrides import quote_override
+from sdexp.preflight import hydra_config_of
 from sdexp.wording import count
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,10 @@ def plan_jobs(
     jobs: list[Job] = []
     for idx, overrides in enumerate(job_overrides, start=initial_idx):
         sweep = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-        with open_dict(sweep):  # as Hydra's launchers set them: hydra.sweep.subdir may name them
-            sweep.hydra.job.id, sweep.hydra.job.num = idx, idx
-        run_dir = Path(str(sweep.hydra.sweep.dir)) / str(sweep.hydra.sweep.subdir)
-        task = OmegaConf.masked_copy(sweep, [key for key in sweep if key != "hydra"])
-        jobs.append(Job(idx, list(overrides), run_dir, *run_state(run_dir, task)))
+        with hydra_config_of(sweep, idx):  # its number, as Hydra's launchers set it: the subdir may read it
+            run_dir = Path(str(sweep.hydra.sweep.dir)) / str(sweep.hydra.sweep.subdir)
+            task = OmegaConf.masked_copy(sweep, [key for key in sweep if key != "hydra"])
+            jobs.append(Job(idx, list(overrides), run_dir, *run_state(run_dir, task)))
     return jobs  # no two share a folder where Hydra names them (preflight.check_sweep_jobs)
 
 
