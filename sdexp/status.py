@@ -27,8 +27,9 @@ COLUMNS = ["run", "status", "epoch", "last val error %", "img/s", "time left", "
 
 
 def planned_runs(sweep_dir: Path) -> dict[str, str]:
-    """The folder name of each of the sweep's jobs (from its ``multirun.yaml``; none without one), with
-    the overrides that tell the job from the others, e.g. ``seed=1 stochastic_depth=off``."""
+    """The folder name of each of the sweep's jobs (from its ``multirun.yaml``; none without one, or
+    where the names cannot be told from it), with the overrides that tell the job from the others,
+    e.g. ``seed=1 stochastic_depth=off``."""
     path = sweep_dir / MULTIRUN
     if not path.is_file():
         return {}
@@ -39,6 +40,8 @@ def planned_runs(sweep_dir: Path) -> dict[str, str]:
         return jobs, job_folders(config, jobs)
 
     jobs, names = read_file(path, parse, runs.RunFolderError, "restore it, or start the sweep again")
+    if len(set(names)) < len(names):  # a subdir read from the jobs' own values (seed${seed}): unknown here
+        return {}  # so only the folders found are listed, each under its own name
     common = set.intersection(*(set(job) for job in jobs)) if len(jobs) > 1 else set()
     return {name: " ".join(o for o in job if o not in common) for name, job in zip(names, jobs, strict=True)}
 

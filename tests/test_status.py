@@ -194,6 +194,20 @@ def test_a_sweep_with_its_own_folder_names_and_several_sweeps(sweep: Path, tmp_p
     assert both[6] == f"{other}: seed=0 stochastic_depth=off"
 
 
+def test_folders_named_from_the_jobs_own_values_are_listed_as_found(sweep: Path, tmp_path: Path) -> None:
+    """A subdir such as s${seed} is resolved in each started job; from the sweep's record alone every
+    job would get one name, so each folder found is listed under its own name, not another job's."""
+    other = tmp_path / "other"
+    other.mkdir()
+    record = OmegaConf.load(sweep / status.MULTIRUN)
+    record.hydra.sweep.subdir = "s${seed}_${stochastic_depth.rule}"
+    OmegaConf.save(record, other / status.MULTIRUN)
+    shutil.copytree(sweep / _name(0, "off"), other / "s0_off")
+    shutil.copytree(sweep / _name(1, "linear"), other / "s1_linear")
+    table = status.sweep_status([other])
+    assert table[["run", "status"]].values.tolist() == [["s0_off", "completed"], ["s1_linear", "failed"]]
+
+
 def test_a_cut_metrics_line_makes_the_run_unreadable(sweep: Path, tmp_path: Path) -> None:
     copy = tmp_path / "run"
     shutil.copytree(sweep / _name(0, "off"), copy)
