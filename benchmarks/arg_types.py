@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from sdexp.config import DEVICES
+
 T = TypeVar("T")
 
 
@@ -93,7 +95,7 @@ counts = listed(count)
 
 def device(text: str) -> str:
     """``auto`` (CUDA where there is one), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, where there is one."""
-    if re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", text) is None:
+    if re.fullmatch(DEVICES, text) is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not one of auto, cpu, cuda, cuda:N, mps")
     if text == "mps" and not torch.backends.mps.is_available():
         raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available here")

@@ -155,6 +155,7 @@ def _milestones(v: Any) -> bool:
     return all(0 < m <= 1 for m in v) and list(v) == sorted(v)
 
 
+DEVICES = r"auto|cpu|cuda(:\d+)?|mps"  # trainer.device (and the benchmarks' --device)
 # key -> (check, what is allowed)
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: v >= 0, "an integer >= 0"),
@@ -179,7 +180,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "trainer.eval_every": (lambda v: v >= 1, "an integer >= 1"),
     "trainer.device": (
-        lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) is not None,
+        lambda v: re.fullmatch(DEVICES, v) is not None,
         "auto, cpu, cuda, cuda:N or mps",
     ),
     "trainer.num_threads": (lambda v: v is None or v >= 1, "null or an integer >= 1"),

@@ -175,14 +175,21 @@ def test_files_lacking_a_field_give_a_row(sweep: Path, tmp_path: Path, edit: str
     assert pd.isna(row.get("last val error %")) == (edit != "result")
 
 
+def _sweep_named_by(subdir: str, sweep: Path, other: Path, folders: dict[str, str]) -> None:
+    """In ``other``, the record of ``sweep`` with ``hydra.sweep.subdir=subdir``, and copies of its runs
+    (``folders``: its folder name -> the copy's)."""
+    other.mkdir()
+    record = OmegaConf.load(sweep / status.MULTIRUN)
+    record.hydra.sweep.subdir = subdir
+    OmegaConf.save(record, other / status.MULTIRUN)
+    for name, copy in folders.items():
+        shutil.copytree(sweep / name, other / copy)
+
+
 def test_a_sweep_with_its_own_folder_names_and_several_sweeps(sweep: Path, tmp_path: Path) -> None:
     """Folders named by hydra.sweep.subdir=job${hydra.job.num} are the planned runs, not extra ones."""
     other = tmp_path / "other"
-    other.mkdir()
-    record = OmegaConf.load(sweep / status.MULTIRUN)
-    record.hydra.sweep.subdir = "job${hydra.job.num}"
-    OmegaConf.save(record, other / status.MULTIRUN)
-    shutil.copytree(sweep / _name(0, "off"), other / "job0")
+    _sweep_named_by("job${hydra.job.num}", sweep, other, {_name(0, "off"): "job0"})
     table = status.sweep_status([other])
     assert table[["run", "status"]].values.tolist()[:2] == [
         ["seed=0 stochastic_depth=off", "completed"],
@@ -198,12 +205,8 @@ def test_folders_named_from_the_jobs_own_values_are_listed_as_found(sweep: Path,
     """A subdir such as s${seed} is resolved in each started job; from the sweep's record alone every
     job would get one name, so each folder found is listed under its own name, not another job's."""
     other = tmp_path / "other"
-    other.mkdir()
-    record = OmegaConf.load(sweep / status.MULTIRUN)
-    record.hydra.sweep.subdir = "s${seed}_${stochastic_depth.rule}"
-    OmegaConf.save(record, other / status.MULTIRUN)
-    shutil.copytree(sweep / _name(0, "off"), other / "s0_off")
-    shutil.copytree(sweep / _name(1, "linear"), other / "s1_linear")
+    folders = {_name(0, "off"): "s0_off", _name(1, "linear"): "s1_linear"}
+    _sweep_named_by("s${seed}_${stochastic_depth.rule}", sweep, other, folders)
     table = status.sweep_status([other])
     assert table[["run", "status"]].values.tolist() == [["s0_off", "completed"], ["s1_linear", "failed"]]
 
