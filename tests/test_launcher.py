@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from hydra_plugins.sdexp_launcher.local_launcher import LocalLauncher, slot_envi
 from hydra_plugins.sdexp_launcher.packed import PackedTask, run_environments
 from hydra_plugins.sdexp_launcher.slurm_launcher import SlurmLauncher
 from sdexp import runs
-from sdexp.errors import SdexpError
+from sdexp.errors import SdexpError, Terminated
 from tests.conftest import ROOT, TINY, change_saved_epochs, ctrl_c_default
 
 
@@ -99,6 +101,15 @@ def test_one_slot_per_gpu_or_cpu_worker() -> None:
     ]
     cpu = slot_environments([], cpu_workers=3, cores=16)
     assert cpu == [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "5"}] * 3
+
+
+def test_a_sweep_of_fewer_jobs_than_cpu_workers_shares_the_cores_among_its_jobs() -> None:
+    one_job = slot_environments([], cpu_workers=2, cores=2, jobs=1)
+    assert one_job == [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}]
+    three_jobs = slot_environments([], cpu_workers=4, cores=16, jobs=3)
+    assert three_jobs == [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "5"}] * 3
+    many_jobs = slot_environments([], cpu_workers=2, cores=8, jobs=10)
+    assert many_jobs == [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}] * 2
 
 
 def test_k_slots_per_gpu_spread_over_the_gpus() -> None:
@@ -286,3 +297,44 @@ def test_a_signal_to_the_local_launcher_alone_stops_its_jobs_which_checkpoint_an
     results = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/result.json")]
     assert [r["status"] for r in results] == ["interrupted", "interrupted"]  # the third never started
     assert all(r["epochs_completed"] < 300 for r in results)
+
+
+JOB_ENDING_AS_SIGNALLED = """
+import signal, sys, time
+from pathlib import Path
+from sdexp import runs
+
+run_dir = Path(next(a.split("=", 1)[1] for a in sys.argv if a.startswith("hydra.run.dir=")).strip("'"))
+if "completes" in sys.argv:  # its result is written: the signal comes as the process ends
+    runs.write_result(run_dir, {"status": "completed"})
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+(run_dir / "ready").touch()
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize(
+    ("job", "said"), [("completes", "#0 done: completes"), ("trains", "#0 stopped: trains")]
+)
+def test_a_job_whose_run_completed_as_the_sweep_stopped_is_done_not_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, job: str, said: str
+) -> None:
+    """The launcher's SIGTERM reaches a job that has written its result but not yet exited: its run
+    completed (a rerun skips it), so the summary must not call it stopped."""
+    script = tmp_path / "job.py"
+    script.write_text(JOB_ENDING_AS_SIGNALLED)
+    monkeypatch.setattr(sys, "argv", [str(script)])  # what the launcher starts for each job
+    run_dir = tmp_path / "run"
+    slots: queue.Queue[dict[str, str]] = queue.Queue()
+    slots.put({})
+
+    def stop_when_ready() -> None:
+        deadline = time.monotonic() + 60
+        while not (run_dir / "ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler stops the sweep
+
+    threading.Thread(target=stop_when_ready, daemon=True).start()
+    with caplog.at_level(logging.INFO), pytest.raises(Terminated):
+        LocalLauncher()._run_all([Job(0, [job], run_dir, "new")], slots)
+    assert said in caplog.text and "failed" not in caplog.text

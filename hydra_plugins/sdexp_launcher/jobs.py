@@ -101,6 +101,15 @@ def process_outcome(job: Job, code: int) -> JobReturn:
     return job_return(job, f"exited with status {code}; see {job.run_dir / runs.CONSOLE_LOG}")
 
 
+def finished(job: Job) -> bool:
+    """Whether the run's folder holds a finished run (not to be started again, or stopped too late to
+    be interrupted)."""
+    try:
+        return runs.finished_result(job.run_dir) is not None
+    except runs.RunFolderError:  # damaged: the run's own process says so
+        return False
+
+
 def settled(job: Job) -> JobReturn | None:
     """The outcome of a job that is not to be launched (skipped or refused), else None."""
     if job.state == "skipped":

@@ -32,6 +32,7 @@ from hydra_plugins.sdexp_launcher import mps as mps_daemon
 from hydra_plugins.sdexp_launcher.jobs import (
     Job,
     end_sweep,
+    finished,
     job_return,
     plan_jobs,
     process_outcome,
@@ -59,14 +60,16 @@ def visible_gpus() -> list[str]:
 
 
 def slot_environments(
-    gpus: Sequence[str], cpu_workers: int, cores: int, runs_per_gpu: int = 1
+    gpus: Sequence[str], cpu_workers: int, cores: int, runs_per_gpu: int = 1, jobs: int | None = None
 ) -> list[dict[str, str]]:
     """The environment of each parallel slot: ``runs_per_gpu`` per GPU (GPU by GPU in turn, so that
-    the first jobs spread over the GPUs), else ``cpu_workers`` sharing the cores."""
+    the first jobs spread over the GPUs), else ``cpu_workers`` sharing the cores, or one per job where
+    a sweep has fewer ``jobs`` (no core left idle for a worker that would get no job)."""
     if gpus:
         return [{"CUDA_VISIBLE_DEVICES": str(g)} for _ in range(runs_per_gpu) for g in gpus]
-    threads = str(max(1, cores // cpu_workers))
-    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads} for _ in range(cpu_workers)]
+    workers = max(1, min(cpu_workers, jobs or cpu_workers))
+    threads = str(max(1, cores // workers))
+    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads} for _ in range(workers)]
 
 
 class LocalLauncher(Launcher):
@@ -111,15 +114,18 @@ class LocalLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         gpus = visible_gpus() if self.gpus is None else self.gpus
         jobs = plan_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx)
+        envs = slot_environments(gpus, self.cpu_workers, os.cpu_count() or 1, self.runs_per_gpu, len(jobs))
         kind = (
-            f"{len(gpus)} GPU(s), {self.runs_per_gpu} per GPU" if gpus else f"{self.cpu_workers} CPU workers"
+            f"{len(gpus)} GPU(s), {self.runs_per_gpu} per GPU"
+            if gpus
+            else f"{count(len(envs), 'CPU worker')}, {count(int(envs[0]['OMP_NUM_THREADS']), 'thread')} each"
         )
         sweep_dir = self.config.hydra.sweep.dir
         log.info("local launcher: %s on %s, sweep folder %s", count(len(jobs), "run"), kind, sweep_dir)
         start_mps = mps_daemon.wanted(self.mps, self.runs_per_gpu, gpus)
         with mps_daemon.daemon(sweep_dir, start_mps) as mps_env:
             slots: queue.Queue[dict[str, str]] = queue.Queue()
-            for env in slot_environments(gpus, self.cpu_workers, os.cpu_count() or 1, self.runs_per_gpu):
+            for env in envs:
                 slots.put({**env, **mps_env})
             return self._run_all(jobs, slots)
 
@@ -153,9 +159,11 @@ class LocalLauncher(Launcher):
                     running.add(process)
                 code = process.wait()
                 running.discard(process)
-                if stopping.is_set() and code in STOPPED_BY:  # a rerun resumes it
-                    log.info("#%d stopped: %s", job.idx, job.shown)
-                    return None
+                if stopping.is_set() and code in STOPPED_BY:
+                    if not finished(job):  # a rerun resumes it
+                        log.info("#%d stopped: %s", job.idx, job.shown)
+                        return None
+                    code = 0  # the signal came as the run ended: it completed
                 return process_outcome(job, code)
             finally:
                 slots.put(env)

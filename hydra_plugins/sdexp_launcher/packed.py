@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING
 
 from hydra.core.utils import JobReturn
 
-from hydra_plugins.sdexp_launcher.jobs import Job, process_outcome, start_process
-from sdexp import runs
+from hydra_plugins.sdexp_launcher.jobs import Job, finished, process_outcome, start_process
 from sdexp.signals import StopSignals
 
 if TYPE_CHECKING:
@@ -40,14 +39,6 @@ def run_environments(count: int, environ: dict[str, str]) -> list[dict[str, str]
     gpus = [g for g in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
     gpu = [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if len(gpus) > 1 else {} for i in range(count)]
     return [{"OMP_NUM_THREADS": threads, **gpu[i]} for i in range(count)]
-
-
-def finished(job: Job) -> bool:
-    """Whether the run's folder holds a finished run (a requeued task does not start it again)."""
-    try:
-        return runs.finished_result(job.run_dir) is not None
-    except runs.RunFolderError:  # damaged: the run's own process says so
-        return False
 
 
 class PackedTask:

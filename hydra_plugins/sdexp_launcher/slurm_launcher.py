@@ -35,8 +35,8 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
-from hydra_plugins.sdexp_launcher.jobs import Job, end_sweep, job_return, plan_jobs, settled
-from hydra_plugins.sdexp_launcher.packed import PackedTask, finished
+from hydra_plugins.sdexp_launcher.jobs import Job, end_sweep, finished, job_return, plan_jobs, settled
+from hydra_plugins.sdexp_launcher.packed import PackedTask
 from sdexp import runs
 from sdexp.errors import SdexpError
 from sdexp.wording import count
