@@ -11,7 +11,6 @@ functions live in ``sdexp.report`` and ``sdexp.plots`` (the notebook uses them t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pandas as pd
 
 from sdexp import plots, report, runs
 from sdexp.errors import SdexpError, reported
-from sdexp.files import atomic_write_text, file_in_the_way
+from sdexp.files import atomic_write_text, file_in_the_way, why_unwritable
 from sdexp.wording import count
 
 
@@ -84,8 +83,8 @@ def _check_out(out: str) -> None:
     if (blocking := file_in_the_way(folder)) is not None:
         raise SdexpError(f"--out {out}: {blocking} is a file, not a folder")
     existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise SdexpError(f"--out {out}: {existing} is not writable here")
+    if (why := why_unwritable(existing)) is not None:
+        raise SdexpError(f"--out {out}: no file can be written in {existing} ({why})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import torch
 
 from sdexp.config import DEVICES
+from sdexp.files import why_unwritable
 
 T = TypeVar("T")
 
@@ -115,4 +116,6 @@ def new_file(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"{text!r} is a folder: give a file name")
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r}: no folder {path.parent} to write it in")
+    if (why := why_unwritable(path.parent)) is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: no file can be written in {path.parent} ({why})")
     return path

@@ -36,6 +36,16 @@ def file_in_the_way(folder: Path) -> Path | None:
     return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
 
 
+def why_unwritable(folder: Path) -> str | None:
+    """Why no file can be made in the existing ``folder`` (by trying one, which also holds for root,
+    whom permission bits do not stop), or None if one can."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return describe(exc)
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(temp_path)`` for a temp file beside ``path``, then rename it over ``path``.
 

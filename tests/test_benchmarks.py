@@ -180,6 +180,11 @@ def test_the_gpu_check_on_a_machine_without_one_says_so() -> None:
         ("train_speed", ["--channels-last=maybe"], "--channels-last: 'maybe' is not one of false, true"),
         ("train_speed", ["--precision=fp32,fp32"], "argument --precision: 'fp32,fp32' lists a value twice"),
         ("train_speed", ["--json=nowhere/rows.json"], "--json: 'nowhere/rows.json': no folder nowhere"),
+        (
+            "train_speed",
+            ["--json=/proc/rows.json"],
+            "--json: '/proc/rows.json': no file can be written in /proc",
+        ),
         ("train_speed", ["--quick", "--model=resnet999"], "model=resnet999: no such option"),
         ("step_profile", ["--peer=eager", "--rule=uniform"], "--rule uniform: the plain peer drops blocks"),
         ("step_profile", ["--precision=fp16"], "argument --precision: 'fp16' is not one of fp32, bf16"),

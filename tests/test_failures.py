@@ -330,6 +330,8 @@ AGGREGATE = [
     Case("empty --out", nothing, ["run", "--out", ""], 2, "--out is empty"),
     Case("empty path", nothing, ["run", ""], 2, "an empty path was given"),
     Case("--out is a file", write("out", ""), ["run", "--out", "out/report"], 2, "out is a file, not a"),
+    Case("--out where no file can be made (even by root)", nothing, ["run", "--out", "/proc/report"], 2,
+         "--out /proc/report: no file can be written in /proc"),
     Case("summary.csv is a folder", lambda cwd: (cwd / "out" / "summary.csv").mkdir(parents=True),
          ["run", "--out", "out"], 2, "out/summary.csv: it is a folder, not a file"),
 ]  # fmt: skip
