@@ -125,3 +125,7 @@ def sync(device: torch.device) -> None:
     """Wait for the device, so that a timer reads the work queued before it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+if __name__ == "__main__":
+    raise SystemExit("plain_peer.py is no script: train_speed.py --peer and step_profile.py --peer time it")

@@ -123,6 +123,7 @@ def test_k_slots_per_gpu_spread_over_the_gpus() -> None:
         ({"runs_per_gpu": 0}, "hydra.launcher.runs_per_gpu=0 is not allowed: an integer >= 1"),
         ({"runs_per_gpu": "2"}, "hydra.launcher.runs_per_gpu=2 is not allowed"),
         ({"mps": "maybe"}, "hydra.launcher.mps=maybe is not allowed: auto, true or false"),
+        ({"bogus": 1}, "hydra.launcher.bogus is not a config key; hydra.launcher has gpus, cpu_workers, "),
     ],
 )
 def test_bad_launcher_settings_are_refused(settings: dict, message: str) -> None:

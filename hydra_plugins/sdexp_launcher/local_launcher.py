@@ -12,6 +12,7 @@ sweep: the running jobs checkpoint, and the same command resumes it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import queue
@@ -79,8 +80,15 @@ class LocalLauncher(Launcher):
         cpu_workers: int = 2,
         runs_per_gpu: int = 1,
         mps: str | bool = "auto",
+        **unknown: object,  # added with +hydra.launcher.<key>=...
     ) -> None:
         # Checked here, before Hydra writes anything into the sweep folder (multirun.yaml).
+        if unknown:
+            settings = [name for name in inspect.signature(LocalLauncher).parameters if name != "unknown"]
+            raise SdexpError(
+                f"hydra.launcher.{next(iter(unknown))} is not a config key; hydra.launcher has "
+                f"{', '.join(settings)}"
+            )
         for key, value in (("cpu_workers", cpu_workers), ("runs_per_gpu", runs_per_gpu)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SdexpError(f"hydra.launcher.{key}={value} is not allowed: an integer >= 1")
