@@ -113,6 +113,8 @@ def train_one_epoch(
     Losses and errors are summed on the device and read once at the end (no per-step sync), as is the
     first step whose loss was not finite (``first_bad_step``, -1 if none).
     """
+    if stop.received is not None:  # it came in the evaluation before this epoch
+        return None
     model.train()
     bar = tqdm(
         total=len(loader) * loader.batch_size,
@@ -135,7 +137,7 @@ def train_one_epoch(
         epoch.first_bad_step = torch.where(bad, epoch.step, epoch.first_bad_step)
         epoch.seen += len(y)
         bar.update(len(y))
-        if stop.received is not None:
+        if stop.received is not None:  # here, not before a step: the next batch draws its augmentation
             break
     bar.close()
     train_loss, train_wrong = epoch.loss_sum.item(), epoch.wrong.item()  # waits for the device
@@ -153,17 +155,34 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model: ResNet, loader: Loader, amp_dtype: torch.dtype | None = None) -> float:
-    """Top-1 error in percent (NaN for an empty split)."""
+def evaluate(
+    model: ResNet, loader: Loader, amp_dtype: torch.dtype | None = None, stop: StopSignals | None = None
+) -> float | None:
+    """Top-1 error in percent (NaN for an empty split), or None if a stop signal came first: a long
+    evaluation must not keep a stop (a scheduler's time limit) waiting."""
     if len(loader.labels) == 0:
         return math.nan
     model.eval()
     device = loader.device
     wrong = torch.zeros((), device=device, dtype=torch.long)
     for x, y in loader:
+        if stop is not None and stop.received is not None:
+            return None
         with autocast(device, amp_dtype):
             wrong += (model(x).argmax(1) != y).sum()
     return 100.0 * wrong.item() / len(loader.labels)
+
+
+def _evaluate(
+    model: ResNet, loaders: dict[str, Loader], amp_dtype: torch.dtype | None, stop: StopSignals
+) -> dict[str, float] | None:
+    """The validation and test errors, or None if a stop signal came first."""
+    errors = {}
+    for split in ("val", "test"):
+        if (error := evaluate(model, loaders[split], amp_dtype, stop)) is None:
+            return None
+        errors[f"{split}_error"] = error
+    return errors
 
 
 def _run_fields(cfg: DictConfig, model: ResNet, device: torch.device, data: ImageSplits) -> dict[str, Any]:
@@ -285,37 +304,36 @@ def train(
             progress, in_progress = in_progress or EpochProgress.start(loaders["train"]), None
             desc = _epoch_description(epoch, tcfg.epochs, record.rows)
             stats = train_one_epoch(model, step, loaders["train"], progress, stop, tcfg.progress, desc)
-            if stats is None:  # a stop signal
-                record.interrupted(epoch)
-                state.save(checkpoint_path, record, progress.state_dict())
-                log.warning(
-                    "received %s: stopped in epoch %d after step %d, checkpoint written: run the same "
-                    "command again to resume", signal.Signals(stop.received).name, epoch, progress.step,
-                )  # fmt: skip
-                break
-            first_bad_step = stats.pop("first_bad_step")
-            if first_bad_step >= 0:
+            if stats is not None and (first_bad_step := stats.pop("first_bad_step")) >= 0:
                 record.diverged(epoch, first_bad_step)
                 log.warning("diverged: non-finite loss at epoch %d, step %d", epoch, first_bad_step)
                 return record.result
-            scheduler.step()
-            val_error = test_error = math.nan
-            if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
-                val_error = evaluate(model, loaders["val"], amp_dtype)
-                test_error = evaluate(model, loaders["test"], amp_dtype)
-            record.epoch_done(
-                {"epoch": epoch, "lr": lr, **stats, "val_error": val_error, "test_error": test_error},
-                peak_gpu_memory_gib(device),
-            )
+            errors: dict[str, float] | None = {"val_error": math.nan, "test_error": math.nan}
+            if stats is None:
+                errors = None
+            elif epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
+                errors = _evaluate(model, loaders, amp_dtype, stop)
+            if errors is None:  # a stop signal, in the training steps or in their evaluation
+                record.interrupted(epoch)  # the epoch resumes at its next step, or at its evaluation
+                state.save(checkpoint_path, record, progress.state_dict())
+                log.warning(
+                    "received %s: stopped in epoch %d after step %d%s, checkpoint written: run the same "
+                    "command again to resume", signal.Signals(stop.received).name, epoch, progress.step,
+                    " (in its evaluation)" if stats is not None else "",
+                )  # fmt: skip
+                break
+            scheduler.step()  # after the evaluation: a checkpoint taken in it holds the epoch's schedule
+            record.epoch_done({"epoch": epoch, "lr": lr, **stats, **errors}, peak_gpu_memory_gib(device))
             state.save(checkpoint_path, record)
             logger.log_epoch(record.rows[-1])  # after the checkpoint: see sdexp.loggers
             _log_epoch(record.rows[-1], tcfg.epochs)
             if tcfg.compile:
                 graphs = _report_compiles(epoch, graphs)
-        if stop.received is None:
+        else:  # every epoch trained, even if a stop signal came after the last one's checkpoint
             record.completed()
             logger.log_result(record.result)
-    stop.forward()  # ends the process after a stop signal
+    if record.result["status"] == "interrupted":
+        stop.forward()  # ends the process
     result = record.result
     log.info(
         "done: best val error %s at epoch %d, test error there %s (%s at the last), %.0f s of training",

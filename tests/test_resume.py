@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from omegaconf import DictConfig
 from torch.nn import functional as F
 
 from sdexp import runs, train
@@ -70,6 +71,18 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     return runs.read_metrics(run_dir)
 
 
+def run_until_stopped(cfg: DictConfig, run_dir: Path) -> dict:
+    """``train.run`` in this process, which a SIGUSR2 raised inside it stops; the run's result."""
+    previous = signal.signal(signal.SIGUSR2, lambda *_: None)  # what the signal is passed on to
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            train.run(cfg, run_dir)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert stopped.value.code == 128 + signal.SIGUSR2
+    return runs.read_result(run_dir)
+
+
 @pytest.mark.parametrize("step", ["autograd", "segments"])
 def test_a_stop_in_mid_epoch_resumes_exactly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
@@ -90,15 +103,8 @@ def test_a_stop_in_mid_epoch_resumes_exactly(
             signal.raise_signal(signal.SIGUSR2)
         return cross_entropy(*args, **kwargs)
 
-    previous = signal.signal(signal.SIGUSR2, lambda *_: None)  # what the signal is passed on to
-    try:
-        monkeypatch.setattr(F, "cross_entropy", loss_that_signals)
-        with pytest.raises(SystemExit) as stopped:
-            train.run(cfg, tmp_path / "run")
-    finally:
-        signal.signal(signal.SIGUSR2, previous)
-    assert stopped.value.code == 128 + signal.SIGUSR2
-    result = runs.read_result(tmp_path / "run")
+    monkeypatch.setattr(F, "cross_entropy", loss_that_signals)
+    result = run_until_stopped(cfg, tmp_path / "run")
     assert (result["status"], result["epochs_completed"], result["interrupted_in_epoch"]) == (
         "interrupted",
         2,
@@ -109,6 +115,72 @@ def test_a_stop_in_mid_epoch_resumes_exactly(
     resumed = runs.read_result(tmp_path / "run")
     assert resumed["resumed_from"] == [{"epoch": 3, "step": 5}] and "interrupted_in_epoch" not in resumed
     assert without_timing(runs.read_metrics(tmp_path / "run")) == without_timing(reference)
+
+
+@pytest.mark.parametrize(("call", "epoch"), [(3, 2), (8, 4)])  # evaluate's calls: val, test each epoch
+def test_a_stop_in_the_evaluation_stops_it_and_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: int, epoch: int
+) -> None:
+    """SIGUSR2 as epoch 2's validation starts, or as the last epoch's test split does: the run stops
+    without waiting for the evaluation, its checkpoint holds every step of the epoch, and the rerun
+    evaluates the epoch and ends with the uninterrupted run's metrics."""
+    cfg = compose_config([*TINY, "trainer.epochs=4", "trainer.deterministic=true"])
+    train.run(cfg, tmp_path / "reference")
+    calls, evaluate = [], train.evaluate
+
+    def evaluate_that_signals(*args: object, **kwargs: object) -> float | None:
+        calls.append(None)
+        if len(calls) == call:
+            signal.raise_signal(signal.SIGUSR2)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", evaluate_that_signals)
+    result = run_until_stopped(cfg, tmp_path / "run")
+    assert (result["status"], result["epochs_completed"], result["interrupted_in_epoch"]) == (
+        "interrupted",
+        epoch - 1,
+        epoch,
+    )
+    monkeypatch.undo()
+    train.run(cfg, tmp_path / "run")
+    resumed = runs.read_result(tmp_path / "run")
+    assert resumed["status"] == "completed" and resumed["resumed_from"] == [{"epoch": epoch, "step": 8}]
+    reference = runs.read_metrics(tmp_path / "reference")
+    assert without_timing(runs.read_metrics(tmp_path / "run")) == without_timing(reference)
+
+
+@pytest.mark.parametrize("epoch", [1, 2])
+def test_a_stop_after_an_epochs_checkpoint_trains_no_more_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epoch: int
+) -> None:
+    """The signal comes after epoch 1 of 2 is saved: the run stops before epoch 2's first step. After
+    the last epoch: nothing is left to resume, so the run is completed and ends as usual."""
+    log_epoch = train._log_epoch
+
+    def log_that_signals(row: dict, epochs: int) -> None:
+        log_epoch(row, epochs)
+        if row["epoch"] == epoch:
+            signal.raise_signal(signal.SIGUSR2)
+
+    monkeypatch.setattr(train, "_log_epoch", log_that_signals)
+    cfg = compose_config([*TINY, "trainer.epochs=2"])
+    if epoch == 1:
+        result = run_until_stopped(cfg, tmp_path)
+        assert (result["status"], result["epochs_completed"], result["interrupted_in_epoch"]) == (
+            "interrupted",
+            1,
+            2,
+        )
+        monkeypatch.undo()
+        train.run(cfg, tmp_path)
+        assert runs.read_result(tmp_path)["resumed_from"] == [{"epoch": 2, "step": 0}]
+        return
+    previous = signal.signal(signal.SIGUSR2, lambda *_: None)
+    try:
+        result = train.run(cfg, tmp_path)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert result["status"] == runs.read_result(tmp_path)["status"] == "completed"
 
 
 @pytest.mark.slow
