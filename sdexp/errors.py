@@ -84,7 +84,7 @@ def let_hydra_raise() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
 
 
@@ -97,14 +97,14 @@ def _hydra_check(exc: BaseException) -> str | None:
     override = frames[-1].f_locals.get("override")
     line = getattr(override, "input_line", None)
     if line is None:
-        return _first_line(exc)
+        return first_line(exc)
     from sdexp.config import group_options  # here: sdexp.config imports this module
 
     options = group_options(str(getattr(override, "key_or_group", "")))
     if options:  # e.g. model=null
         group = override.key_or_group
         return f"{line}: {group} needs one of its options: {', '.join(options)}"
-    return f"{line}: {_first_line(exc)}"
+    return f"{line}: {first_line(exc)}"
 
 
 def not_a_key(exc: ConfigKeyError | ConfigAttributeError) -> str:
@@ -123,14 +123,14 @@ def _config_message(exc: Exception) -> str:
         group, _, option = str(exc.missing_cfg_file).rpartition("/")
         return f"{group}={option}: no such option; {group} is one of {', '.join(sorted(exc.options))}"
     if isinstance(exc, OverrideParseException):
-        return f"cannot parse the override {exc.override!r} ({_first_line(exc.message)})"
+        return f"cannot parse the override {exc.override!r} ({first_line(exc.message)})"
     if isinstance(exc, InstantiationException):  # "Error in call to target 'X':", the reason below it
         return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
     key = getattr(cause, "full_key", None)
     if isinstance(cause, ConfigKeyError | ConfigAttributeError) and key:
         return not_a_key(cause)
-    detail = _first_line(getattr(cause, "msg", None) or cause)
+    detail = first_line(getattr(cause, "msg", None) or cause)
     if key and detail.endswith("is not Optional"):  # null given for a key that needs a value
         kind = getattr(getattr(getattr(cause, "child_node", None), "_metadata", None), "ref_type", None)
         allowed = (
@@ -139,7 +139,7 @@ def _config_message(exc: Exception) -> str:
             else _A_VALUE_OF.get(typing.get_origin(kind) or kind, "a value")
         )
         return f"{key}=null is not allowed: give {allowed}"
-    return f"{key}: {detail}" if key else _first_line(exc)
+    return f"{key}: {detail}" if key else first_line(exc)
 
 
 def _override_being_applied(exc: BaseException) -> str | None:
@@ -179,7 +179,7 @@ def message(exc: BaseException) -> tuple[str, int]:
         return f"error: cannot make the folder {os.fsdecode(exc.filename)}: it is a file{notes}", BAD_INPUT
     override = _override_being_applied(exc) if isinstance(exc, AssertionError) else None
     if override is not None:  # e.g. +dataset.mean.x=1, where dataset.mean is null: OmegaConf asserts
-        return f"error: {override}: cannot apply it to the config ({_first_line(exc)}){notes}", BAD_INPUT
+        return f"error: {override}: cannot apply it to the config ({first_line(exc)}){notes}", BAD_INPUT
     hydra_check = _hydra_check(exc) if isinstance(exc, ValueError) else None
     if hydra_check is not None:  # e.g. model=null, -m with --cfg
         return f"error: {hydra_check}{notes}", BAD_INPUT
@@ -187,7 +187,7 @@ def message(exc: BaseException) -> tuple[str, int]:
     logs = [h.baseFilename for h in failure_log.handlers if isinstance(h, logging.FileHandler)]
     where = f"the traceback is in {logs[0]}, or set" if logs else "set"
     hint = f" ({where} {TRACEBACK_VARIABLE}=1 to print it)"
-    return f"error: {type(exc).__name__}: {_first_line(exc)}{notes}{hint}", FAILED
+    return f"error: {type(exc).__name__}: {first_line(exc)}{notes}{hint}", FAILED
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from sdexp.config import ConfigError, group_options, register_configs, validate
-from sdexp.errors import SdexpError, reported
+from sdexp.errors import SdexpError, first_line, reported
 from sdexp.files import file_in_the_way
 from sdexp.overrides import quote_override
 
@@ -55,11 +55,27 @@ def hydra_config_of(job: DictConfig, num: int | None = None) -> Iterator[None]:
     try:
         with read_write(hydra.cfg.hydra):  # the folder's name may hold ${hydra:...} too
             sweep = hydra.cfg.hydra.sweep
-            where = Path(sweep.dir, sweep.subdir) if num is not None else hydra.cfg.hydra.run.dir
+            try:
+                where = Path(sweep.dir, sweep.subdir) if num is not None else hydra.cfg.hydra.run.dir
+            except OmegaConfBaseException as exc:
+                raise _as_the_override(job, exc) from None
             hydra.cfg.hydra.runtime.output_dir = os.path.abspath(where)
         yield
     finally:
         hydra.cfg = previous
+
+
+def _as_the_override(job: DictConfig, exc: OmegaConfBaseException) -> Exception:
+    """``exc``, raised while naming the run folder, as an error of the override that caused it: the
+    folder is named from the overrides, and resolving the name resolves a ``${...}`` in them
+    (``seed=${nowhere}``), so the error would otherwise name ``hydra.run.dir``."""
+    for override in OverridesParser.create().parse_overrides(typed(job)):
+        if "${" in override.input_line:
+            try:
+                OmegaConf.select(job, override.key_or_group, throw_on_resolution_failure=True)
+            except OmegaConfBaseException as own:
+                return ConfigError(f"{override.input_line}: {first_line(own)}")
+    return exc
 
 
 def jobs_run_here(config: DictConfig) -> bool:

@@ -110,6 +110,16 @@ RUN_PY = [
         "dataset.root=${hydra:runtime.cdw}/data: hydra.runtime.cdw is null, or not in Hydra's config",
     ),
     Case("wrong type", nothing, ["seed=${trainer.device}"], 2, "seed: Value 'cpu' of type 'str'"),
+    Case(
+        "key not found", nothing, ["seed=${nowhere}"], 2, "seed=${nowhere}: Interpolation key 'nowhere' not"
+    ),
+    Case(
+        "variable not set",
+        nothing,
+        ["-m", "seed=0,1", "optimizer.lr=${oc.env:SDEXP_NOPE}"],
+        2,
+        "optimizer.lr=${oc.env:SDEXP_NOPE}: KeyError raised while resolving interpolation",
+    ),
     Case("null list", nothing, ["model.widths=null"], 2, "model.widths=null is not allowed: give a list"),
     Case(
         "key under a null",
