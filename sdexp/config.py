@@ -6,6 +6,7 @@ themselves live in the YAML files under ``conf/``. :func:`validate` then checks 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -165,13 +166,19 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dataset.train_size": (lambda v: v is None or v >= 1, "null (all) or an integer >= 1"),
     "dataset.val_size": (lambda v: v >= 1, "an integer >= 1"),
     "dataset.test_size": (lambda v: v is None or v >= 1, "null (all) or an integer >= 1"),
-    "dataset.mean": (lambda v: v is None or len(v) == 3, "null (from the training images) or 3 numbers"),
-    "dataset.std": (lambda v: v is None or (len(v) == 3 and min(v) > 0), "null or 3 numbers > 0"),
+    "dataset.mean": (
+        lambda v: v is None or (len(v) == 3 and all(map(math.isfinite, v))),
+        "null (from the training images) or 3 finite numbers",
+    ),
+    "dataset.std": (
+        lambda v: v is None or (len(v) == 3 and all(0 < x < math.inf for x in v)),
+        "null or 3 finite numbers > 0",
+    ),
     "dataset.num_workers": (lambda v: v >= 0, "an integer >= 0"),
-    "optimizer.lr": (lambda v: v > 0, "a number > 0"),
+    "optimizer.lr": (lambda v: 0 < v < math.inf, "a finite number > 0"),
     "optimizer.momentum": (lambda v: 0 <= v < 1, "0 <= momentum < 1"),
     "optimizer.dampening": (lambda v: 0 <= v < 1, "0 <= dampening < 1"),
-    "optimizer.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "optimizer.weight_decay": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     "optimizer.milestones": (_milestones, "increasing fractions of the epochs in (0, 1]"),
     "optimizer.gamma": (lambda v: 0 < v <= 1, "0 < gamma <= 1"),
     "stochastic_depth.final_survival": (lambda v: 0 < v <= 1, "0 < final_survival <= 1"),

@@ -410,7 +410,7 @@ def test_bad_value_leaves_an_existing_run_untouched(tmp_path: Path) -> None:
     before = _files(tmp_path / "run")
     proc = run_py(*TINY, "optimizer.lr=-1", "hydra.run.dir=run", cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: optimizer.lr=-1.0 is not allowed: a number > 0"
+    assert proc.stderr.strip() == "error: optimizer.lr=-1.0 is not allowed: a finite number > 0"
     assert _files(tmp_path / "run") == before
 
 
