@@ -27,6 +27,8 @@ from hydra.errors import (
 )
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from sdexp.overrides import quote_override
+
 TRACEBACK_VARIABLE = "SDEXP_TRACEBACK"
 BAD_INPUT = 2
 FAILED = 1
@@ -123,7 +125,11 @@ def _config_message(exc: Exception) -> str:
         group, _, option = str(exc.missing_cfg_file).rpartition("/")
         return f"{group}={option}: no such option; {group} is one of {', '.join(sorted(exc.options))}"
     if isinstance(exc, OverrideParseException):
-        return f"cannot parse the override {exc.override!r} ({first_line(exc.message)})"
+        line = f"cannot parse the override {exc.override!r} ({first_line(exc.message)})"
+        key, equals, value = str(exc.override).partition("=")
+        if equals and value and value[0] not in "[{('\"":  # e.g. a path with other characters
+            line += f"; put the value in quotes (within the shell's): {key}={quote_override(value)}"
+        return line
     if isinstance(exc, InstantiationException):  # "Error in call to target 'X':", the reason below it
         return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc

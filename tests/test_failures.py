@@ -170,6 +170,13 @@ RUN_PY = [
     Case("unknown key", nothing, ["trainer.epochz=3"], 2, "trainer.epochz is not a config key; trainer has"),
     Case("wrong type", nothing, ["trainer.epochs=abc"], 2, "trainer.epochs: Value 'abc'"),
     Case("unparsable", nothing, ["seed=["], 2, "cannot parse the override 'seed=['"),
+    Case(
+        "unquoted path",
+        nothing,
+        ["dataset.root=/data/ü"],
+        2,
+        "/data/ü); put the value in quotes (within the shell's): dataset.root='/data/ü'",
+    ),
     Case("value out of range", nothing, ["optimizer.lr=-1"], 2, "optimizer.lr=-1.0 is not allowed"),
     Case(
         "bad swept value",
