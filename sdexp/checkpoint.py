@@ -52,12 +52,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load with ``weights_only=True``; a truncated or corrupt file raises :class:`CheckpointError`."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        lines = str(exc).splitlines() or [""]
-        reason = next((line.strip() for line in lines if "error:" in line.lower()), lines[0])
+    except Exception as exc:  # torch's texts advise on unpickling and filing issues: not said here
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}: {reason}); "
-            "nothing was changed: move it away to restart this run from scratch"
+            f"cannot read checkpoint {path}: it is damaged or not an sdexp checkpoint (torch.load raised "
+            f"{type(exc).__name__}); nothing was changed: move it away to restart this run from scratch"
         ) from exc
 
 

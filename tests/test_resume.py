@@ -305,7 +305,7 @@ def test_corrupt_checkpoint_is_named_and_nothing_changes(tmp_path: Path) -> None
     checkpoint = tmp_path / runs.CHECKPOINT
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # truncated
     before = _files(tmp_path)
-    with pytest.raises(RunFolderError, match=str(checkpoint)):
+    with pytest.raises(RunFolderError, match=f"{checkpoint}: it is damaged or not an sdexp checkpoint"):
         train.run(cfg, tmp_path)
     assert _files(tmp_path) == before
 
