@@ -48,6 +48,7 @@ class SdexpError(Exception):
     the message names the key, file or folder and says what is allowed or what to do."""
 
     exit_code = BAD_INPUT
+    in_run_log = True  # also written to the run folder's train.log (not where the folder is another's)
 
 
 class WriteError(SdexpError):
@@ -213,6 +214,7 @@ def reported(prints_output: bool = False) -> Iterator[None]:
         if tracebacks_wanted():
             raise
         line, code = message(exc)
-        failure_log.error("%s", line, exc_info=None if isinstance(exc, EXPLAINED) else exc)
+        if getattr(exc, "in_run_log", True):
+            failure_log.error("%s", line, exc_info=None if isinstance(exc, EXPLAINED) else exc)
         print(line, file=sys.stderr, flush=True)
         sys.exit(code)

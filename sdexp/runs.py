@@ -88,6 +88,12 @@ class RunFolderError(SdexpError):
     """A run folder that cannot be used as asked; the message names it and says what to do."""
 
 
+class FolderInUse(RunFolderError):
+    """Another process trains in the run folder: its train.log is that run's, and says nothing of this."""
+
+    in_run_log = False
+
+
 @contextlib.contextmanager
 def exclusive(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir`` for this process: a second process that would train in it (the same command run
@@ -109,7 +115,7 @@ def exclusive(run_dir: Path) -> Iterator[None]:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 lock.seek(0)
-                raise RunFolderError(
+                raise FolderInUse(
                     f"{run_dir} is in use by another process ({lock.read().strip()}): let it finish or "
                     "stop it, then run this again"
                 ) from None

@@ -213,6 +213,7 @@ def test_a_folder_another_process_trains_in_is_refused(tmp_path: Path) -> None:
         proc.wait()
     assert code == 2, out
     assert f"is in use by another process (pid {proc.pid} on {socket.gethostname()})" in out
+    assert "in use" not in (tmp_path / runs.LOG).read_text()  # the first one's log says nothing of it
     with runs.exclusive(tmp_path):  # the lock went with the killed process
         assert (tmp_path / runs.LOCK).read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
 
