@@ -174,6 +174,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v is None or (len(v) == 3 and all(0 < x < math.inf for x in v)),
         "null or 3 finite numbers > 0",
     ),
+    "dataset.split_seed": (lambda v: v >= 0, "an integer >= 0"),
     "dataset.num_workers": (lambda v: v >= 0, "an integer >= 0"),
     "optimizer.lr": (lambda v: 0 < v < math.inf, "a finite number > 0"),
     "optimizer.momentum": (lambda v: 0 <= v < 1, "0 <= momentum < 1"),
