@@ -308,11 +308,12 @@ def train(
                 record.diverged(epoch, first_bad_step)
                 log.warning("diverged: non-finite loss at epoch %d, step %d", epoch, first_bad_step)
                 return record.result
-            errors: dict[str, float] | None = {"val_error": math.nan, "test_error": math.nan}
             if stats is None:
                 errors = None
             elif epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
                 errors = _evaluate(model, loaders, amp_dtype, stop)
+            else:  # not evaluated this epoch
+                errors = {"val_error": math.nan, "test_error": math.nan}
             if errors is None:  # a stop signal, in the training steps or in their evaluation
                 record.interrupted(epoch)  # the epoch resumes at its next step, or at its evaluation
                 state.save(checkpoint_path, record, progress.state_dict())
