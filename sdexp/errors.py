@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from enum import EnumMeta
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import (
     HydraException,
     InstantiationException,
@@ -120,6 +121,14 @@ def not_a_key(exc: ConfigKeyError | ConfigAttributeError) -> str:
 _A_VALUE_OF = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
 
 
+def _parses(override: str) -> bool:
+    try:
+        OverridesParser.create().parse_override(override)
+    except HydraException:
+        return False
+    return True
+
+
 def _config_message(exc: Exception) -> str:
     """One line from a Hydra or OmegaConf composition error: what was wrong and what is allowed."""
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options is not None:
@@ -128,8 +137,9 @@ def _config_message(exc: Exception) -> str:
     if isinstance(exc, OverrideParseException):
         line = f"cannot parse the override {exc.override!r} ({first_line(exc.message)})"
         key, equals, value = str(exc.override).partition("=")
-        if equals and value and value[0] not in "[{('\"":  # e.g. a path with other characters
-            line += f"; put the value in quotes (within the shell's): {key}={quote_override(value)}"
+        quoted = f"{key}={quote_override(value)}"
+        if equals and "${" not in value and value[:1] not in "[{('\"" and _parses(quoted):  # e.g. a path
+            line += f"; put the value in quotes (within the shell's): {quoted}"
         return line
     if isinstance(exc, InstantiationException):  # "Error in call to target 'X':", the reason below it
         return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())

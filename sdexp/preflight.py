@@ -268,9 +268,9 @@ class Preflight(Callback):
         with reported():
             check_one_option_per_group(typed(config))
             check_not_a_lone_sweep(config)
-            with hydra_config_of(copy.deepcopy(config)):
+            with hydra_config_of(copy.deepcopy(config)):  # the folder's name may read ${hydra:...}
                 _validate(config)
-            _check_writable(config, "hydra.run.dir")
+                _check_writable(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with reported():

@@ -333,8 +333,7 @@ def train(
         else:  # every epoch trained, even if a stop signal came after the last one's checkpoint
             record.completed()
             logger.log_result(record.result)
-    if record.result["status"] == "interrupted":
-        stop.forward()  # ends the process
+    stop.forward(completed=record.result["status"] == "completed")  # ends the process after a signal
     result = record.result
     log.info(
         "done: best val error %s at epoch %d, test error there %s (%s at the last), %.0f s of training",

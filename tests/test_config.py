@@ -98,8 +98,6 @@ def test_off_is_a_string_rule_not_a_yaml_boolean() -> None:
         ("optimizer.lr=0", "optimizer.lr"),
         ("optimizer.lr=inf", "optimizer.lr"),
         ("optimizer.weight_decay=inf", "optimizer.weight_decay"),
-        ("dataset.mean=[0.5,nan,0.5]", "dataset.mean"),
-        ("dataset.std=[0.5,inf,0.5]", "dataset.std"),
         ("optimizer.milestones=[0.75,0.5]", "optimizer.milestones"),
         ("trainer.device=gpu", "trainer.device"),
         ("model.widths=[16,32]", "model.widths"),
@@ -110,6 +108,12 @@ def test_off_is_a_string_rule_not_a_yaml_boolean() -> None:
 def test_out_of_range_values_name_their_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose_config([override]))
+
+
+@pytest.mark.parametrize(("mean", "std"), [("[0.5,nan,0.5]", "[1,1,1]"), ("[0.5,0.5,0.5]", "[1,inf,1]")])
+def test_normalization_takes_finite_numbers(mean: str, std: str) -> None:
+    with pytest.raises(ConfigError, match=r"is not allowed: (null|null \(.*\)) or 3 finite numbers"):
+        validate(compose_config([f"dataset.mean={mean}", f"dataset.std={std}"]))
 
 
 def test_added_unknown_key_fails_validation() -> None:

@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import pytest
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 
 from analysis import aggregate
 from sdexp import checkpoint, errors, runs, status, train
@@ -572,3 +574,15 @@ def test_ctrl_c_checkpoints_and_says_how_to_resume(tmp_path: Path) -> None:
     result = runs.read_result(tmp_path / "run")
     assert result["status"] == "interrupted"
     assert (tmp_path / "run" / runs.CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "advised"),
+    [("dataset.root=/data/ü", True), ("trainer..epochs=3", False), ("seed=${x", False), ("seed=[1", False)],
+)
+def test_quoting_is_advised_only_where_it_makes_the_override_parse(override: str, advised: bool) -> None:
+    with pytest.raises(OverrideParseException) as raised:
+        OverridesParser.create().parse_overrides([override])
+    line, code = errors.message(raised.value)
+    assert code == 2 and line.startswith(f"error: cannot parse the override {override!r}")
+    assert ("put the value in quotes" in line) == advised

@@ -171,6 +171,16 @@ def test_hydra_interpolations_in_overrides_resolve_as_in_the_started_job(
 
 
 @pytest.mark.slow
+def test_a_run_folder_named_from_a_hydra_value_is_checked_as_the_run_names_it(tmp_path: Path) -> None:
+    """The default run folder is named from the overrides, so from ``${hydra:runtime.cwd}`` too: the
+    check of that folder before the run starts must resolve it as the run does."""
+    proc = run_py(*TINY, "trainer.epochs=1", "dataset.root=${hydra:runtime.cwd}/data", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = (p.parent for p in tmp_path.glob("outputs/*/result.json"))
+    assert runs.read_config(folder)["dataset"]["root"] == str(tmp_path / "data")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -122,7 +122,8 @@ class LocalLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         gpus = visible_gpus() if self.gpus is None else self.gpus
         jobs = plan_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx)
-        envs = slot_environments(gpus, self.cpu_workers, os.cpu_count() or 1, self.runs_per_gpu, len(jobs))
+        to_start = sum(job.state in ("new", "resumed") for job in jobs)  # not those finished or refused
+        envs = slot_environments(gpus, self.cpu_workers, os.cpu_count() or 1, self.runs_per_gpu, to_start)
         kind = (
             f"{len(gpus)} GPU(s), {self.runs_per_gpu} per GPU"
             if gpus
