@@ -122,6 +122,7 @@ _A_VALUE_OF = {int: "an integer", float: "a number", bool: "true or false", str:
 
 
 def _parses(override: str) -> bool:
+    """Whether Hydra parses ``override``: advice to rewrite an override is given only if it would."""
     try:
         OverridesParser.create().parse_override(override)
     except HydraException:
