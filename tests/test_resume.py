@@ -13,7 +13,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -29,6 +31,7 @@ from sdexp.runs import RunFolderError
 from sdexp.signals import StopSignals
 from tests.conftest import ROOT, TINY, run_py
 
+T = TypeVar("T")
 TIMING = ("epoch_time_s", "images_per_s")
 # Long enough (about 0.5 s an epoch here) to be stopped in the middle, deterministic on the CPU.
 SLOW = [*TINY, "dataset.train_size=1024", "trainer.epochs=6", "trainer.deterministic=true"]
@@ -71,6 +74,20 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     return runs.read_metrics(run_dir)
 
 
+def signalling_at_call(fn: Callable[..., T], n: int) -> Callable[..., T]:
+    """``fn``, which raises SIGUSR2 as its ``n``-th call starts: a stop signal at a chosen point."""
+    calls = 0
+
+    def wrapped(*args: object, **kwargs: object) -> T:
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            signal.raise_signal(signal.SIGUSR2)
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
 def run_until_stopped(cfg: DictConfig, run_dir: Path) -> dict:
     """``train.run`` in this process, which a SIGUSR2 raised inside it stops; the run's result."""
     previous = signal.signal(signal.SIGUSR2, lambda *_: None)  # what the signal is passed on to
@@ -95,15 +112,8 @@ def test_a_stop_in_mid_epoch_resumes_exactly(
     cfg = compose_config([*common, f"trainer.step={step}"])
     train.run(compose_config(common), tmp_path / "reference")
     reference = runs.read_metrics(tmp_path / "reference")
-    losses, cross_entropy = [], F.cross_entropy
-
-    def loss_that_signals(*args: object, **kwargs: object) -> object:
-        losses.append(None)
-        if len(losses) == 2 * 8 + 5:  # 256 images in batches of 32: 8 steps an epoch
-            signal.raise_signal(signal.SIGUSR2)
-        return cross_entropy(*args, **kwargs)
-
-    monkeypatch.setattr(F, "cross_entropy", loss_that_signals)
+    # 256 images in batches of 32: 8 steps an epoch
+    monkeypatch.setattr(F, "cross_entropy", signalling_at_call(F.cross_entropy, 2 * 8 + 5))
     result = run_until_stopped(cfg, tmp_path / "run")
     assert (result["status"], result["epochs_completed"], result["interrupted_in_epoch"]) == (
         "interrupted",
@@ -126,15 +136,7 @@ def test_a_stop_in_the_evaluation_stops_it_and_resumes_exactly(
     evaluates the epoch and ends with the uninterrupted run's metrics."""
     cfg = compose_config([*TINY, "trainer.epochs=4", "trainer.deterministic=true"])
     train.run(cfg, tmp_path / "reference")
-    calls, evaluate = [], train.evaluate
-
-    def evaluate_that_signals(*args: object, **kwargs: object) -> float | None:
-        calls.append(None)
-        if len(calls) == call:
-            signal.raise_signal(signal.SIGUSR2)
-        return evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(train, "evaluate", evaluate_that_signals)
+    monkeypatch.setattr(train, "evaluate", signalling_at_call(train.evaluate, call))
     result = run_until_stopped(cfg, tmp_path / "run")
     assert (result["status"], result["epochs_completed"], result["interrupted_in_epoch"]) == (
         "interrupted",
