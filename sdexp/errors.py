@@ -114,7 +114,8 @@ def _hydra_check(exc: BaseException) -> str | None:
 def not_a_key(exc: ConfigKeyError | ConfigAttributeError) -> str:
     """The line for a key the schema lacks, with the keys its parent has."""
     key, parent = exc.full_key, getattr(exc, "parent_node", None)
-    known = f"; {key.rpartition('.')[0] or 'the config'} has {', '.join(parent)}" if parent else ""
+    keys = [name for name in parent or () if not str(name).startswith("_")]  # not _target_
+    known = f"; {key.rpartition('.')[0] or 'the config'} has {', '.join(keys)}" if keys else ""
     return f"{key} is not a config key{known}"
 
 

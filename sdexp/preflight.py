@@ -9,12 +9,12 @@ command, so two sweeps started in the same second do not share it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import itertools
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sdexp.config import ConfigError, group_options, register_configs, validate
 from sdexp.errors import SdexpError, first_line, reported
-from sdexp.files import file_in_the_way
+from sdexp.files import describe, file_in_the_way, why_unwritable
 from sdexp.overrides import quote_override
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,17 @@ def jobs_run_here(config: DictConfig) -> bool:
     return not str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher")
 
 
-def _unwritable(folder: Path, exc: OSError, folder_key: str) -> ConfigError:
+def _unwritable(folder: Path, why: str, folder_key: str) -> ConfigError:
     blocking = file_in_the_way(folder)
-    why = f"{blocking} is a file" if blocking is not None else exc.strerror
+    why = f"{blocking} is a file" if blocking is not None else why
     return ConfigError(f"cannot write the output folder {folder} ({why}): set {folder_key}=...")
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that holds nothing."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _check_writable(config: DictConfig, folder_key: str) -> None:
@@ -97,13 +104,13 @@ def _check_writable(config: DictConfig, folder_key: str) -> None:
     created = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
+        why = why_unwritable(folder)
     except OSError as exc:
-        raise _unwritable(folder, exc, folder_key) from None
+        why = describe(exc)
     finally:  # Hydra creates the folder when it writes there; a command refused later leaves none
-        for path in created:
-            with contextlib.suppress(OSError):
-                path.rmdir()
+        _remove_if_empty(created)
+    if why is not None:
+        raise _unwritable(folder, why, folder_key)
 
 
 def typed(config: DictConfig, which: str = "task") -> list[str]:
@@ -214,6 +221,7 @@ def claim_timed_sweep_folder(config: DictConfig) -> None:
     if "${now:" not in str(OmegaConf.to_container(config.hydra.sweep, resolve=False)["dir"]):
         return
     base = folder = Path(str(config.hydra.sweep.dir))
+    made = [path.absolute() for path in base.parents if not path.exists()]  # deepest first
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
         for n in itertools.count(2):
@@ -223,7 +231,9 @@ def claim_timed_sweep_folder(config: DictConfig) -> None:
             except FileExistsError:
                 folder = base.with_name(f"{base.name}-{n}")
     except OSError as exc:
-        raise _unwritable(folder, exc, "hydra.sweep.dir") from None
+        raise _unwritable(folder, describe(exc), "hydra.sweep.dir") from None
+    # A command refused after this (a launcher setting) leaves no empty folder; a sweep writes in it.
+    atexit.register(_remove_if_empty, [folder.absolute(), *made])
     with read_write(config.hydra):
         config.hydra.sweep.dir = str(folder)
         config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quote_override(str(folder))}")

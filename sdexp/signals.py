@@ -42,10 +42,11 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
-    def forward(self, completed: bool = False) -> None:
+    def forward(self, ended: str | None = None) -> None:
         """Re-raise the received signal for the previous handler; exit with 128 + signal if it returns.
-        ``completed``: the signal came as the run ended, so there is nothing to resume; it is passed on
-        all the same, so that what sent it stops (a sweep running its jobs in this process).
+        ``ended``: the run's status where the signal came as it ended (completed, diverged), so there is
+        nothing to resume; the signal is passed on all the same, so that what sent it stops (a sweep
+        running its jobs in this process).
 
         Ctrl-C is not passed on (Python's handler would raise KeyboardInterrupt): the process exits."""
         if self.received is None:
@@ -54,8 +55,8 @@ class StopSignals:
         then = "run the same command again to resume"
         if self.received == signal.SIGUSR2 and slurm_job_id():  # a time limit or preemption: requeued
             then = "SLURM requeues the job, which resumes from it"
-        done = "the run had completed: nothing to resume"
-        print(f"stopped ({name}): {done if completed else f'checkpoint written; {then}'}", file=sys.stderr)
+        done = f"the run had {ended}: nothing to resume"
+        print(f"stopped ({name}): {done if ended else f'checkpoint written; {then}'}", file=sys.stderr)
         if self.received != signal.SIGINT:
             log.warning("passing %s on", name)
             signal.raise_signal(self.received)

@@ -307,7 +307,7 @@ def train(
             if stats is not None and (first_bad_step := stats.pop("first_bad_step")) >= 0:
                 record.diverged(epoch, first_bad_step)
                 log.warning("diverged: non-finite loss at epoch %d, step %d", epoch, first_bad_step)
-                return record.result
+                break
             if stats is None:
                 errors = None
             elif epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
@@ -333,8 +333,10 @@ def train(
         else:  # every epoch trained, even if a stop signal came after the last one's checkpoint
             record.completed()
             logger.log_result(record.result)
-    stop.forward(completed=record.result["status"] == "completed")  # ends the process after a signal
     result = record.result
+    stop.forward(ended=None if result["status"] == "interrupted" else result["status"])  # ends the process
+    if result["status"] == "diverged":
+        return result
     log.info(
         "done: best val error %s at epoch %d, test error there %s (%s at the last), %.0f s of training",
         _percent(result["best_val_error"]), result["best_epoch"], _percent(result["test_error_at_best_val"]),

@@ -46,6 +46,11 @@ def nothing(_: Path) -> None:
     pass
 
 
+def no_folder_made(cwd: Path) -> bool:
+    """A refused sweep leaves no folder: not even its time-named ``multirun/<date>/<time>``."""
+    return not (cwd / "multirun").exists()
+
+
 def write(relative: str, text: str) -> Callable[[Path], None]:
     return lambda cwd: (cwd / relative).write_text(text)
 
@@ -298,7 +303,7 @@ RUN_PY = [
         then=lambda cwd: not (cwd / "sweep").exists(),
     ),
     *(
-        Case(name, nothing, ["-m", "hydra/launcher=local", key, "seed=0,1", "hydra.sweep.dir=sweep"], 2, says)
+        Case(name, nothing, ["-m", "hydra/launcher=local", key, "seed=0,1"], 2, says, then=no_folder_made)
         for name, key, says in (
             ("GPU ids not a list", "hydra.launcher.gpus=0", "hydra.launcher.gpus=0 is not allowed: a list"),
             ("unknown launcher key", "+hydra.launcher.foo=1", "hydra.launcher.foo is not a config key;"),

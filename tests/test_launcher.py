@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from hydra_plugins.sdexp_launcher import mps
 from hydra_plugins.sdexp_launcher.jobs import Job
@@ -123,12 +125,19 @@ def test_k_slots_per_gpu_spread_over_the_gpus() -> None:
         ({"runs_per_gpu": 0}, "hydra.launcher.runs_per_gpu=0 is not allowed: an integer >= 1"),
         ({"runs_per_gpu": "2"}, "hydra.launcher.runs_per_gpu=2 is not allowed"),
         ({"mps": "maybe"}, "hydra.launcher.mps=maybe is not allowed: auto, true or false"),
-        ({"bogus": 1}, "hydra.launcher.bogus is not a config key; hydra.launcher has gpus, cpu_workers, "),
+        ({"bogus": 1}, "hydra.launcher.bogus is not a config key; hydra.launcher has gpus, runs_per_gpu, "),
     ],
 )
 def test_bad_launcher_settings_are_refused(settings: dict, message: str) -> None:
     with pytest.raises(SdexpError, match=message):
         LocalLauncher(**settings)
+
+
+def test_the_launchers_settings_are_its_presets_keys_in_order() -> None:
+    """An unknown setting is answered with the list of the others, from the signature (``+key=``) or
+    from the preset (``key=``): both lists must read the same."""
+    preset = [key for key in OmegaConf.load(ROOT / "conf/hydra/launcher/local.yaml") if key != "_target_"]
+    assert [name for name in inspect.signature(LocalLauncher).parameters if name != "unknown"] == preset
 
 
 @pytest.mark.parametrize("value", [0, "2", True])

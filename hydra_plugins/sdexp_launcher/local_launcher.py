@@ -76,10 +76,10 @@ def slot_environments(
 class LocalLauncher(Launcher):
     def __init__(
         self,
-        gpus: Sequence[int | str] | None = None,
-        cpu_workers: int = 2,
+        gpus: Sequence[int | str] | None = None,  # in conf/hydra/launcher/local.yaml's order
         runs_per_gpu: int = 1,
         mps: str | bool = "auto",
+        cpu_workers: int = 2,
         **unknown: object,  # added with +hydra.launcher.<key>=...
     ) -> None:
         # Checked here, before Hydra writes anything into the sweep folder (multirun.yaml).
