@@ -236,7 +236,8 @@ def paper_results() -> pd.DataFrame:
 
 
 def _with_paper(summary: pd.DataFrame, done: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    keys = ["dataset.name", "model.name", "stochastic_depth.rule", "stochastic_depth.final_survival"]
+    keys = ["dataset.name", "model.name", "stochastic_depth.rule", "stochastic_depth.final_survival",
+            "trainer.epochs"]  # fmt: skip
     present = [k for k in keys if k in done.columns]
     extra = [k for k in present if k not in by]
     if extra:  # a group matches only if these keys have one value in it
@@ -247,7 +248,7 @@ def _with_paper(summary: pd.DataFrame, done: pd.DataFrame, by: Sequence[str]) ->
         first = done[list(by)].drop_duplicates()
     paper = paper_results().rename(columns={
         "dataset": "dataset.name", "model": "model.name", "rule": "stochastic_depth.rule",
-        "final_survival": "stochastic_depth.final_survival",
+        "final_survival": "stochastic_depth.final_survival", "epochs": "trainer.epochs",
     })  # fmt: skip
     matched = first.merge(paper[[*present, "paper_test_error"]], on=present, how="left")
     return summary.merge(matched[[*by, "paper_test_error"]], on=list(by), how="left")

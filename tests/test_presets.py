@@ -48,7 +48,7 @@ def test_paper_experiment_matches_the_reports_paper_column(name: str) -> None:
         )
         rows = table[
             (table.dataset == key[0]) & (table.model == key[1]) & (table["rule"] == key[2])
-            & (table.final_survival == key[3])
+            & (table.final_survival == key[3]) & (table.epochs == cfg.trainer.epochs)
         ]  # fmt: skip
         if name in UNCONFIRMED:
             assert rows.empty

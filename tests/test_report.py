@@ -29,9 +29,10 @@ CONSTANT, STOCHASTIC = [6.0, 6.5, 7.0], [5.0, 5.5, 6.5]
 
 def make_run(
     folder: Path, rule: str, seed: int, reported: float, status: str = "completed",
-    final_survival: float | None = None, scaling: str = "test_time", **extra: object,
+    final_survival: float | None = None, scaling: str = "test_time", epochs: int = 500, **extra: object,
 ) -> None:  # fmt: skip
-    """A run folder as the trainer writes it, with known values."""
+    """A run folder as the trainer writes it, with known values (three epochs of metrics, whatever
+    ``epochs`` its config says)."""
     config = {
         "seed": seed,
         "model": {"name": "resnet110"},
@@ -41,7 +42,7 @@ def make_run(
             "final_survival": (1.0 if rule == "off" else 0.5) if final_survival is None else final_survival,
             "scaling": scaling,
         },
-        "trainer": {"epochs": 3, "device": "cpu"},
+        "trainer": {"epochs": epochs, "device": "cpu"},
     }
     runs.atomic_write_text(folder / runs.CONFIG, yaml.safe_dump(config))
     train_time = 100.0 if rule == "off" else 75.0
@@ -99,6 +100,16 @@ def test_summary_statistics_are_exact(sweep: Path) -> None:
     assert math.isnan(uniform["paper_test_error"])
     assert (linear["not_completed"], off["not_completed"], uniform["not_completed"]) == (1, 1, 0)
     assert bool(uniform["fewer_seeds"]) and not bool(linear["fewer_seeds"])
+
+
+def test_the_paper_number_is_for_runs_as_long_as_the_papers(tmp_path: Path) -> None:
+    """A 3-epoch run of the paper's model and rule is another experiment: no paper number beside it."""
+    for rule, epochs in (("off", 3), ("linear", 500)):
+        make_run(tmp_path / rule, rule, 0, 6.0, epochs=epochs)
+    table, epochs_table, _ = report.load_runs([tmp_path])
+    summary = report.summarize(table, epochs_table).set_index("stochastic_depth.rule")
+    paper = summary["paper_test_error"]
+    assert math.isnan(paper["off"]) and paper["linear"] == 5.25
 
 
 def test_problems_list_status_and_reason(sweep: Path) -> None:
