@@ -112,13 +112,30 @@ def is_config_key(column: str) -> bool:
     return column == "seed" or column.split(".")[0] in _CONFIG_GROUPS
 
 
+def varies(values: pd.Series) -> bool:
+    """Whether a config key has more than one value among runs. None counts as a value (as it does when
+    runs are grouped), so that runs on the whole training set (``dataset.train_size: null``) are not
+    averaged with runs on part of it; so does a key that runs of an older sdexp lack."""
+    return values.nunique(dropna=False) > 1
+
+
+def config_text(values: pd.Series) -> pd.Series:
+    """A config key's values as a person typed them: ``null`` for None (or a key a run lacks), and a
+    whole number that pandas made a float beside a None (5000.0) as 5000."""
+
+    def text(value: Any) -> str:
+        if pd.isna(value):
+            return "null"
+        return f"{value:.0f}" if isinstance(value, float) and value.is_integer() else str(value)
+
+    return values.map(text) if values.isna().any() else values.astype(str)
+
+
 def experiment_keys(table: pd.DataFrame) -> list[str]:
     """The identity keys, then every other config key whose value differs between runs (not the seed)."""
     config_keys = [c for c in table.columns if "." in c and is_config_key(c)]
     varying = [
-        k
-        for k in config_keys
-        if k not in NOT_EXPERIMENT_KEYS and k not in IDENTITY_KEYS and table[k].astype(str).nunique() > 1
+        k for k in config_keys if k not in NOT_EXPERIMENT_KEYS and k not in IDENTITY_KEYS and varies(table[k])
     ]
     return [k for k in IDENTITY_KEYS if k in table.columns] + varying
 
@@ -276,6 +293,9 @@ def display_table(summary: pd.DataFrame, by: Sequence[str], metric: str) -> pd.D
         return f"{mean:.2f}" if np.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
     out = summary[list(by)].copy()
+    for key in by:
+        if out[key].isna().any():  # else numbers stay numbers, aligned as such
+            out[key] = config_text(out[key])
     out["seeds"] = summary["seeds"].astype(str) + np.where(summary["fewer_seeds"], " (fewer)", "")
     out[metric_label(metric)] = [pm(m, s) for m, s in zip(summary["mean"], summary["std"], strict=True)]
     out["final test error %"] = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import re
 import shutil
@@ -29,14 +30,15 @@ CONSTANT, STOCHASTIC = [6.0, 6.5, 7.0], [5.0, 5.5, 6.5]
 
 def make_run(
     folder: Path, rule: str, seed: int, reported: float, status: str = "completed",
-    final_survival: float | None = None, scaling: str = "test_time", epochs: int = 500, **extra: object,
+    final_survival: float | None = None, scaling: str = "test_time", epochs: int = 500,
+    train_size: int | None = None, **extra: object,
 ) -> None:  # fmt: skip
     """A run folder as the trainer writes it, with known values (three epochs of metrics, whatever
     ``epochs`` its config says)."""
     config = {
         "seed": seed,
         "model": {"name": "resnet110"},
-        "dataset": {"name": "cifar10", "root": f"/data/{seed}"},
+        "dataset": {"name": "cifar10", "root": f"/data/{seed}", "train_size": train_size},
         "stochastic_depth": {
             "rule": rule,
             "final_survival": (1.0 if rule == "off" else 0.5) if final_survival is None else final_survival,
@@ -110,6 +112,22 @@ def test_the_paper_number_is_for_runs_as_long_as_the_papers(tmp_path: Path) -> N
     summary = report.summarize(table, epochs_table).set_index("stochastic_depth.rule")
     paper = summary["paper_test_error"]
     assert math.isnan(paper["off"]) and paper["linear"] == 5.25
+
+
+def test_a_null_value_is_a_value_of_its_own(tmp_path: Path) -> None:
+    """Runs on the whole training set (``dataset.train_size: null``) and on 5,000 images are two
+    groups, in the table and in the plots' labels, not one average."""
+    for seed, size in itertools.product((0, 1), (None, 5000)):
+        make_run(
+            tmp_path / f"{size},seed={seed}", "linear", seed, 6.0 if size is None else 9.0, train_size=size
+        )
+    table, epochs, _ = report.load_runs([tmp_path])
+    assert "dataset.train_size" in report.experiment_keys(table)
+    summary = report.summarize(table, epochs)
+    assert sorted(summary["mean"]) == [6.0, 9.0] and summary["seeds"].tolist() == [2, 2]
+    shown = report.display_table(summary, report.experiment_keys(table), "test_error_at_best_val")
+    assert sorted(shown["dataset.train_size"].astype(str)) == ["5000", "null"]
+    assert plots.group_labels(summary, report.experiment_keys(table)).nunique() == 2
 
 
 def test_problems_list_status_and_reason(sweep: Path) -> None:
