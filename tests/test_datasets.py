@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from scipy.io import loadmat, savemat
 from scipy.stats import binomtest, chi2_contingency
 
 from sdexp import runs, train
@@ -174,6 +178,90 @@ def test_corrupt_file_is_named(tmp_path: Path) -> None:
     batch.write_bytes(batch.read_bytes()[:50])
     with pytest.raises(DatasetError, match=str(batch)):
         build_data(data_cfg("cifar10", tmp_path / "data", tmp_path / "cache", "dataset.val_size=2"))
+
+
+def _edit_pickle(path: Path, edit: Callable[[dict], object]) -> None:
+    path.write_bytes(pickle.dumps(edit(pickle.loads(path.read_bytes())), protocol=2))
+
+
+def _edit_mat(path: Path, edit: Callable[[dict], dict]) -> None:
+    mat = {k: v for k, v in loadmat(path).items() if not k.startswith("__")}
+    savemat(path, edit(mat))
+
+
+@pytest.mark.parametrize(
+    ("name", "file", "edit", "says"),
+    [
+        ("cifar10", "data_batch_2", lambda b: {**b, "labels": b["labels"][:3]}, "5 images and 3 labels"),
+        ("cifar10", "data_batch_2", lambda b: {**b, "data": b["data"] / 255}, "images are float64 5×3×32×32"),
+        (
+            "cifar10",
+            "test_batch",
+            lambda b: {**b, "labels": [-1] * 5},
+            "labels run from -1 to -1, not 0 to 9",
+        ),
+        (
+            "cifar10",
+            "batches.meta",
+            lambda m: {"label_names": ["a", "b", "c"]},
+            "from 0 to 4, not 0 to 2 (batches.meta names 3 classes)",
+        ),
+        ("cifar10", "data_batch_1", lambda b: list(b), "not a cifar10 batch: it needs a dict with 'data'"),
+        (
+            "cifar10",
+            "data_batch_1",
+            lambda b: {**b, "data": b["data"][:, :100]},
+            "its data is 5×100, not N×3072",
+        ),
+        (
+            "cifar100",
+            "meta",
+            lambda m: {"label_names": m["fine_label_names"]},
+            "it needs a dict with the list",
+        ),
+    ],
+)
+def test_a_cifar_file_of_another_shape_is_named(
+    tmp_path: Path, name: str, file: str, edit: Callable, says: str
+) -> None:
+    """Labels that do not pair with the images (fewer of them, out of range) would train on wrong
+    labels or fail in the loss: each such file is refused, named, before training."""
+    write_cifar(tmp_path / "data", name, per_batch=5, n_test=5)
+    folder = tmp_path / "data" / sources.CIFAR[name][0]
+    _edit_pickle(folder / file, edit)
+    path = folder / ("data_batch_1" if file == "batches.meta" else file)  # its labels do not fit
+    with pytest.raises(DatasetError, match=re.escape(f"cannot read {path} (ValueError: ")) as info:
+        build_data(data_cfg(name, tmp_path / "data", tmp_path / "cache", "dataset.val_size=2"))
+    assert says in str(info.value)
+
+
+SVHN = ("dataset.val_size=2", "dataset.extra=false")
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (lambda m: {"y": m["y"]}, "not an SVHN file: it needs X"),
+        (lambda m: {**m, "y": m["y"][:4]}, "6 images and 4 labels"),
+        (lambda m: {**m, "y": m["y"] + 5}, "labels run from 6 to 15, not 1 to 10"),
+        (lambda m: {**m, "X": m["X"][:28]}, "its X is 28×32×3×6, not 32×32×3×N"),
+    ],
+)
+def test_an_svhn_file_of_another_shape_is_named(tmp_path: Path, edit: Callable, says: str) -> None:
+    write_svhn(tmp_path / "svhn", {"train": 6, "test": 6})
+    path = tmp_path / "svhn" / "train_32x32.mat"
+    _edit_mat(path, edit)
+    with pytest.raises(DatasetError, match=re.escape(f"cannot read {path} (ValueError: ")) as info:
+        build_data(data_cfg("svhn", tmp_path / "svhn", tmp_path / "cache", *SVHN))
+    assert says in str(info.value)
+
+
+def test_svhn_labels_stored_as_floats_are_read(tmp_path: Path) -> None:
+    """MATLAB stores numbers as doubles by default: whole-number labels 1.0 to 10.0 are labels."""
+    write_svhn(tmp_path / "svhn", {"train": 6, "test": 6})
+    _edit_mat(tmp_path / "svhn" / "train_32x32.mat", lambda m: {**m, "y": m["y"].astype(float)})
+    data = build_data(data_cfg("svhn", tmp_path / "svhn", tmp_path / "cache", *SVHN))
+    assert sorted(data.train.labels.tolist() + data.val.labels.tolist()) == [0, 1, 2, 3, 4, 5]
 
 
 @pytest.mark.slow

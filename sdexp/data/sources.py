@@ -81,19 +81,54 @@ def cifar_files(name: str, root: Path) -> list[Path]:
     return files
 
 
+def _checked(images: np.ndarray, labels: np.ndarray, classes: list[str], named_in: str) -> Arrays:
+    """``images`` (N×3×32×32 uint8) and ``labels`` (N, each an index into ``classes``, which
+    ``named_in`` names) as tensors, or a
+    ValueError that says what is wrong: a file with fewer labels than images would pair every later
+    image with another's label, and a label out of range would fail only in the loss."""
+    if np.issubdtype(labels.dtype, np.floating) and np.array_equal(labels, np.round(labels)):
+        labels = labels.astype(np.int64)  # whole numbers stored as floats (MATLAB's default type)
+    if images.dtype != np.uint8 or images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
+        shape = "×".join(map(str, images.shape))
+        raise ValueError(f"its images are {images.dtype} {shape}, not uint8 N×3×{IMAGE_SIZE}×{IMAGE_SIZE}")
+    if len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"it has {len(images)} images and {len(labels)} labels of type {labels.dtype}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise ValueError(
+            f"its labels run from {labels.min()} to {labels.max()}, not 0 to {len(classes) - 1} "
+            f"({named_in} names {len(classes)} classes)"
+        )
+    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+
 def read_cifar(name: str, root: Path) -> tuple[dict[str, Arrays], list[str]]:
     """Train and test splits of CIFAR-10 or CIFAR-100 and the class names."""
     folder, train_files, test_files, meta_file, label_key, names_key = CIFAR[name]
     base = root / folder
 
-    def load(files: list[str]) -> Arrays:
-        batches = [_read(base / f, _unpickle) for f in files]
-        data = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
-        labels = np.concatenate([b[label_key] for b in batches])
-        return torch.from_numpy(data), torch.from_numpy(labels.astype(np.int64))
+    def names(path: Path) -> list[str]:
+        meta = _unpickle(path)
+        if not isinstance(meta, dict) or not isinstance(meta.get(names_key), list):
+            raise ValueError(f"not the {name} class list: it needs a dict with the list '{names_key}'")
+        return [str(n) for n in meta[names_key]]
 
-    classes = _read(base / meta_file, _unpickle)[names_key]
-    return {"train": load(train_files), "test": load(test_files)}, list(classes)
+    classes = _read(base / meta_file, names)
+
+    def batch(path: Path) -> Arrays:
+        content = _unpickle(path)
+        if not isinstance(content, dict) or not {"data", label_key} <= content.keys():
+            raise ValueError(f"not a {name} batch: it needs a dict with 'data' and '{label_key}'")
+        data = np.asarray(content["data"])
+        if data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE**2:
+            raise ValueError(f"its data is {'×'.join(map(str, data.shape))}, not N×{3 * IMAGE_SIZE**2}")
+        images = data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
+        return _checked(images, np.asarray(content[label_key]), classes, meta_file)
+
+    def load(files: list[str]) -> Arrays:
+        images, labels = zip(*(_read(base / f, batch) for f in files), strict=True)
+        return torch.cat(images), torch.cat(labels)
+
+    return {"train": load(train_files), "test": load(test_files)}, classes
 
 
 def svhn_files(root: Path, extra: bool) -> list[Path]:
@@ -110,18 +145,24 @@ def read_svhn(root: Path, extra: bool) -> tuple[dict[str, Arrays], list[str]]:
 
     names = ["train", "test", *(["extra"] if extra else [])]
 
-    def load(split: str) -> Arrays:
-        path = root / f"{split}_32x32.mat"
-        mat = _read(path, loadmat)
-        images = np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1))  # 32×32×3×N -> N×3×32×32
-        labels = mat["y"].astype(np.int64).reshape(-1) % 10
-        return torch.from_numpy(images), torch.from_numpy(labels)
+    def split(path: Path) -> Arrays:
+        mat = loadmat(path)
+        if "X" not in mat or "y" not in mat:
+            raise ValueError("not an SVHN file: it needs X (32×32×3×N) and y")
+        x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
+        if x.ndim != 4 or x.shape[:3] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise ValueError(f"its X is {'×'.join(map(str, x.shape))}, not 32×32×3×N")
+        if len(y) and np.issubdtype(y.dtype, np.number) and (y.min() < 1 or y.max() > 10):
+            raise ValueError(f"its labels run from {y.min()} to {y.max()}, not 1 to 10 (10 for the digit 0)")
+        images = np.ascontiguousarray(x.transpose(3, 2, 0, 1))  # -> N×3×32×32
+        return _checked(images, y % 10, classes, "SVHN")
 
-    splits = {name: load(name) for name in names}
+    classes = [str(d) for d in range(10)]
+    splits = {name: _read(root / f"{name}_32x32.mat", split) for name in names}
     if extra:
         more = splits.pop("extra")
         splits["train"] = tuple(torch.cat(pair) for pair in zip(splits["train"], more, strict=True))
-    return splits, [str(d) for d in range(10)]
+    return splits, classes
 
 
 def _class_folders(split: Path) -> list[str]:
