@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -132,7 +133,7 @@ def lock_holder(run_dir: Path) -> tuple[int, str] | None:
     may have ended since. None where there is no readable lock file."""
     try:
         words = (run_dir / LOCK).read_text(encoding="utf-8").split()  # as exclusive() writes it
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # damaged: the holder cannot be told
         return None
     if len(words) != 4 or words[0] != "pid" or not words[1].isdigit():
         return None
@@ -451,24 +452,34 @@ def _last_line(path: Path) -> str:
     return text.splitlines()[-1] if text else ""
 
 
+_RECORD = re.compile(r"\[[^]]*\]\[[^]]*\]\[[A-Z]+\] - ")  # a train.log record's first line (Hydra's format)
+
+
+def _last_record(path: Path) -> str:
+    """The first line of the last record of a log: a traceback logged with a record follows it."""
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    return next((line for line in reversed(lines) if _RECORD.match(line)), "")
+
+
 def failure_before_training(run_dir: Path) -> str | None:
-    """The error a run wrote last to its train.log if it failed before writing result.json (a data set
-    not found, say), or to its console.log if it was refused before it started (a launcher's job whose
-    config this machine cannot run); None if there is none, or something was logged since (a rerun)."""
-    marker = f"[{failure_log.name}][ERROR] - error: "
-    logged, console = _last_line(run_dir / LOG), _last_line(run_dir / CONSOLE_LOG)
+    """How a run that wrote no result.json ended, if its train.log's last record says so: ``error: ...``
+    (a data set not found, say) or ``stopped (Ctrl-C)`` (while it loaded its data); or the error in
+    its console.log if it was refused before it started (a launcher's job whose config this machine
+    cannot run); None if there is none, or something was logged since (a rerun)."""
+    marker = f"[{failure_log.name}][ERROR] - "
+    logged, console = _last_record(run_dir / LOG), _last_line(run_dir / CONSOLE_LOG)
     if marker in logged:
         return logged.split(marker, 1)[1]
-    return console.removeprefix("error: ") if console.startswith("error: ") and not logged else None
+    return console if console.startswith("error: ") and not logged else None
 
 
 def status_before_result(run_dir: Path) -> str:
     """What a run folder without ``result.json`` says of its run: ``failed: <error>`` (before training),
-    ``queued`` (submitted to SLURM), ``starting`` (loading its data) or ``stopped`` (no process holds
-    the folder any more)."""
-    failed = failure_before_training(run_dir)
-    if failed:
-        return f"failed: {failed}"
+    ``queued`` (submitted to SLURM), ``starting`` (loading its data) or ``stopped`` (stopped while
+    loading it, or no process holds the folder any more)."""
+    ended = failure_before_training(run_dir)
+    if ended:
+        return f"failed: {ended.removeprefix('error: ')}" if ended.startswith("error: ") else "stopped"
     if read_slurm_job(run_dir):
         return "queued"
     return "starting" if held(run_dir) else "stopped"

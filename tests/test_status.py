@@ -103,6 +103,31 @@ def test_a_run_that_failed_before_training_is_failed_until_it_logs_again(tmp_pat
     assert status.run_row(tmp_path)["status"] == "starting"  # rerun, not there yet
 
 
+@pytest.mark.parametrize(
+    ("log", "state"),
+    [
+        (
+            "[2026-12-06 05:00:00,000][sdexp.failure][ERROR] - error: KeyError: 'data' (the traceback is in"
+            " train.log)\nTraceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 'data'\n",
+            "failed: KeyError: 'data' (the traceback is in train.log)",
+        ),
+        ("[2026-12-06 05:00:00,000][sdexp.failure][ERROR] - stopped (Ctrl-C)\n", "stopped"),
+    ],
+)
+def test_how_a_run_ended_before_training_is_its_last_log_record(tmp_path: Path, log: str, state: str) -> None:
+    """An unexpected error's traceback follows its line in train.log; Ctrl-C while the data loads is a
+    record too: neither run is starting any more."""
+    (tmp_path / runs.LOG).write_text("[2026-12-06 04:59:00,000][sdexp.data][INFO] - decoding\n" + log)
+    assert status.run_row(tmp_path)["status"] == state
+
+
+def test_a_damaged_lock_file_is_one_rows_matter(sweep: Path, tmp_path: Path) -> None:
+    """Random bytes in a running run's .lock: its holder cannot be told, so it is still running."""
+    run_dir = shutil.copytree(sweep / _name(0, "linear"), tmp_path / "run")
+    (run_dir / runs.LOCK).write_bytes(bytes(range(128, 256)))
+    assert status.run_row(run_dir)["status"] == "running"
+
+
 def test_a_launchers_job_refused_before_it_started_is_failed(tmp_path: Path) -> None:
     """The local launcher's job whose own check refused it: console.log alone, its last line the error."""
     run_dir = tmp_path / "run"
