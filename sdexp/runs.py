@@ -105,7 +105,7 @@ def exclusive(run_dir: Path) -> Iterator[None]:
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        lock = open(run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (closed by the with below)
+        lock = open(run_dir / LOCK, "a+", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed below)
     except OSError as exc:
         raise RunFolderError(
             f"cannot open {run_dir / LOCK} ({exc.strerror}): remove it and run this again"
@@ -125,6 +125,9 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         lock.truncate(0)
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         lock.flush()
+        for leftover in run_dir.glob(f".{CHECKPOINT}.*.tmp"):  # its writer was killed: only a holder writes
+            leftover.unlink(missing_ok=True)
+            log.info("removed %s, left by a process stopped while writing it", leftover)
         yield
 
 

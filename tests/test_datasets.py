@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from scipy.stats import binomtest, chi2_contingency
 from sdexp import runs, train
 from sdexp.config import compose_config
 from sdexp.data import DatasetError, ImageSplits, Split, build_data, build_loaders, sources
+from sdexp.data import cache as cache_module
 from sdexp.data.loader import PAD
 from tests.conftest import ROOT, TINY
 from tests.data_formats import write_cifar, write_image_folder, write_svhn
@@ -162,6 +165,47 @@ def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path: Path) -> 
     build_data(cfg)
     (second,) = (tmp_path / "cache").glob("*.pt")
     assert second != first  # rebuilt, and the stale file removed
+
+
+def test_a_cache_folder_that_is_a_file_is_only_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_image_folder(tmp_path / "tree", {"train": 2}, ("a", "b"))
+    (tmp_path / "cache").write_text("not a folder")
+    data = build_data(data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=1"))
+    assert len(data.train) == 3 and "going on without a cache" in caplog.text
+
+
+def test_a_killed_writers_cache_temp_file_is_removed_once_stale(tmp_path: Path) -> None:
+    """A cache's temp file left by a writer stopped mid-write goes with the next write, unless it is
+    recent enough to be one another run is writing."""
+    write_image_folder(tmp_path / "tree", {"train": 2}, ("a", "b"))
+    cfg = data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=1")
+    build_data(cfg)
+    (cache,) = (tmp_path / "cache").glob("*.pt")
+    old, new = (tmp_path / "cache" / f".{cache.name}.{tag}.tmp" for tag in ("old", "new"))
+    old.write_bytes(b"x" * 100)
+    new.write_bytes(b"x" * 100)
+    os.utime(old, (time.time() - cache_module.STALE_TEMP_S - 60,) * 2)
+    os.utime(tmp_path / "tree" / "train" / "a" / "0000.png")  # changed: the cache is written again
+    build_data(cfg)
+    assert not old.exists() and new.exists()
+
+
+@pytest.mark.parametrize("bad", ["link", "name"])
+def test_a_file_that_cannot_be_listed_is_named(tmp_path: Path, bad: str) -> None:
+    """A link to nothing, or a name in another encoding than UTF-8 (an archive made elsewhere)."""
+    write_image_folder(tmp_path / "tree", {"train": 2}, ("a", "b"))
+    folder = tmp_path / "tree" / "train" / "a"
+    if bad == "link":
+        (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+        says = f"cannot read {folder / 'gone.png'} (No such file or directory) (a link to nothing?)"
+    else:
+        shutil.copy(folder / "0000.png", os.fsdecode(bytes(folder / "c") + b"\xff.png"))
+        says = "c\\udcff.png': its name is not UTF-8 text; rename it"
+    with pytest.raises(DatasetError) as info:
+        build_data(data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=1"))
+    assert says in str(info.value)
 
 
 def test_missing_root_names_the_path_and_the_fixes(tmp_path: Path) -> None:

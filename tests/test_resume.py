@@ -367,6 +367,15 @@ def test_other_config_in_a_run_folder_is_refused(tmp_path: Path) -> None:
     assert train.run(compose_config([*TINY, "trainer.progress=true"]), tmp_path)["status"] == "completed"
 
 
+def test_a_checkpoint_temp_file_of_a_killed_run_is_removed_by_the_next(tmp_path: Path) -> None:
+    """A process killed while writing its checkpoint leaves the temp file (full size): the run that
+    takes the folder next removes it, as only the folder's holder writes there."""
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / f".{runs.CHECKPOINT}.x1y2z3.tmp").write_bytes(b"\0" * 1000)
+    train.run(compose_config(TINY), tmp_path)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_divergence_stops_with_epoch_and_step(tmp_path: Path) -> None:
     cfg = compose_config([*TINY, "optimizer.lr=1e30", "stochastic_depth=off"])
     result = train.run(cfg, tmp_path)

@@ -1,33 +1,43 @@
 """Decoded splits cached as one file of uint8 tensors, keyed by a fingerprint of the source files.
 
 The fingerprint covers every source file's path, size and modification time, so a changed, added or
-removed file gives a new key and the cache is rebuilt; stale cache files of the same source are removed.
+removed file gives a new key and the cache is rebuilt; stale cache files of the same source are removed,
+and so are temp files that a writer stopped mid-write left (a data set's cache can take gigabytes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from sdexp.data.sources import Arrays
-from sdexp.errors import WriteError
-from sdexp.files import atomic_write
+from sdexp.data.sources import Arrays, DatasetError
+from sdexp.errors import SdexpError
+from sdexp.files import atomic_write, describe
 
 log = logging.getLogger(__name__)
 
 Decoded = tuple[dict[str, Arrays], list[str]]  # splits and class names
 FORMAT = 1  # bump when the decoded layout changes
+STALE_TEMP_S = 3600  # a cache's temp file untouched this long was left by a writer that was stopped
 
 
 def fingerprint(files: Sequence[Path], settings: str) -> str:
     h = hashlib.sha256(f"{FORMAT}\0{settings}\n".encode())
     for f in files:
-        st = f.stat()
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = f.stat()
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError as exc:  # e.g. a link to nothing
+            link = " (a link to nothing?)" if f.is_symlink() else ""
+            raise DatasetError(f"cannot read {f} ({describe(exc)}){link}: remove it or restore it") from None
+        except UnicodeEncodeError:  # a name from another encoding (an archive made on Windows)
+            raise DatasetError(f"{str(f)!a}: its name is not UTF-8 text; rename it") from None
     return h.hexdigest()[:16]
 
 
@@ -35,8 +45,9 @@ def cached(
     cache_dir: Path, name: str, files: Sequence[Path], settings: str, build: Callable[[], Decoded]
 ) -> Decoded:
     """``build()``'s result, read from ``cache_dir`` when the sources are unchanged, else built and saved."""
+    key = fingerprint(files, settings)  # first: it names a file it cannot read
     source_key = hashlib.sha256(f"{name}\0{sorted(map(str, files))[:1]}".encode()).hexdigest()[:8]
-    path = cache_dir / f"{name}-{source_key}-{fingerprint(files, settings)}.pt"
+    path = cache_dir / f"{name}-{source_key}-{key}.pt"
     if path.exists():
         try:
             state = torch.load(path, weights_only=True)
@@ -48,10 +59,14 @@ def cached(
     splits, classes = build()
     try:
         atomic_write(path, lambda tmp: torch.save({"splits": splits, "classes": classes}, tmp))
-    except WriteError as exc:  # only a cache: train without it, and say how to keep it next time
+    except SdexpError as exc:  # only a cache (even where a file is in its way): train without it
         log.warning("data: %s; going on without a cache (set dataset.cache_dir=PATH to keep one)", exc)
         return splits, classes
     for stale in cache_dir.glob(f"{name}-{source_key}-*.pt"):
         if stale != path:
             stale.unlink(missing_ok=True)
+    for leftover in cache_dir.glob(f".{name}-{source_key}-*.pt.*.tmp"):  # a writer killed mid-write
+        with contextlib.suppress(OSError):  # another run may remove it first
+            if time.time() - leftover.stat().st_mtime > STALE_TEMP_S:  # not one being written now
+                leftover.unlink()
     return splits, classes
