@@ -13,6 +13,7 @@ started``: no folder yet.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from sdexp import status
@@ -35,7 +36,8 @@ def main() -> None:
     try:
         while True:
             header = f"{time.strftime('%H:%M:%S')}  (every {args.watch:g} s; Ctrl-C to stop)"
-            print(f"{CLEAR}{header}\n{report(args.paths)}", flush=True)
+            clear = CLEAR if sys.stdout.isatty() else "\n"  # a file gets one report after another
+            print(f"{clear}{header}\n{report(args.paths)}", flush=True)
             time.sleep(args.watch)
     except KeyboardInterrupt:  # the way to leave --watch: not an error
         return

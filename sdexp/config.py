@@ -192,6 +192,10 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "auto, cpu, cuda, cuda:N or mps",
     ),
     "trainer.num_threads": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "logger.project": (  # W&B's rule for project names, checked before the data is read
+        lambda v: v is None or (0 < len(v) <= 128 and not set(v) & set("/\\#?%:")),
+        "null or a name of 1 to 128 characters without / \\ # ? % :",
+    ),
 }
 
 
@@ -244,8 +248,8 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
     data = cfg.dataset
     if data.name == "synthetic" and (data.train_size is None or data.test_size is None):
         raise ConfigError("dataset.train_size and dataset.test_size must be set for dataset=synthetic")
-    if data.name != "synthetic" and data.root is None:
-        raise ConfigError(f"dataset.root is null: give the folder that holds {data.name}")
+    if data.name != "synthetic" and not str(data.root or "").strip():
+        raise ConfigError(f"dataset.root is {data.root!r}: give the folder that holds {data.name}")
     if (data.mean is None) != (data.std is None):
         raise ConfigError("dataset.mean and dataset.std must be both null or both set")
     no_cuda = this_host and not torch.cuda.is_available()

@@ -103,6 +103,8 @@ def test_off_is_a_string_rule_not_a_yaml_boolean() -> None:
         ("model.widths=[16,32]", "model.widths"),
         ("seed=-3", "seed"),
         ("dataset.split_seed=-1", "dataset.split_seed"),
+        ("dataset.root=''", "dataset.root"),
+        ("logger.project=a/b", "logger.project"),
     ],
 )
 def test_out_of_range_values_name_their_key(override: str, key: str) -> None:

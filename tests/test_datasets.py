@@ -208,6 +208,35 @@ def test_a_file_that_cannot_be_listed_is_named(tmp_path: Path, bad: str) -> None
     assert says in str(info.value)
 
 
+def test_a_partial_cifar_copy_names_what_it_lacks(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "data", "cifar10", per_batch=5, n_test=5)
+    (tmp_path / "data" / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DatasetError, match=r"cifar-10-batches-py lacks data_batch_3; copy the whole folder"):
+        build_data(data_cfg("cifar10", tmp_path / "data", tmp_path / "cache", "dataset.val_size=2"))
+
+
+def test_a_split_with_other_classes_names_them(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "tree", {"train": 1}, ("a", "b", "c"))
+    write_image_folder(tmp_path / "tree", {"test": 1}, ("a", "b", "d"))
+    with pytest.raises(DatasetError) as info:
+        build_data(data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=1"))
+    assert str(info.value) == (
+        f"dataset imagefolder: {tmp_path / 'tree' / 'test'} lacks c; has d, which train/ has not: every "
+        "split needs the class folders of train/"
+    )
+
+
+def test_decoding_says_how_far_it_got_without_a_terminal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SLURM log gets no progress bar: it gets a line per tenth of the images instead."""
+    write_image_folder(tmp_path / "tree", {"train": 10}, ("a", "b"))
+    with caplog.at_level("INFO"):
+        build_data(data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=1"))
+    said = [r.getMessage() for r in caplog.records if "decoded" in r.getMessage()]
+    assert said == [f"data: decoded {n} of 20 train images" for n in range(2, 21, 2)]
+
+
 def test_missing_root_names_the_path_and_the_fixes(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as info:
         build_data(data_cfg("cifar10", tmp_path / "nowhere", tmp_path / "cache"))

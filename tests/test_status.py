@@ -281,6 +281,7 @@ def test_status_command_prints_the_table_and_watches(sweep: Path, tmp_path: Path
     while tables < 2:  # refreshed: the table twice (started, as slowly as a busy machine may)
         line = watching.stdout.readline()
         assert line, "the command ended before printing two tables"
+        assert "\033[2J" not in line  # a pipe, not a terminal: nothing to clear
         tables += line.startswith("6 runs: 1 completed")
     watching.send_signal(signal.SIGINT)
     watching.communicate(timeout=30)

@@ -11,6 +11,7 @@ the path and what to do.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from tqdm import tqdm
 
 from sdexp.errors import SdexpError
 from sdexp.models import IMAGE_SIZE
+
+log = logging.getLogger(__name__)
 
 Arrays = tuple[torch.Tensor, torch.Tensor]  # images uint8 N×3×H×W, labels int64 N
 
@@ -76,8 +79,14 @@ def download(name: str, root: Path, extra: bool = False) -> None:
 def cifar_files(name: str, root: Path) -> list[Path]:
     folder, train_files, test_files, meta_file, *_ = CIFAR[name]
     files = [root / folder / f for f in (*train_files, *test_files, meta_file)]
-    if not all(f.exists() for f in files):
+    lacking = [f.name for f in files if not f.exists()]
+    if len(lacking) == len(files):
         raise missing(name, root / folder, download_hint=True)
+    if lacking:  # a partial copy: name what is not there
+        raise DatasetError(
+            f"dataset {name}: {root / folder} lacks {', '.join(lacking)}; copy the whole folder, or set "
+            "dataset.download=true to fetch it with torchvision"
+        )
     return files
 
 
@@ -208,16 +217,30 @@ def read_image_folder(
         except OSError as exc:  # a class folder without images, or one that cannot be read
             raise _not_a_tree(name, folder, sub, str(exc)) from None
         if classes is not None and found != classes:
-            raise DatasetError(f"{folder} has classes {found}, {split_dirs['train']} has {classes}")
+            raise _other_classes(name, folder, found, classes, split_dirs["train"])
         classes = found
         check_classes(name, root, classes)  # before decoding: refused in seconds
         images = torch.empty((len(samples), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
         progress = tqdm(samples, desc=f"decoding {name} {split}", unit="img", disable=None)
+        tenth = max(1, len(samples) // 10)
         for i, (path, _) in enumerate(progress):
             images[i] = _read(Path(path), _decode)
+            if progress.disable and (i + 1) % tenth == 0:  # no terminal (a SLURM log): a line per tenth
+                log.info("data: decoded %d of %d %s images", i + 1, len(samples), split)
         splits[split] = images, torch.tensor([label for _, label in samples], dtype=torch.int64)
     assert classes is not None
     return splits, classes
+
+
+def _other_classes(name: str, folder: Path, found: list[str], classes: list[str], train: str) -> DatasetError:
+    """The error for a split whose class folders are not the training split's: a label is the place of
+    its class folder among them, so they must be the same in every split."""
+    lacks, more = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
+    differ = [f"lacks {', '.join(lacks)}"] if lacks else []
+    differ += [f"has {', '.join(more)}, which {train}/ has not"] if more else []
+    return DatasetError(
+        f"dataset {name}: {folder} {'; '.join(differ)}: every split needs the class folders of {train}/"
+    )
 
 
 def _not_a_tree(name: str, folder: Path, sub: str, problem: str) -> DatasetError:
