@@ -10,7 +10,8 @@
 
 A resumed run continues its curves: the logger writes each epoch after its checkpoint, and on a
 resume it writes the last checkpointed epoch again, replacing what a crash may have left (TensorBoard's
-``purge_step``; W&B ignores a step it already has).
+``purge_step``; W&B ignores a step it already has). TensorBoard turned on at a resume (``logger`` may
+change then) gets every epoch so far.
 """
 
 from __future__ import annotations
@@ -85,11 +86,13 @@ class TensorBoardLogger:
     def __init__(self, cfg: DictConfig, run_dir: Path, rows: list[dict[str, Any]]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        first = rows[-1]["epoch"] if rows else 1  # events from this step on are replaced
-        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=first)
+        folder = run_dir / TENSORBOARD_DIR
+        again = rows[-1:] if folder.is_dir() else rows  # all of them where it starts at a resume
+        first = again[0]["epoch"] if again else 1  # events from this step on are replaced
+        self.writer = SummaryWriter(str(folder), purge_step=first)
         self.hparams = _hparams(cfg)
-        if rows:
-            self.log_epoch(rows[-1])
+        for row in again:
+            self.log_epoch(row)
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         for key, value in _scalars(row).items():

@@ -24,15 +24,17 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+@pytest.mark.parametrize("before", ["tensorboard", "csv"])
 def test_tensorboard_curves_are_the_metrics_and_survive_a_resume(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: str
 ) -> None:
+    """Also where the run was started with logger=csv: the curves then begin at the first epoch."""
     cfg = compose_config([*TINY, "trainer.epochs=3", "logger=tensorboard"])
     steps, cross_entropy = [], F.cross_entropy
 
     def loss_that_signals(*args: object, **kwargs: object) -> object:
         steps.append(None)
-        if len(steps) == 8 + 3:  # 8 steps an epoch: step 3 of epoch 2
+        if len(steps) == 2 * 8 + 3:  # 8 steps an epoch: step 3 of epoch 3
             signal.raise_signal(signal.SIGUSR2)
         return cross_entropy(*args, **kwargs)
 
@@ -40,12 +42,13 @@ def test_tensorboard_curves_are_the_metrics_and_survive_a_resume(
     try:
         monkeypatch.setattr(F, "cross_entropy", loss_that_signals)
         with pytest.raises(SystemExit):
-            train.run(cfg, tmp_path)
+            train.run(compose_config([*TINY, "trainer.epochs=3", f"logger={before}"]), tmp_path)
     finally:
         signal.signal(signal.SIGUSR2, previous)
-    assert [step for step, _ in scalars(tmp_path)["train_loss"]] == [1]
+    if before == "tensorboard":
+        assert [step for step, _ in scalars(tmp_path)["train_loss"]] == [1, 2]
     monkeypatch.undo()
-    train.run(cfg, tmp_path)  # resumes in epoch 2
+    train.run(cfg, tmp_path)  # resumes in epoch 3
     curves = scalars(tmp_path)
     for row in runs.read_metrics(tmp_path):
         for key in ("train_loss", "train_error", "val_error", "test_error", "lr", "images_per_s"):
