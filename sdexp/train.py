@@ -24,7 +24,7 @@ from sdexp.checkpoint import TrainState, load_checkpoint
 from sdexp.compiled import compile_residual_branches, compiled_graph_count
 from sdexp.conv import ConvWeightGrad, use_gemm_weight_grads
 from sdexp.cuda_graphs import graph_residual_branches
-from sdexp.data import ImageSplits, Loader, build_data, build_loaders
+from sdexp.data import ImageSplits, Loader, LoaderKind, build_data, build_loaders
 from sdexp.environment import (
     device_name,
     git_revision,
@@ -260,6 +260,8 @@ def _start_or_resume(
         device_name=device_name(device), slurm_job_id=slurm_job_id(),
     )  # fmt: skip
     log.info("resuming epoch %d at step %d", record.next_epoch, step)
+    if step and cfg.dataset.loader == LoaderKind.torch:
+        log.warning("dataset.loader=torch: the rest of this epoch is not exactly the uninterrupted run's")
     return record, in_progress
 
 

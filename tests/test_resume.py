@@ -127,6 +127,17 @@ def test_a_stop_in_mid_epoch_resumes_exactly(
     assert without_timing(runs.read_metrics(tmp_path / "run")) == without_timing(reference)
 
 
+def test_a_mid_epoch_resume_with_the_dataloader_says_it_is_not_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = compose_config([*TINY, "dataset.loader=torch"])
+    monkeypatch.setattr(F, "cross_entropy", signalling_at_call(F.cross_entropy, 5))
+    run_until_stopped(cfg, tmp_path)
+    monkeypatch.undo()
+    train.run(cfg, tmp_path)
+    assert "dataset.loader=torch: the rest of this epoch is not exactly" in caplog.text
+
+
 @pytest.mark.parametrize(("call", "epoch"), [(3, 2), (8, 4)])  # evaluate's calls: val, test each epoch
 def test_a_stop_in_the_evaluation_stops_it_and_resumes_exactly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: int, epoch: int
