@@ -394,6 +394,8 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
 
     def parse(path: Path) -> list[dict[str, float]]:
         rows = csv.DictReader(io.StringIO(metrics_text(path), newline=""))
+        if "epoch" not in (rows.fieldnames or ()):  # write_metrics always writes the header
+            raise ValueError("no epoch column in its first line")
         return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in rows]
 
     return read_file(

@@ -103,6 +103,15 @@ def test_a_run_that_failed_before_training_is_failed_until_it_logs_again(tmp_pat
     assert status.run_row(tmp_path)["status"] == "starting"  # rerun, not there yet
 
 
+@pytest.mark.parametrize("text", ["", "foo,bar\n1,2\n"])
+def test_a_metrics_file_without_its_header_is_unreadable(sweep: Path, tmp_path: Path, text: str) -> None:
+    """Not "no epochs yet": metrics.csv is always written with its header."""
+    run_dir = shutil.copytree(sweep / _name(0, "off"), tmp_path / "run")
+    (run_dir / runs.METRICS).write_text(text)
+    said = status.run_row(run_dir)["status"]
+    assert said.startswith("unreadable: ") and "no epoch column in its first line" in said
+
+
 @pytest.mark.parametrize(
     ("log", "state"),
     [
