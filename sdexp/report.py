@@ -54,7 +54,10 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
     result = runs.read_result(run_dir)
     runs.check_result(run_dir, result)
     result["status"] = runs.live_status(run_dir, result)
-    row = {**runs.flatten(runs.read_config(run_dir)), **runs.flatten(result), "run_dir": str(run_dir)}
+    # None as "null": a value of its own (dataset.train_size: null is all the images), where pandas
+    # would drop it when it counts or groups values, and average those runs with runs on 5,000
+    config = {k: "null" if v is None else v for k, v in runs.flatten(runs.read_config(run_dir)).items()}
+    row = {**config, **runs.flatten(result), "run_dir": str(run_dir)}
     if row.get("stochastic_depth.rule") == "off":  # every block survives, whatever p_L was set to
         row["stochastic_depth.final_survival"] = 1.0
     return {key: _hashable(value) for key, value in row.items()}
@@ -102,9 +105,18 @@ def load_runs(paths: Sequence[str | Path]) -> Runs:
             epoch_tables.append(_epochs(run_dir))  # if this fails, the run is kept without its epochs
         except runs.RunFolderError as exc:
             unusable.append({"run_dir": str(run_dir), "reason": str(exc)})
-    table = pd.DataFrame(rows)
+    table = _null_keys_as_text(pd.DataFrame(rows))
     epochs = pd.concat(epoch_tables, ignore_index=True) if epoch_tables else pd.DataFrame()
     return Runs(table, epochs, pd.DataFrame(unusable, columns=["run_dir", "reason"]))
+
+
+def _null_keys_as_text(table: pd.DataFrame) -> pd.DataFrame:
+    """Each config key that is ``null`` in some runs as text in all (``5000``, ``null``), so that its
+    values sort and merge as one type."""
+    for key in filter(is_config_key, table.columns):
+        if table[key].eq("null").any():
+            table[key] = table[key].map(lambda v: v if pd.isna(v) else str(v))
+    return table
 
 
 def is_config_key(column: str) -> bool:
@@ -112,30 +124,13 @@ def is_config_key(column: str) -> bool:
     return column == "seed" or column.split(".")[0] in _CONFIG_GROUPS
 
 
-def varies(values: pd.Series) -> bool:
-    """Whether a config key has more than one value among runs. None counts as a value (as it does when
-    runs are grouped), so that runs on the whole training set (``dataset.train_size: null``) are not
-    averaged with runs on part of it; so does a key that runs of an older sdexp lack."""
-    return values.nunique(dropna=False) > 1
-
-
-def config_text(values: pd.Series) -> pd.Series:
-    """A config key's values as a person typed them: ``null`` for None (or a key a run lacks), and a
-    whole number that pandas made a float beside a None (5000.0) as 5000."""
-
-    def text(value: Any) -> str:
-        if pd.isna(value):
-            return "null"
-        return f"{value:.0f}" if isinstance(value, float) and value.is_integer() else str(value)
-
-    return values.map(text) if values.isna().any() else values.astype(str)
-
-
 def experiment_keys(table: pd.DataFrame) -> list[str]:
     """The identity keys, then every other config key whose value differs between runs (not the seed)."""
     config_keys = [c for c in table.columns if "." in c and is_config_key(c)]
     varying = [
-        k for k in config_keys if k not in NOT_EXPERIMENT_KEYS and k not in IDENTITY_KEYS and varies(table[k])
+        k
+        for k in config_keys
+        if k not in NOT_EXPERIMENT_KEYS and k not in IDENTITY_KEYS and table[k].astype(str).nunique() > 1
     ]
     return [k for k in IDENTITY_KEYS if k in table.columns] + varying
 
@@ -293,9 +288,6 @@ def display_table(summary: pd.DataFrame, by: Sequence[str], metric: str) -> pd.D
         return f"{mean:.2f}" if np.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
     out = summary[list(by)].copy()
-    for key in by:
-        if out[key].isna().any():  # else numbers stay numbers, aligned as such
-            out[key] = config_text(out[key])
     out["seeds"] = summary["seeds"].astype(str) + np.where(summary["fewer_seeds"], " (fewer)", "")
     out[metric_label(metric)] = [pm(m, s) for m, s in zip(summary["mean"], summary["std"], strict=True)]
     out["final test error %"] = [

@@ -31,7 +31,7 @@ CONSTANT, STOCHASTIC = [6.0, 6.5, 7.0], [5.0, 5.5, 6.5]
 def make_run(
     folder: Path, rule: str, seed: int, reported: float, status: str = "completed",
     final_survival: float | None = None, scaling: str = "test_time", epochs: int = 500,
-    train_size: int | None = None, **extra: object,
+    train_size: int | None = None, trainer: dict | None = None, **extra: object,
 ) -> None:  # fmt: skip
     """A run folder as the trainer writes it, with known values (three epochs of metrics, whatever
     ``epochs`` its config says)."""
@@ -44,7 +44,7 @@ def make_run(
             "final_survival": (1.0 if rule == "off" else 0.5) if final_survival is None else final_survival,
             "scaling": scaling,
         },
-        "trainer": {"epochs": epochs, "device": "cpu"},
+        "trainer": {"epochs": epochs, "device": "cpu", **(trainer or {})},
     }
     runs.atomic_write_text(folder / runs.CONFIG, yaml.safe_dump(config))
     train_time = 100.0 if rule == "off" else 75.0
@@ -128,6 +128,18 @@ def test_a_null_value_is_a_value_of_its_own(tmp_path: Path) -> None:
     shown = report.display_table(summary, report.experiment_keys(table), "test_error_at_best_val")
     assert sorted(shown["dataset.train_size"].astype(str)) == ["5000", "null"]
     assert plots.group_labels(summary, report.experiment_keys(table)).nunique() == 2
+
+
+def test_a_key_older_runs_lack_does_not_split_them(tmp_path: Path) -> None:
+    """Constant-depth runs of an older sdexp, without a key that newer stochastic-depth runs have (at
+    the default that keeps the old behaviour): still one baseline, paired seed by seed."""
+    for seed, (c, s) in enumerate(zip(CONSTANT, STOCHASTIC, strict=True)):
+        make_run(tmp_path / f"off,seed={seed}", "off", seed, c)
+        make_run(tmp_path / f"linear,seed={seed}", "linear", seed, s, trainer={"cuda_graphs": False})
+    table, epochs, _ = report.load_runs([tmp_path])
+    assert "trainer.cuda_graphs" not in report.experiment_keys(table)
+    summary = report.summarize(table, epochs).set_index("stochastic_depth.rule")
+    assert summary.loc["linear", "pairs"] == 3 and summary.loc["linear", "time_ratio"] == pytest.approx(0.75)
 
 
 def test_problems_list_status_and_reason(sweep: Path) -> None:
