@@ -249,7 +249,8 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
     if data.name == "synthetic" and (data.train_size is None or data.test_size is None):
         raise ConfigError("dataset.train_size and dataset.test_size must be set for dataset=synthetic")
     if data.name != "synthetic" and not str(data.root or "").strip():
-        raise ConfigError(f"dataset.root is {data.root!r}: give the folder that holds {data.name}")
+        shown = "null" if data.root is None else repr(data.root)  # '' from an empty SDEXP_DATA, say
+        raise ConfigError(f"dataset.root is {shown}: set it (or SDEXP_DATA) to the folder with {data.name}")
     if (data.mean is None) != (data.std is None):
         raise ConfigError("dataset.mean and dataset.std must be both null or both set")
     no_cuda = this_host and not torch.cuda.is_available()

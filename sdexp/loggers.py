@@ -9,9 +9,9 @@
   resumed run continues the same W&B run.
 
 A resumed run continues its curves: the logger writes each epoch after its checkpoint, and on a
-resume it writes the last checkpointed epoch again, replacing what a crash may have left (TensorBoard's
-``purge_step``; W&B ignores a step it already has). TensorBoard turned on at a resume (``logger`` may
-change then) gets every epoch so far.
+resume TensorBoard writes every checkpointed epoch again, replacing what is there (``purge_step``: what
+a crash left, or a gap while the run logged elsewhere), and W&B the last one (it ignores a step it
+already has).
 """
 
 from __future__ import annotations
@@ -86,12 +86,11 @@ class TensorBoardLogger:
     def __init__(self, cfg: DictConfig, run_dir: Path, rows: list[dict[str, Any]]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        folder = run_dir / TENSORBOARD_DIR
-        again = rows[-1:] if folder.is_dir() else rows  # all of them where it starts at a resume
-        first = again[0]["epoch"] if again else 1  # events from this step on are replaced
-        self.writer = SummaryWriter(str(folder), purge_step=first)
+        # every epoch so far written again, replacing what is there: also those of a resume from a run
+        # that logged elsewhere (the logger may change when a run resumes)
+        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=1)
         self.hparams = _hparams(cfg)
-        for row in again:
+        for row in rows:
             self.log_epoch(row)
 
     def log_epoch(self, row: dict[str, Any]) -> None:

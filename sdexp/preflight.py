@@ -226,7 +226,7 @@ def claim_timed_sweep_folder(config: DictConfig) -> None:
         base.parent.mkdir(parents=True, exist_ok=True)
         for n in itertools.count(2):
             try:
-                folder.mkdir()
+                folder.mkdir(parents=True)  # parents again: another command may have just removed one
                 break
             except FileExistsError:
                 folder = base.with_name(f"{base.name}-{n}")

@@ -260,8 +260,6 @@ def _start_or_resume(
         device_name=device_name(device), slurm_job_id=slurm_job_id(),
     )  # fmt: skip
     log.info("resuming epoch %d at step %d", record.next_epoch, step)
-    if step and cfg.dataset.loader == LoaderKind.torch:
-        log.warning("dataset.loader=torch: the rest of this epoch is not exactly the uninterrupted run's")
     return record, in_progress
 
 
@@ -289,6 +287,9 @@ def train(
     checkpoint_path = run_dir / runs.CHECKPOINT
 
     record, in_progress = _start_or_resume(cfg, run_dir, state, checkpoint, device, data)
+    mid_epoch = in_progress is not None and 0 < in_progress.step < len(loaders["train"])
+    if mid_epoch and cfg.dataset.loader == LoaderKind.torch:
+        log.warning("dataset.loader=torch: the rest of this epoch is not exactly the uninterrupted run's")
     step = build_step(tcfg, cfg.stochastic_depth.mode, model, optimizer, amp_dtype)  # after the restore
     logger = build_logger(cfg, run_dir, record.rows)
     log.info(

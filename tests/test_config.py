@@ -68,6 +68,11 @@ def test_required_root_is_named() -> None:
         validate(compose_config(["dataset=imagefolder"]))
 
 
+def test_a_null_root_is_named_with_where_it_comes_from() -> None:
+    with pytest.raises(ConfigError, match=r"dataset\.root is null: set it \(or SDEXP_DATA\)"):
+        validate(compose_config(["dataset.root=null"]))
+
+
 def test_data_root_comes_from_sdexp_data(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SDEXP_DATA", "/somewhere/data")
     assert compose_config().dataset.root == "/somewhere/data"

@@ -48,6 +48,10 @@ def cached(
     key = fingerprint(files, settings)  # first: it names a file it cannot read
     source_key = hashlib.sha256(f"{name}\0{sorted(map(str, files))[:1]}".encode()).hexdigest()[:8]
     path = cache_dir / f"{name}-{source_key}-{key}.pt"
+    for leftover in cache_dir.glob(f".{name}-{source_key}-*.pt.*.tmp"):  # a writer killed mid-write
+        with contextlib.suppress(OSError):  # another run may remove it first
+            if time.time() - leftover.stat().st_mtime > STALE_TEMP_S:  # not one being written now
+                leftover.unlink()
     if path.exists():
         try:
             state = torch.load(path, weights_only=True)
@@ -65,8 +69,4 @@ def cached(
     for stale in cache_dir.glob(f"{name}-{source_key}-*.pt"):
         if stale != path:
             stale.unlink(missing_ok=True)
-    for leftover in cache_dir.glob(f".{name}-{source_key}-*.pt.*.tmp"):  # a writer killed mid-write
-        with contextlib.suppress(OSError):  # another run may remove it first
-            if time.time() - leftover.stat().st_mtime > STALE_TEMP_S:  # not one being written now
-                leftover.unlink()
     return splits, classes

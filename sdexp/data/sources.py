@@ -72,7 +72,7 @@ def download(name: str, root: Path, extra: bool = False) -> None:
                 datasets.SVHN(root, split=split, download=True)
         else:
             raise DatasetError(f"dataset {name} cannot be downloaded by sdexp; set dataset.download=false")
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # RuntimeError: torchvision's check of what it fetched
         raise DatasetError(f"dataset {name}: download into {root} failed ({exc})") from exc
 
 
@@ -84,8 +84,8 @@ def cifar_files(name: str, root: Path) -> list[Path]:
         raise missing(name, root / folder, download_hint=True)
     if lacking:  # a partial copy: name what is not there
         raise DatasetError(
-            f"dataset {name}: {root / folder} lacks {', '.join(lacking)}; copy the whole folder, or set "
-            "dataset.download=true to fetch it with torchvision"
+            f"dataset {name}: {root / folder} lacks {', '.join(lacking)}; copy the whole folder again, or "
+            "remove it and set dataset.download=true to fetch it with torchvision"
         )
     return files
 
