@@ -92,9 +92,9 @@ def cifar_files(name: str, root: Path) -> list[Path]:
 
 def _checked(images: np.ndarray, labels: np.ndarray, classes: list[str], named_in: str) -> Arrays:
     """``images`` (N×3×32×32 uint8) and ``labels`` (N, each an index into ``classes``, which
-    ``named_in`` names) as tensors, or a
-    ValueError that says what is wrong: a file with fewer labels than images would pair every later
-    image with another's label, and a label out of range would fail only in the loss."""
+    ``named_in`` names) as tensors, or a ValueError that says what is wrong: a file with fewer labels
+    than images would pair every later image with another's label, and a label out of range would fail
+    only in the loss."""
     if np.issubdtype(labels.dtype, np.floating) and np.array_equal(labels, np.round(labels)):
         labels = labels.astype(np.int64)  # whole numbers stored as floats (MATLAB's default type)
     if images.dtype != np.uint8 or images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
