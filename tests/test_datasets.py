@@ -191,6 +191,18 @@ def test_a_killed_writers_cache_temp_file_is_removed_once_stale(tmp_path: Path) 
     assert not old.exists() and new.exists()
 
 
+@pytest.mark.parametrize(("target", "above"), [("..", "train"), (".", "train/a")])
+def test_a_link_loop_in_an_image_folder_is_named(tmp_path: Path, target: str, above: str) -> None:
+    write_image_folder(tmp_path / "tree", {"train": 2}, ("a", "b"))
+    (tmp_path / "tree" / "train" / "a" / "loop").symlink_to(target)
+    with pytest.raises(DatasetError) as info:
+        build_data(data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=1"))
+    assert str(info.value) == (
+        f"{tmp_path / 'tree' / 'train' / 'a' / 'loop'} is a link to {tmp_path / 'tree' / above}, which holds "
+        "it: remove the link"
+    )
+
+
 @pytest.mark.parametrize("bad", ["link", "name"])
 def test_a_file_that_cannot_be_listed_is_named(tmp_path: Path, bad: str) -> None:
     """A link to nothing, or a name in another encoding than UTF-8 (an archive made elsewhere)."""

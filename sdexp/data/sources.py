@@ -189,9 +189,11 @@ def image_folder_files(name: str, root: Path, split_dirs: dict[str, str]) -> lis
     for split in (root / sub for sub in split_dirs.values() if (root / sub).is_dir()):
         files += [split / f for f in os.listdir(split) if (split / f).is_file()]
         for folder in _class_folders(split):
-            files += [
-                Path(top) / f for top, _, names in os.walk(split / folder, followlinks=True) for f in names
-            ]
+            for top, _, names in os.walk(split / folder, followlinks=True):
+                real, above = Path(os.path.realpath(top)), Path(os.path.realpath(Path(top).parent))
+                if real == above or real in above.parents:  # os.walk would go round for ever
+                    raise DatasetError(f"{top} is a link to {real}, which holds it: remove the link")
+                files += [Path(top) / f for f in names]
     return sorted(files)
 
 
