@@ -46,6 +46,12 @@ def why_unwritable(folder: Path) -> str | None:
         return describe(exc)
 
 
+def temp_files(folder: Path, name: str) -> list[Path]:
+    """The temp files :func:`atomic_write` makes in ``folder`` for the files ``name`` (a glob pattern)
+    names: where they outlive their writer (killed mid-write), the caller may remove them."""
+    return list(folder.glob(f".{name}.*.tmp"))
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(temp_path)`` for a temp file beside ``path``, then rename it over ``path``.
 
@@ -57,7 +63,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # temp_files
         os.close(fd)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for the whole group
         write(tmp)

@@ -30,7 +30,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from sdexp.errors import SdexpError, failure_log
-from sdexp.files import atomic_write_text, read_file
+from sdexp.files import atomic_write_text, read_file, temp_files
 
 try:
     import fcntl
@@ -125,7 +125,7 @@ def exclusive(run_dir: Path) -> Iterator[None]:
         lock.truncate(0)
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         lock.flush()
-        for leftover in run_dir.glob(f".{CHECKPOINT}.*.tmp"):  # its writer was killed: only a holder writes
+        for leftover in temp_files(run_dir, CHECKPOINT):  # its writer was killed: only a holder writes
             with contextlib.suppress(OSError):  # only disk space at stake
                 leftover.unlink()
                 log.info("removed %s, left by a process stopped while writing it", leftover)

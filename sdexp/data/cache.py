@@ -18,7 +18,7 @@ import torch
 
 from sdexp.data.sources import Arrays, DatasetError
 from sdexp.errors import SdexpError
-from sdexp.files import atomic_write, describe
+from sdexp.files import atomic_write, describe, temp_files
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def cached(
     key = fingerprint(files, settings)  # first: it names a file it cannot read
     source_key = hashlib.sha256(f"{name}\0{sorted(map(str, files))[:1]}".encode()).hexdigest()[:8]
     path = cache_dir / f"{name}-{source_key}-{key}.pt"
-    for leftover in cache_dir.glob(f".{name}-{source_key}-*.pt.*.tmp"):  # a writer killed mid-write
+    for leftover in temp_files(cache_dir, f"{name}-{source_key}-*.pt"):  # a writer killed mid-write
         with contextlib.suppress(OSError):  # another run may remove it first
             if time.time() - leftover.stat().st_mtime > STALE_TEMP_S:  # not one being written now
                 leftover.unlink()

@@ -90,6 +90,10 @@ def cifar_files(name: str, root: Path) -> list[Path]:
     return files
 
 
+def _shape(array: np.ndarray) -> str:
+    return "×".join(map(str, array.shape))
+
+
 def _checked(images: np.ndarray, labels: np.ndarray, classes: list[str], named_in: str) -> Arrays:
     """``images`` (N×3×32×32 uint8) and ``labels`` (N, each an index into ``classes``, which
     ``named_in`` names) as tensors, or a ValueError that says what is wrong: a file with fewer labels
@@ -98,8 +102,9 @@ def _checked(images: np.ndarray, labels: np.ndarray, classes: list[str], named_i
     if np.issubdtype(labels.dtype, np.floating) and np.array_equal(labels, np.round(labels)):
         labels = labels.astype(np.int64)  # whole numbers stored as floats (MATLAB's default type)
     if images.dtype != np.uint8 or images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
-        shape = "×".join(map(str, images.shape))
-        raise ValueError(f"its images are {images.dtype} {shape}, not uint8 N×3×{IMAGE_SIZE}×{IMAGE_SIZE}")
+        raise ValueError(
+            f"its images are {images.dtype} {_shape(images)}, not uint8 N×3×{IMAGE_SIZE}×{IMAGE_SIZE}"
+        )
     if len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"it has {len(images)} images and {len(labels)} labels of type {labels.dtype}")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
@@ -129,7 +134,7 @@ def read_cifar(name: str, root: Path) -> tuple[dict[str, Arrays], list[str]]:
             raise ValueError(f"not a {name} batch: it needs a dict with 'data' and '{label_key}'")
         data = np.asarray(content["data"])
         if data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE**2:
-            raise ValueError(f"its data is {'×'.join(map(str, data.shape))}, not N×{3 * IMAGE_SIZE**2}")
+            raise ValueError(f"its data is {_shape(data)}, not N×{3 * IMAGE_SIZE**2}")
         images = data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
         return _checked(images, np.asarray(content[label_key]), classes, meta_file)
 
@@ -160,7 +165,7 @@ def read_svhn(root: Path, extra: bool) -> tuple[dict[str, Arrays], list[str]]:
             raise ValueError("not an SVHN file: it needs X (32×32×3×N) and y")
         x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
         if x.ndim != 4 or x.shape[:3] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-            raise ValueError(f"its X is {'×'.join(map(str, x.shape))}, not 32×32×3×N")
+            raise ValueError(f"its X is {_shape(x)}, not 32×32×3×N")
         if len(y) and np.issubdtype(y.dtype, np.number) and (y.min() < 1 or y.max() > 10):
             raise ValueError(f"its labels run from {y.min()} to {y.max()}, not 1 to 10 (10 for the digit 0)")
         images = np.ascontiguousarray(x.transpose(3, 2, 0, 1))  # -> N×3×32×32
