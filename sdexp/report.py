@@ -49,18 +49,25 @@ def _hashable(value: Any) -> Any:
     return str(value) if isinstance(value, list) else value
 
 
+def config_values(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config as one flat row of comparable values (also for the paper's protocol).
+
+    None becomes the text ``null``, a value of its own (``dataset.train_size: null`` is all the images),
+    where pandas would drop it when it counts or groups values and average those runs with runs on
+    5,000; lists become their text; p_L is 1 at constant depth, whatever it was set to."""
+    row = {key: "null" if value is None else _hashable(value) for key, value in runs.flatten(config).items()}
+    if row.get("stochastic_depth.rule") == "off":  # every block survives
+        row["stochastic_depth.final_survival"] = 1.0
+    return row
+
+
 def _run_row(run_dir: Path) -> dict[str, Any]:
     """The run's config and result as one flat row; a damaged or foreign folder raises RunFolderError."""
     result = runs.read_result(run_dir)
     runs.check_result(run_dir, result)
     result["status"] = runs.live_status(run_dir, result)
-    # None as "null": a value of its own (dataset.train_size: null is all the images), where pandas
-    # would drop it when it counts or groups values, and average those runs with runs on 5,000
-    config = {k: "null" if v is None else v for k, v in runs.flatten(runs.read_config(run_dir)).items()}
-    row = {**config, **runs.flatten(result), "run_dir": str(run_dir)}
-    if row.get("stochastic_depth.rule") == "off":  # every block survives, whatever p_L was set to
-        row["stochastic_depth.final_survival"] = 1.0
-    return {key: _hashable(value) for key, value in row.items()}
+    outcome = {key: _hashable(value) for key, value in runs.flatten(result).items()}
+    return {**config_values(runs.read_config(run_dir)), **outcome, "run_dir": str(run_dir)}
 
 
 def _epochs(run_dir: Path) -> pd.DataFrame:
@@ -217,8 +224,8 @@ def _paired(per_seed: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFr
         return pd.Series({"pairs": n, "diff_mean": group["diff"].mean(), "diff_std": group["diff"].std(),
                           "p_value": p})  # fmt: skip
 
-    if pairs.empty:
-        return pd.DataFrame(columns=[*by, "pairs", "diff_mean", "diff_std", "p_value"])
+    if pairs.empty:  # the group keys keep their types, for the merge
+        return per_seed[list(by)].head(0).assign(pairs=0, diff_mean=math.nan, diff_std=math.nan, p_value=math.nan)
     return (
         pairs.groupby(list(by), dropna=False)[[metric, f"{metric}_constant", "diff"]]
         .apply(stats)
@@ -243,27 +250,43 @@ def _with_time_ratio(summary: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 
 
 def paper_results() -> pd.DataFrame:
-    """The paper's reported test errors (``sdexp/paper_results.csv``, with its source)."""
-    return pd.read_csv(PAPER_RESULTS, comment="#")
+    """The paper's reported test errors with its protocol (``sdexp/paper_results.csv``, with its
+    source): a column per config key, as text (empty: any value), then ``paper_test_error``."""
+    table = pd.read_csv(PAPER_RESULTS, comment="#", dtype=str, keep_default_na=False)
+    return table.astype({"paper_test_error": float})
+
+
+def _same(ours: Any, paper: str) -> bool:
+    """Whether a run's config value is the paper's (written as text): numbers as numbers (``500`` and
+    ``500.0``, ``1e-4`` and ``0.0001``), the rest as lower-case text (``True`` and ``true``)."""
+    if paper == "":
+        return True
+    try:
+        return float(ours) == float(paper)
+    except (TypeError, ValueError):
+        return str(ours).lower() == paper.lower()
+
+
+def paper_number(values: dict[str, Any] | pd.Series) -> float:
+    """The paper's test error for runs with these config values (as :func:`config_values` gives them),
+    or NaN where they are not one of the paper's experiments. A key the runs lack (an older sdexp) is
+    not compared."""
+    paper = paper_results()
+    keys = [key for key in paper.columns if key != "paper_test_error" and key in values]
+    for _, row in paper.iterrows():
+        if all(_same(values[key], row[key]) for key in keys):
+            return row["paper_test_error"]
+    return math.nan
 
 
 def _with_paper(summary: pd.DataFrame, done: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    keys = ["dataset.name", "model.name", "stochastic_depth.rule", "stochastic_depth.final_survival",
-            "trainer.epochs"]  # fmt: skip
-    present = [k for k in keys if k in done.columns]
-    extra = [k for k in present if k not in by]
-    if extra:  # a group matches only if these keys have one value in it
-        grouped = done.groupby(list(by), dropna=False)[extra]
-        mixed = grouped.nunique(dropna=False).gt(1).any(axis=1)
-        first = grouped.first()[~mixed].reset_index()
-    else:
-        first = done[list(by)].drop_duplicates()
-    paper = paper_results().rename(columns={
-        "dataset": "dataset.name", "model": "model.name", "rule": "stochastic_depth.rule",
-        "final_survival": "stochastic_depth.final_survival", "epochs": "trainer.epochs",
-    })  # fmt: skip
-    matched = first.merge(paper[[*present, "paper_test_error"]], on=present, how="left")
-    return summary.merge(matched[[*by, "paper_test_error"]], on=list(by), how="left")
+    keys = [key for key in paper_results().columns if key in done.columns]
+    groups = done.groupby(list(by), dropna=False)
+    mixed = groups[keys].nunique(dropna=False).gt(1).any(axis=1)  # no one value: not one experiment
+    first = groups[keys].first()[~mixed]
+    numbers = [paper_number(row.dropna()) for _, row in first.iterrows()]
+    matched = first.index.to_frame(index=False).assign(paper_test_error=numbers)
+    return summary.merge(matched, on=list(by), how="left")
 
 
 def problems(table: pd.DataFrame) -> pd.DataFrame:

@@ -31,7 +31,8 @@ CONSTANT, STOCHASTIC = [6.0, 6.5, 7.0], [5.0, 5.5, 6.5]
 def make_run(
     folder: Path, rule: str, seed: int, reported: float, status: str = "completed",
     final_survival: float | None = None, scaling: str = "test_time", epochs: int = 500,
-    train_size: int | None = None, trainer: dict | None = None, **extra: object,
+    train_size: int | None = None, trainer: dict | None = None, optimizer: dict | None = None,
+    **extra: object,
 ) -> None:  # fmt: skip
     """A run folder as the trainer writes it, with known values (three epochs of metrics, whatever
     ``epochs`` its config says)."""
@@ -45,6 +46,7 @@ def make_run(
             "scaling": scaling,
         },
         "trainer": {"epochs": epochs, "device": "cpu", **(trainer or {})},
+        **({"optimizer": optimizer} if optimizer else {}),
     }
     runs.atomic_write_text(folder / runs.CONFIG, yaml.safe_dump(config))
     train_time = 100.0 if rule == "off" else 75.0
@@ -104,14 +106,45 @@ def test_summary_statistics_are_exact(sweep: Path) -> None:
     assert bool(uniform["fewer_seeds"]) and not bool(linear["fewer_seeds"])
 
 
-def test_the_paper_number_is_for_runs_as_long_as_the_papers(tmp_path: Path) -> None:
-    """A 3-epoch run of the paper's model and rule is another experiment: no paper number beside it."""
-    for rule, epochs in (("off", 3), ("linear", 500)):
-        make_run(tmp_path / rule, rule, 0, 6.0, epochs=epochs)
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"epochs": 3},
+        {"train_size": 5000},
+        {"trainer": {"batch_size": 64}},
+        {"optimizer": {"lr": 0.05}},
+        {"scaling": "inverted"},
+    ],
+    ids=["3 epochs", "5,000 images", "batch 64", "lr 0.05", "inverted scaling"],
+)
+def test_the_paper_number_is_for_the_papers_protocol_only(tmp_path: Path, change: dict) -> None:
+    """A shortened, subsampled or otherwise changed run of the paper's model and rule is another
+    experiment: no paper number beside it; the same runs at the paper's settings (or without the key,
+    from an older sdexp) get it."""
+    make_run(tmp_path / "changed", "linear", 0, 6.0, **change)
+    make_run(
+        tmp_path / "paper",
+        "off",
+        0,
+        6.0,
+        optimizer={"lr": 0.1, "nesterov": True},
+        trainer={"batch_size": 128},
+    )
     table, epochs_table, _ = report.load_runs([tmp_path])
     summary = report.summarize(table, epochs_table).set_index("stochastic_depth.rule")
-    paper = summary["paper_test_error"]
-    assert math.isnan(paper["off"]) and paper["linear"] == 5.25
+    assert (
+        math.isnan(summary.loc["linear", "paper_test_error"])
+        and summary.loc["off", "paper_test_error"] == 6.41
+    )
+
+
+def test_summary_of_runs_none_completed_is_empty(tmp_path: Path) -> None:
+    """The notebook's summary of a sweep that has only started: an empty table, not a merge error."""
+    for rule in ("off", "linear"):
+        make_run(tmp_path / rule, rule, 0, math.nan, status="failed")
+    table, epochs, _ = report.load_runs([tmp_path])
+    summary = report.summarize(table, epochs)
+    assert summary.empty and {"mean", "pairs", "paper_test_error", "not_completed"} <= set(summary.columns)
 
 
 def test_a_null_value_is_a_value_of_its_own(tmp_path: Path) -> None:
