@@ -44,9 +44,10 @@ def main() -> None:
 
 
 def report(paths: list[str]) -> str:
-    """The table and its totals line."""
+    """The table, its totals line and any notes (a damaged multirun.yaml)."""
     table = status.sweep_status(paths)
-    return f"{status.render(table)}\n{status.totals(table)}"
+    notes = "".join(f"\nnote: {note}" for note in table.attrs["notes"])
+    return f"{status.render(table)}\n{status.totals(table)}{notes}"
 
 
 if __name__ == "__main__":

@@ -225,7 +225,11 @@ def _paired(per_seed: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFr
                           "p_value": p})  # fmt: skip
 
     if pairs.empty:  # the group keys keep their types, for the merge
-        return per_seed[list(by)].head(0).assign(pairs=0, diff_mean=math.nan, diff_std=math.nan, p_value=math.nan)
+        return (
+            per_seed[list(by)]
+            .head(0)
+            .assign(pairs=0, diff_mean=math.nan, diff_std=math.nan, p_value=math.nan)
+        )
     return (
         pairs.groupby(list(by), dropna=False)[[metric, f"{metric}_constant", "diff"]]
         .apply(stats)

@@ -88,14 +88,19 @@ def _planned_epochs(run_dir: Path) -> int:
 def sweep_status(paths: Sequence[str | Path]) -> pd.DataFrame:
     """The rows of every run under ``paths`` (sweep or run folders): each sweep's planned runs, started
     or not, then any other run folder found there. With several paths, each row's name starts with
-    its path."""
+    its path. A damaged ``multirun.yaml`` is named in ``attrs["notes"]``, and only the runs found are
+    listed."""
     if any(not str(path).strip() for path in paths):  # Path("") would be this folder
         raise runs.RunFolderError("an empty path was given: name sweep folders or run folders")
-    rows, seen = [], set()
+    rows, seen, unreadable = [], set(), []
     for path in map(Path, paths):
         if not path.exists():
             raise runs.RunFolderError(f"{path}: no such folder")
-        planned = {path / name: shown for name, shown in planned_runs(path).items()}
+        try:
+            planned = {path / name: shown for name, shown in planned_runs(path).items()}
+        except runs.RunFolderError as exc:  # the runs that did start can still be shown
+            unreadable.append(exc)
+            planned = {}
         found = runs.run_folders_under(path)
         for folder in [*planned, *sorted(found - set(planned))]:
             if folder.resolve() not in seen:
@@ -103,10 +108,18 @@ def sweep_status(paths: Sequence[str | Path]) -> pd.DataFrame:
                 shown = planned.get(folder) or folder.name
                 rows.append(run_row(folder, f"{path}: {shown}" if len(paths) > 1 else shown))
     if not rows:
-        raise runs.RunFolderError(
-            f"{', '.join(map(str, paths))}: no runs there (no {MULTIRUN}, no run folders)"
+        raise (
+            unreadable[0]
+            if unreadable
+            else runs.RunFolderError(
+                f"{', '.join(map(str, paths))}: no runs there (no {MULTIRUN}, no run folders)"
+            )
         )
-    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    table.attrs["notes"] = [
+        f"{exc}; until then, runs that have not started are not listed" for exc in unreadable
+    ]
+    return table
 
 
 def totals(table: pd.DataFrame) -> str:

@@ -265,8 +265,13 @@ def test_a_multirun_record_that_is_not_one_is_named(sweep: Path, tmp_path: Path,
     copy = tmp_path / "sweep"
     shutil.copytree(sweep, copy)
     (copy / status.MULTIRUN).write_text(text)
+    table = status.sweep_status([copy])  # the runs found are still shown
+    assert len(table) == len(runs.run_folders_under(copy)) > 0
+    assert [note.split(" (")[0] for note in table.attrs["notes"]] == [f"cannot read {copy / status.MULTIRUN}"]
+    for folder in runs.run_folders_under(copy):
+        shutil.rmtree(folder)
     with pytest.raises(runs.RunFolderError, match=f"cannot read {copy / status.MULTIRUN}"):
-        status.sweep_status([copy])
+        status.sweep_status([copy])  # nothing else to show
 
 
 @pytest.mark.slow
