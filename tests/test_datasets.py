@@ -203,14 +203,18 @@ def test_a_link_loop_in_an_image_folder_is_named(tmp_path: Path, target: str, ab
     )
 
 
-@pytest.mark.parametrize("bad", ["link", "name"])
+@pytest.mark.parametrize("bad", ["link", "name", "fifo"])
 def test_a_file_that_cannot_be_listed_is_named(tmp_path: Path, bad: str) -> None:
-    """A link to nothing, or a name in another encoding than UTF-8 (an archive made elsewhere)."""
+    """A link to nothing, a name in another encoding than UTF-8 (an archive made elsewhere), or a FIFO
+    with an image's name (reading it would wait for ever)."""
     write_image_folder(tmp_path / "tree", {"train": 2}, ("a", "b"))
     folder = tmp_path / "tree" / "train" / "a"
     if bad == "link":
         (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
         says = f"cannot read {folder / 'gone.png'} (No such file or directory) (a link to nothing?)"
+    elif bad == "fifo":
+        os.mkfifo(folder / "pipe.jpg")
+        says = f"{folder / 'pipe.jpg'} is not a regular file (a FIFO, socket or device?): remove it"
     else:
         shutil.copy(folder / "0000.png", os.fsdecode(bytes(folder / "c") + b"\xff.png"))
         says = "c\\udcff.png': its name is not UTF-8 text; rename it"
@@ -262,6 +266,32 @@ def test_corrupt_file_is_named(tmp_path: Path) -> None:
     batch.write_bytes(batch.read_bytes()[:50])
     with pytest.raises(DatasetError, match=str(batch)):
         build_data(data_cfg("cifar10", tmp_path / "data", tmp_path / "cache", "dataset.val_size=2"))
+
+
+def test_an_image_too_large_to_decode_safely_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PIL refuses an image of more than twice its pixel limit (a decompression bomb): named, with
+    what to do, not called corrupt."""
+    write_image_folder(tmp_path / "tree", {"train": 2}, ("a", "b"))
+    monkeypatch.setattr(sources.Image, "MAX_IMAGE_PIXELS", 100)  # the 32×32 images are over twice this
+    with pytest.raises(DatasetError, match=r"decompression bomb.*\); shrink it \(it is resized to 32×32\)$"):
+        build_data(data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=1"))
+
+
+def test_a_failed_download_leaves_no_empty_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder the download made is removed, so that the next run does not find an empty data set
+    there; a folder that was there is kept."""
+
+    def offline(root: Path, download: bool) -> None:
+        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision does before it fetches
+        raise RuntimeError("network unreachable")
+
+    monkeypatch.setattr("torchvision.datasets.CIFAR10", offline)
+    for root, kept in ((tmp_path / "new", False), (tmp_path, True)):
+        with pytest.raises(DatasetError, match=f"download into {root} failed \\(network unreachable\\)"):
+            sources.download("cifar10", root)
+        assert root.exists() == kept
 
 
 def _edit_pickle(path: Path, edit: Callable[[dict], object]) -> None:

@@ -11,6 +11,7 @@ the path and what to do.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -44,6 +45,8 @@ def missing(name: str, looked_at: Path, download_hint: bool) -> DatasetError:
 def _read(path: Path, reader: Callable[[Path], object]) -> object:
     try:
         return reader(path)
+    except Image.DecompressionBombError as exc:  # PIL's guard against a few bytes that decode to GBs
+        raise DatasetError(f"cannot read {path} ({exc}); shrink it (it is resized to 32×32)") from exc
     except Exception as exc:
         raise DatasetError(f"cannot read {path} ({type(exc).__name__}: {exc}); is it corrupt?") from exc
 
@@ -64,6 +67,7 @@ def download(name: str, root: Path, extra: bool = False) -> None:
     """Fetch CIFAR-10/100 or SVHN into ``root`` with torchvision (it checks the checksums)."""
     from torchvision import datasets
 
+    made = not root.exists()
     try:
         if name in CIFAR:
             getattr(datasets, name.upper())(root, download=True)
@@ -73,6 +77,9 @@ def download(name: str, root: Path, extra: bool = False) -> None:
         else:
             raise DatasetError(f"dataset {name} cannot be downloaded by sdexp; set dataset.download=false")
     except (OSError, RuntimeError) as exc:  # RuntimeError: torchvision's check of what it fetched
+        if made:  # not an empty folder that would look like a data set to the next run
+            with contextlib.suppress(OSError):
+                root.rmdir()
         raise DatasetError(f"dataset {name}: download into {root} failed ({exc})") from exc
 
 
