@@ -110,8 +110,8 @@ def train_one_epoch(
     """Train the rest of ``epoch`` with ``step``; return its statistics, or None if a stop signal came
     first (then ``epoch`` holds the progress so far).
 
-    Losses and errors are summed on the device and read once at the end (no per-step sync), as is the
-    first step whose loss was not finite (``first_bad_step``, -1 if none).
+    Losses and errors are summed on the device and read once at the end (no per-step sync); so is the
+    first step whose loss was not finite (``epoch.first_bad_step``, -1 if none), which the caller reads.
     """
     if stop.received is not None:  # it came in the evaluation before this epoch
         return None
@@ -150,7 +150,6 @@ def train_one_epoch(
         "epoch_time_s": epoch.elapsed_s,
         "images_per_s": epoch.seen / epoch.elapsed_s,
         "executed_block_fraction": epoch.executed_blocks / max(epoch.total_blocks, 1),
-        "first_bad_step": int(epoch.first_bad_step.item()),
     }
 
 
@@ -307,7 +306,8 @@ def train(
             progress, in_progress = in_progress or EpochProgress.start(loaders["train"]), None
             desc = _epoch_description(epoch, tcfg.epochs, record.rows)
             stats = train_one_epoch(model, step, loaders["train"], progress, stop, tcfg.progress, desc)
-            if stats is not None and (first_bad_step := stats.pop("first_bad_step")) >= 0:
+            # also after a stop signal mid-epoch: a checkpoint of non-finite weights resumes nothing
+            if (first_bad_step := int(progress.first_bad_step.item())) >= 0:
                 record.diverged(epoch, first_bad_step)
                 log.warning("diverged: non-finite loss at epoch %d, step %d", epoch, first_bad_step)
                 break

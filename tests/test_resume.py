@@ -397,14 +397,17 @@ def test_divergence_stops_with_epoch_and_step(tmp_path: Path) -> None:
     assert not (tmp_path / runs.CHECKPOINT).exists()  # no checkpoint of non-finite weights
 
 
+@pytest.mark.parametrize("call", [8, 5], ids=["last step", "mid-epoch"])
 def test_a_stop_in_the_epoch_that_diverges_still_stops_the_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, call: int
 ) -> None:
-    """SIGUSR2 in the last step of an epoch whose loss diverged: the run ends diverged (nothing to
-    resume), and the signal is passed on, so that a sweep running its jobs in this process stops."""
-    monkeypatch.setattr(F, "cross_entropy", signalling_at_call(F.cross_entropy, 8))  # 8 steps an epoch
+    """SIGUSR2 in the last step, or in the middle, of an epoch whose loss diverged: the run ends
+    diverged (nothing to resume: no checkpoint of non-finite weights), and the signal is passed on, so
+    that a sweep running its jobs in this process stops."""
+    monkeypatch.setattr(F, "cross_entropy", signalling_at_call(F.cross_entropy, call))  # 8 steps an epoch
     result = run_until_stopped(compose_config([*TINY, "optimizer.lr=1e30", "stochastic_depth=off"]), tmp_path)
     assert result["status"] == "diverged" and result["diverged_at"]["epoch"] == 1
+    assert result["diverged_at"]["step"] < call and not (tmp_path / runs.CHECKPOINT).exists()
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert said == "stopped (SIGUSR2): the run had diverged: nothing to resume"
 
