@@ -104,9 +104,10 @@ class TrainerConfig:
 @dataclass
 class LoggerConfig:
     name: LoggerName = MISSING
-    project: str | None = None  # wandb only
+    # W&B's settings (conf/logger/wandb.yaml); null for the other loggers, which refuse them
+    project: str | None = None
     entity: str | None = None
-    mode: WandbMode = WandbMode.offline
+    mode: WandbMode | None = None
 
 
 @dataclass
@@ -262,6 +263,7 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
         raise ConfigError(
             f"trainer.device={cfg.trainer.device} but MPS is not available here: use auto or cpu"
         )
+    _check_logger(cfg.logger)
     package = missing_package(cfg.logger.name)
     if package:
         raise ConfigError(
@@ -275,6 +277,19 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
         _check_segments(cfg, no_cuda)
     if cfg.optimizer.nesterov and (cfg.optimizer.momentum == 0 or cfg.optimizer.dampening != 0):
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0")
+
+
+def _check_logger(logger: DictConfig) -> None:
+    """W&B's settings with another logger would be ignored without a word; W&B needs its mode."""
+    if logger.name != LoggerName.wandb:
+        for key in ("project", "entity", "mode"):
+            if logger[key] is not None:
+                raise ConfigError(
+                    f"logger.{key}={logger[key]} is a W&B setting, unused by logger={logger.name}: "
+                    "drop it, or add logger=wandb"
+                )
+    elif logger.mode is None:
+        raise ConfigError(f"logger.mode=null is not allowed: give one of {', '.join(WandbMode)}")
 
 
 def _check_segments(cfg: DictConfig, no_cuda: bool) -> None:

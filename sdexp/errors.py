@@ -21,6 +21,7 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import (
+    ConfigCompositionException,
     HydraException,
     InstantiationException,
     MissingConfigException,
@@ -143,6 +144,9 @@ def _config_message(exc: Exception) -> str:
         if equals and "${" not in value and value[:1] not in "[{('\"" and _parses(quoted):  # e.g. a path
             line += f"; put the value in quotes (within the shell's): {quoted}"
         return line
+    override = _override_being_applied(exc)
+    if isinstance(exc, ConfigCompositionException) and override and str(exc).startswith("Could not append"):
+        return f"{override}: {override[1:].partition('=')[0]} is in the config already: set it without the +"
     if isinstance(exc, InstantiationException):  # "Error in call to target 'X':", the reason below it
         return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc

@@ -117,6 +117,24 @@ def test_out_of_range_values_name_their_key(override: str, key: str) -> None:
         validate(compose_config([override]))
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["logger.mode=online"],
+        ["logger=tensorboard", "logger.project=p"],
+        ["logger.entity=me"],
+        ["logger=wandb", "logger.mode=null"],
+    ],
+)
+def test_wandb_settings_are_for_wandb_only_and_it_needs_a_mode(overrides: list[str]) -> None:
+    """Set with another logger they would be ignored without a word; W&B without a mode would go online."""
+    key, value = overrides[-1].split("=")
+    with pytest.raises(
+        ConfigError, match=f"^{key}={value} is (a W&B setting, unused by logger=|not allowed)"
+    ):
+        validate(compose_config(overrides))
+
+
 @pytest.mark.parametrize(("mean", "std"), [("[0.5,nan,0.5]", "[1,1,1]"), ("[0.5,0.5,0.5]", "[1,inf,1]")])
 def test_normalization_takes_finite_numbers(mean: str, std: str) -> None:
     with pytest.raises(ConfigError, match=r"is not allowed: (null|null \(.*\)) or 3 finite numbers"):

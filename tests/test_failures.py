@@ -175,6 +175,16 @@ RUN_PY = [
     ),
     Case("two modes", nothing, ["-m", "--cfg=job"], 2, "Only one of --run, --multirun, --cfg"),
     Case("unknown key", nothing, ["trainer.epochz=3"], 2, "trainer.epochz is not a config key; trainer has"),
+    Case(
+        "+ on a key", nothing, ["+trainer.epochs=3"], 2, "trainer.epochs is in the config already: set it wi"
+    ),
+    Case(
+        "W&B key, csv",
+        nothing,
+        ["+logger.mode=online"],
+        2,
+        "mode=online is a W&B setting, unused by logger=c",
+    ),
     Case("wrong type", nothing, ["trainer.epochs=abc"], 2, "trainer.epochs: Value 'abc'"),
     Case("unparsable", nothing, ["seed=["], 2, "cannot parse the override 'seed=['"),
     Case(
