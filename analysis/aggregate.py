@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         averaged = f" ({count(repeats, 'run')} repeating a seed of its group: averaged)" if repeats else ""
         print(f"{count(len(table), 'run')} in {count(summary.shape[0], 'group')}{averaged}\n", file=info)
         print(render(shown, args.format))
+        if empty := int((summary["seeds"] == 0).sum()):  # e.g. an image folder without test/
+            print(
+                f"\nnote: {count(empty, 'group')} without a value of {args.metric} (no test split?); "
+                "--metric best_val_error reports the validation error", file=info,
+            )  # fmt: skip
     unfinished = report.problems(table) if len(table) else table
     if len(unfinished):
         print(f"\nNot completed ({len(unfinished)}):\n\n{render(unfinished, args.format)}", file=info)

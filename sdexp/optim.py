@@ -61,10 +61,13 @@ def build_optimizer(
                 list(cfg.milestones),
             )
         return optimizer, CosineAnnealingLR(optimizer, T_max=epochs)
-    milestones = [max(1, round(m * epochs)) for m in cfg.milestones]
-    if len(set(milestones)) < len(milestones):  # e.g. the paper's 0.5 and 0.75 of 3 epochs: both epoch 2
+    milestones = [max(1, round(m * epochs)) for m in cfg.milestones]  # the rate drops after these epochs
+    twice = sorted(
+        {m for m in milestones if milestones.count(m) > 1 and m < epochs}
+    )  # after the last: unused
+    if twice:  # e.g. the paper's 0.5 and 0.75 of 3 epochs: both after epoch 2
         log.warning(
-            "optimizer.milestones %s of %d epochs fall on epochs %s: the rate drops by gamma at each, "
-            "so more than once in one epoch", list(cfg.milestones), epochs, milestones,
+            "optimizer.milestones %s of %d epochs round to the same epoch: after epoch %s the rate drops "
+            "by gamma more than once", list(cfg.milestones), epochs, ", ".join(map(str, twice)),
         )  # fmt: skip
     return optimizer, MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)

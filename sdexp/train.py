@@ -10,6 +10,7 @@ import logging
 import math
 import signal
 import time
+import warnings
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
 from sdexp import runs
@@ -326,7 +328,7 @@ def train(
                     " (in its evaluation)" if stats is not None else "",
                 )  # fmt: skip
                 break
-            scheduler.step()  # after the evaluation: a checkpoint taken in it holds the epoch's schedule
+            _step_schedule(scheduler)  # after the evaluation: a checkpoint taken in it holds the epoch's rate
             record.epoch_done({"epoch": epoch, "lr": lr, **stats, **errors}, peak_gpu_memory_gib(device))
             state.save(checkpoint_path, record)
             logger.log_epoch(record.rows[-1])  # after the checkpoint: see sdexp.loggers
@@ -361,6 +363,15 @@ def _log_epoch(row: dict[str, Any], epochs: int) -> None:
         _percent(row["test_error"]), 100 * row["executed_block_fraction"], row["images_per_s"],
         row["epoch_time_s"],
     )  # fmt: skip
+
+
+def _step_schedule(scheduler: LRScheduler) -> None:
+    """``scheduler.step()`` without PyTorch's warning that no ``optimizer.step()`` came first (so that a
+    rate would be skipped): true only of a run resumed in epoch 1's evaluation, whose rates are the
+    uninterrupted run's all the same (tests/test_resume.py)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before", UserWarning)
+        scheduler.step()
 
 
 def _epoch_description(epoch: int, epochs: int, rows: list[dict[str, Any]]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import os
 import re
 import shutil
 import signal
@@ -145,6 +146,15 @@ def test_summary_of_runs_none_completed_is_empty(tmp_path: Path) -> None:
     table, epochs, _ = report.load_runs([tmp_path])
     summary = report.summarize(table, epochs)
     assert summary.empty and {"mean", "pairs", "paper_test_error", "not_completed"} <= set(summary.columns)
+
+
+def test_a_metric_no_run_has_is_said_with_the_way_out(tmp_path: Path) -> None:
+    """Runs on an image folder without test/ have no test error: the table's rows are empty, and a
+    note names the metric and the validation error's."""
+    make_run(tmp_path / "run", "linear", 0, math.nan)
+    proc = aggregate(str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "note: 1 group without a value of test_error_at_best_val (no test split?); --metric" in proc.stdout
 
 
 def test_a_null_value_is_a_value_of_its_own(tmp_path: Path) -> None:
@@ -395,7 +405,7 @@ def test_notebook_executes_on_a_real_tiny_sweep(tmp_path: Path, monkeypatch: pyt
     (sweep / "broken" / runs.LOG).write_text(
         "[2026-12-06 05:00:00,000][sdexp.failure][ERROR] - error: no data\n"
     )
-    monkeypatch.setenv("SDEXP_SWEEP", str(sweep))
+    monkeypatch.setenv("SDEXP_SWEEP", os.path.relpath(sweep, ROOT))  # from the repository, as README says
     monkeypatch.setenv("SDEXP_REPORT", str(tmp_path / "figures"))
     notebook = nbformat.read(ROOT / "analysis" / "report.ipynb", as_version=4)
     nbclient.NotebookClient(notebook, timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
