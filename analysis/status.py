@@ -5,9 +5,10 @@ validation error, img/s, time left and SLURM job; totals at the bottom.
 
 It reads the run folders only (no SLURM calls), while runs write. Status ``stopped``: the run says
 it is running, or took its folder, but no process holds the folder (killed, or its node lost): rerun
-the sweep's command to resume it. ``starting``: no result yet (loading its data); ``failed: ...``:
-it failed before training, with its error; ``queued``: submitted to SLURM, not started; ``not
-started``: no folder yet.
+the sweep's command to resume it. ``interrupted``: stopped by a signal after a checkpoint (rerun to
+resume); ``diverged``: its loss became non-finite. ``starting``: no result yet (loading its data);
+``failed: ...``: it failed before training, with its error; ``queued``: submitted to SLURM, not
+started; ``not started``: no folder yet.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ CLEAR = "\033[2J\033[H"  # clear the terminal, cursor to the top left
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="sweep folders (multirun/...) or run folders")
-    parser.add_argument("--watch", type=float, nargs="?", const=10.0, default=None, metavar="SECONDS",
+    parser.add_argument("--watch", type=_seconds, nargs="?", const=10.0, default=None, metavar="SECONDS",
                         help="refresh every SECONDS (default 10) until Ctrl-C")  # fmt: skip
     args = parser.parse_args()
     if args.watch is not None and not 0 < args.watch < 86400:  # NaN fails too
@@ -41,6 +42,16 @@ def main() -> None:
             time.sleep(args.watch)
     except KeyboardInterrupt:  # the way to leave --watch: not an error
         return
+
+
+def _seconds(text: str) -> float:
+    """``--watch``'s value; a folder there (``--watch multirun/x``) was meant as a path."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds (for the default 10 s, put --watch after the folders)"
+        ) from None
 
 
 def report(paths: list[str]) -> str:

@@ -284,6 +284,8 @@ def test_status_command_prints_the_table_and_watches(sweep: Path, tmp_path: Path
     assert lines[-1].startswith("6 runs: 1 completed")
     never = run_command([*command, "--watch", "nan"], tmp_path)
     assert never.returncode == 2 and "--watch nan: give a number of seconds > 0" in never.stderr
+    first = run_command([*command[:2], "--watch", str(sweep)], tmp_path)  # the option before the folder
+    assert first.returncode == 2 and "(for the default 10 s, put --watch after the folders)" in first.stderr
     missing = run_command([*command[:2], str(tmp_path / "nowhere")], tmp_path)
     assert (
         missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder"
