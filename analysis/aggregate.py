@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         averaged = f" ({count(repeats, 'run')} repeating a seed of its group: averaged)" if repeats else ""
         print(f"{count(len(table), 'run')} in {count(summary.shape[0], 'group')}{averaged}\n", file=info)
         print(render(shown, args.format))
-        if empty := int((summary["seeds"] == 0).sum()):  # e.g. an image folder without test/
+        empty = int((summary["seeds"] == 0).sum())
+        if empty and args.metric != "best_val_error":  # e.g. an image folder without test/
             print(
                 f"\nnote: {count(empty, 'group')} without a value of {args.metric} (no test split?); "
                 "--metric best_val_error reports the validation error", file=info,

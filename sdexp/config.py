@@ -289,7 +289,9 @@ def _check_logger(logger: DictConfig) -> None:
                     "drop it, or add logger=wandb"
                 )
     elif logger.mode is None:
-        raise ConfigError(f"logger.mode=null is not allowed: give one of {', '.join(WandbMode)}")
+        raise ConfigError(
+            f"logger.mode=null is not allowed: give one of {', '.join(WandbMode)} (logger=wandb sets offline)"
+        )
 
 
 def _check_segments(cfg: DictConfig, no_cuda: bool) -> None:

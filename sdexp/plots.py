@@ -27,7 +27,7 @@ DPI = 150
 
 def group_labels(table: pd.DataFrame, by: Sequence[str]) -> pd.Series:
     """``resnet110 · linear``-style labels of each row's group (constant keys left out)."""
-    varying = [k for k in by if table[k].astype(str).nunique() > 1] or list(by)[:1]
+    varying = [k for k in by if report.varies(table[k])] or list(by)[:1]
     return table[varying].astype(str).agg(" · ".join, axis=1)
 
 

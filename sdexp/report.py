@@ -131,13 +131,18 @@ def is_config_key(column: str) -> bool:
     return column == "seed" or column.split(".")[0] in _CONFIG_GROUPS
 
 
+def varies(column: pd.Series) -> bool:
+    """Whether a config key takes more than one value. A run without the key (made by an older sdexp, at
+    what is now its default) adds none, whichever pandas version (in pandas 2, ``astype(str)`` makes NaN
+    the text ``nan``)."""
+    return column.dropna().astype(str).nunique() > 1
+
+
 def experiment_keys(table: pd.DataFrame) -> list[str]:
     """The identity keys, then every other config key whose value differs between runs (not the seed)."""
     config_keys = [c for c in table.columns if "." in c and is_config_key(c)]
     varying = [
-        k
-        for k in config_keys
-        if k not in NOT_EXPERIMENT_KEYS and k not in IDENTITY_KEYS and table[k].astype(str).nunique() > 1
+        k for k in config_keys if k not in NOT_EXPERIMENT_KEYS and k not in IDENTITY_KEYS and varies(table[k])
     ]
     return [k for k in IDENTITY_KEYS if k in table.columns] + varying
 
@@ -273,12 +278,13 @@ def _same(ours: Any, paper: str) -> bool:
 
 def paper_number(values: dict[str, Any] | pd.Series) -> float:
     """The paper's test error for runs with these config values (as :func:`config_values` gives them),
-    or NaN where they are not one of the paper's experiments. A key the runs lack (an older sdexp) is
-    not compared."""
+    or NaN where they are not one of the paper's experiments. A key the runs lack (an older sdexp:
+    absent, or NaN) is not compared."""
     paper = paper_results()
-    keys = [key for key in paper.columns if key != "paper_test_error" and key in values]
+    known = {key: value for key, value in values.items() if not pd.isna(value)}  # NaN: a key it lacks
+    keys = [key for key in paper.columns if key != "paper_test_error" and key in known]
     for _, row in paper.iterrows():
-        if all(_same(values[key], row[key]) for key in keys):
+        if all(_same(known[key], row[key]) for key in keys):
             return row["paper_test_error"]
     return math.nan
 
@@ -288,7 +294,7 @@ def _with_paper(summary: pd.DataFrame, done: pd.DataFrame, by: Sequence[str]) ->
     groups = done.groupby(list(by), dropna=False)
     mixed = groups[keys].nunique(dropna=False).gt(1).any(axis=1)  # no one value: not one experiment
     first = groups[keys].first()[~mixed]
-    numbers = [paper_number(row.dropna()) for _, row in first.iterrows()]
+    numbers = [paper_number(row) for _, row in first.iterrows()]
     matched = first.index.to_frame(index=False).assign(paper_test_error=numbers)
     return summary.merge(matched, on=list(by), how="left")
 

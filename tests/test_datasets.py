@@ -213,6 +213,7 @@ def test_a_file_that_cannot_be_listed_is_named(tmp_path: Path, bad: str) -> None
         (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
         says = f"cannot read {folder / 'gone.png'} (No such file or directory) (a link to nothing?)"
     elif bad == "fifo":
+        os.mkfifo(folder / "notes.fifo")  # not read: no image's name
         os.mkfifo(folder / "pipe.jpg")
         says = f"{folder / 'pipe.jpg'} is not a regular file (a FIFO, socket or device?): remove it"
     else:

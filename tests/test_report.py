@@ -393,7 +393,30 @@ def test_bad_paths_and_keys_fail_clearly(tmp_path: Path, sweep: Path, case: str)
 
 
 @pytest.mark.slow
-def test_notebook_executes_on_a_real_tiny_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def run_notebook(sweep: str, folder: Path) -> list:
+    """The notebook's outputs on ``sweep`` (figures into ``folder/figures``), failing on a cell's error."""
+    notebook = nbformat.read(ROOT / "analysis" / "report.ipynb", as_version=4)
+    env = {"SDEXP_SWEEP": sweep, "SDEXP_REPORT": str(folder / "figures")}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        nbclient.NotebookClient(
+            notebook, timeout=300, resources={"metadata": {"path": str(folder)}}
+        ).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    return outputs
+
+
+def test_notebook_on_a_sweep_that_has_only_started(tmp_path: Path) -> None:
+    """No completed run yet: it says so, lists the runs, and draws nothing (a cell error before)."""
+    make_run(tmp_path / "runs" / "failed", "linear", 0, math.nan, status="failed")
+    outputs = run_notebook(str(tmp_path / "runs"), tmp_path)
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert "1 run, none completed yet" in printed and not (tmp_path / "figures").exists()
+
+
+def test_notebook_executes_on_a_real_tiny_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "run.py"), "-m", *TINY, "trainer.epochs=2", "seed=0,1",
@@ -405,12 +428,7 @@ def test_notebook_executes_on_a_real_tiny_sweep(tmp_path: Path, monkeypatch: pyt
     (sweep / "broken" / runs.LOG).write_text(
         "[2026-12-06 05:00:00,000][sdexp.failure][ERROR] - error: no data\n"
     )
-    monkeypatch.setenv("SDEXP_SWEEP", os.path.relpath(sweep, ROOT))  # from the repository, as README says
-    monkeypatch.setenv("SDEXP_REPORT", str(tmp_path / "figures"))
-    notebook = nbformat.read(ROOT / "analysis" / "report.ipynb", as_version=4)
-    nbclient.NotebookClient(notebook, timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+    outputs = run_notebook(os.path.relpath(sweep, ROOT), tmp_path)  # from the repository, as README says
     markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     assert len(markdown) == 1 and "±" in markdown[0] and "linear" in markdown[0]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 3

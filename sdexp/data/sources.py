@@ -194,7 +194,10 @@ def _class_folders(split: Path) -> list[str]:
 
 def image_folder_files(name: str, root: Path, split_dirs: dict[str, str]) -> list[Path]:
     """Every file of the split folders but those in hidden folders, following links as
-    :func:`read_image_folder` does."""
+    :func:`read_image_folder` does; a link loop, or a FIFO with an image's name, is refused here, before
+    decoding would go round or wait for ever."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
     if not (root / split_dirs["train"]).is_dir():
         raise missing(name, root / split_dirs["train"], download_hint=False)
     files = []
@@ -206,6 +209,9 @@ def image_folder_files(name: str, root: Path, split_dirs: dict[str, str]) -> lis
                 if real == above or real in above.parents:  # os.walk would go round for ever
                     raise DatasetError(f"{top} is a link to {real}, which holds it: remove the link")
                 files += [Path(top) / f for f in names]
+    for path in files:  # an image's name on a FIFO: reading it would wait for ever
+        if path.name.lower().endswith(IMG_EXTENSIONS) and path.exists() and not path.is_file():
+            raise DatasetError(f"{path} is not a regular file (a FIFO, socket or device?): remove it")
     return sorted(files)
 
 
