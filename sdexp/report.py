@@ -283,6 +283,8 @@ def paper_number(values: dict[str, Any] | pd.Series) -> float:
     paper = paper_results()
     known = {key: value for key, value in values.items() if not pd.isna(value)}  # NaN: a key it lacks
     keys = [key for key in paper.columns if key != "paper_test_error" and key in known]
+    if not keys:  # nothing to tell the experiment by
+        return math.nan
     for _, row in paper.iterrows():
         if all(_same(known[key], row[key]) for key in keys):
             return row["paper_test_error"]

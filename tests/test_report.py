@@ -139,6 +139,10 @@ def test_the_paper_number_is_for_the_papers_protocol_only(tmp_path: Path, change
     )
 
 
+def test_a_config_without_the_papers_keys_gets_no_number() -> None:
+    assert math.isnan(report.paper_number({})) and math.isnan(report.paper_number({"seed": 0}))
+
+
 def test_summary_of_runs_none_completed_is_empty(tmp_path: Path) -> None:
     """The notebook's summary of a sweep that has only started: an empty table, not a merge error."""
     for rule in ("off", "linear"):
