@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import traceback
@@ -147,6 +148,11 @@ def _config_message(exc: Exception) -> str:
     override = _override_being_applied(exc)
     if isinstance(exc, ConfigCompositionException) and override and str(exc).startswith("Could not append"):
         return f"{override}: {override[1:].partition('=')[0]} is in the config already: set it without the +"
+    added = _group_added_twice(exc)
+    if added is not None:  # +model=resnet56, where model has its default option
+        return (
+            f"{added}: {added[1:].partition('=')[0]} has an option already: write {added[1:]}, without the +"
+        )
     if isinstance(exc, InstantiationException):  # "Error in call to target 'X':", the reason below it
         return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
@@ -171,6 +177,17 @@ def _override_being_applied(exc: BaseException) -> str | None:
         if frame.f_code.co_name == "_apply_overrides_to_config":
             return getattr(frame.f_locals.get("override"), "input_line", None)
     return None
+
+
+_GROUP_TWICE = re.compile(r"Multiple values for (\S+)\.|(\S+) appears more than once in the final defaults")
+
+
+def _group_added_twice(exc: BaseException) -> str | None:
+    """``+group=option`` from the command line where ``exc`` is Hydra's error for a group given twice (its
+    advice, ``override group: ...``, is for a YAML defaults list); else None."""
+    found = _GROUP_TWICE.match(str(exc)) if isinstance(exc, ConfigCompositionException) else None
+    group = found and (found.group(1) or found.group(2))
+    return next((arg for arg in sys.argv[1:] if group and arg.startswith(f"+{group}=")), None)
 
 
 def _a_file_in_the_way(exc: BaseException) -> bool:

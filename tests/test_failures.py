@@ -179,6 +179,9 @@ RUN_PY = [
         "+ on a key", nothing, ["+trainer.epochs=3"], 2, "trainer.epochs is in the config already: set it wi"
     ),
     Case(
+        "+ on a group", nothing, ["+model=resnet56"], 2, "model has an option already: write model=resnet56"
+    ),
+    Case(
         "W&B key, csv",
         nothing,
         ["+logger.mode=online"],
