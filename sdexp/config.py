@@ -285,8 +285,8 @@ def _check_logger(logger: DictConfig) -> None:
         for key in ("project", "entity", "mode"):
             if logger[key] is not None:
                 raise ConfigError(
-                    f"logger.{key}={logger[key]} is a W&B setting, unused by logger={logger.name}: "
-                    "drop it, or add logger=wandb"
+                    f"logger.{key}={logger[key]} is a W&B setting, unused by the {logger.name} logger "
+                    f"(logger.name={logger.name}): drop it, or choose W&B with logger=wandb"
                 )
     elif logger.mode is None:
         raise ConfigError(

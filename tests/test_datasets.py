@@ -167,6 +167,36 @@ def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path: Path) -> 
     assert second != first  # rebuilt, and the stale file removed
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda state: state["splits"].pop("train"),
+        lambda state: state.pop("classes"),
+        lambda state: state["splits"].update(test=(torch.zeros(1, 3, 32, 32), torch.zeros(1).long())),
+        lambda state: state["splits"].update(test=(torch.zeros(1, 3, 32, 32, dtype=torch.uint8),)),
+        lambda state: state["splits"]["train"][1].fill_(7),  # a label with no class
+        lambda state: state.clear(),
+    ],
+    ids=["no train split", "no classes", "float images", "no labels", "label out of range", "empty"],
+)
+def test_a_cache_file_without_the_layout_it_is_written_with_is_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Callable[[dict], object]
+) -> None:
+    write_image_folder(tmp_path / "tree", {"train": 3, "test": 1}, ("a", "b"))
+    cfg = data_cfg("imagefolder", tmp_path / "tree", tmp_path / "cache", "dataset.val_size=2")
+    expected = build_data(cfg)
+    (cache,) = (tmp_path / "cache").glob("*.pt")
+    state = torch.load(cache, weights_only=True)
+    damage(state)
+    torch.save(state, cache)
+    data = build_data(cfg)
+    assert "ignoring unreadable cache" in caplog.text
+    assert torch.equal(data.train.images, expected.train.images) and data.classes == expected.classes
+    caplog.clear()
+    build_data(cfg)
+    assert "unreadable" not in caplog.text  # the rebuilt cache replaced the damaged one
+
+
 def test_a_cache_folder_that_is_a_file_is_only_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

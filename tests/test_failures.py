@@ -186,7 +186,7 @@ RUN_PY = [
         nothing,
         ["+logger.mode=online"],
         2,
-        "mode=online is a W&B setting, unused by logger=c",
+        "mode=online is a W&B setting, unused by the csv logger (logger.name=csv): drop it",
     ),
     Case("wrong type", nothing, ["trainer.epochs=abc"], 2, "trainer.epochs: Value 'abc'"),
     Case("unparsable", nothing, ["seed=["], 2, "cannot parse the override 'seed=['"),

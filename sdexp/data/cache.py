@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from sdexp.data.sources import Arrays, DatasetError
+from sdexp.data.sources import IMAGE_SIZE, Arrays, DatasetError
 from sdexp.errors import SdexpError
 from sdexp.files import atomic_write, describe, temp_files
 
@@ -41,6 +41,28 @@ def fingerprint(files: Sequence[Path], settings: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _checked(state: object) -> Decoded:
+    """The splits and classes of a loaded cache file; ValueError unless it has the layout
+    :func:`cached` writes (a file at a cache's name may be damaged or another program's)."""
+    if not isinstance(state, dict) or not isinstance(splits := state.get("splits"), dict):
+        raise ValueError("not a decoded data set")
+    if "train" not in splits or not isinstance(classes := state.get("classes"), list):
+        raise ValueError("no training split or no class names")
+    for split, arrays in splits.items():
+        images, labels = arrays if isinstance(arrays, tuple | list) and len(arrays) == 2 else (None, None)
+        shaped = (
+            isinstance(images, torch.Tensor)
+            and isinstance(labels, torch.Tensor)
+            and images.dtype == torch.uint8
+            and images.shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE)
+            and labels.dtype == torch.int64
+            and labels.shape == images.shape[:1]
+        )
+        if not shaped or (len(labels) and not 0 <= labels.min() <= labels.max() < len(classes)):
+            raise ValueError(f"split {split!r} is not uint8 N×3×32×32 images with labels of its classes")
+    return splits, classes
+
+
 def cached(
     cache_dir: Path, name: str, files: Sequence[Path], settings: str, build: Callable[[], Decoded]
 ) -> Decoded:
@@ -54,9 +76,9 @@ def cached(
                 leftover.unlink()
     if path.exists():
         try:
-            state = torch.load(path, weights_only=True)
+            decoded = _checked(torch.load(path, weights_only=True))
             log.info("data: %s from cache %s", name, path)
-            return state["splits"], state["classes"]
+            return decoded
         except Exception as exc:  # an unreadable cache is only a cache: rebuild it
             log.warning("data: ignoring unreadable cache %s (%s); rebuilding", path, exc)
     log.info("data: decoding %s (%d source files) into %s", name, len(files), path)
