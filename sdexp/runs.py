@@ -499,14 +499,17 @@ NO_RUN_FOLDERS = f"no run folders (folders with {', '.join(MARKERS[:-1])} or {MA
 def run_folders_under(folder: Path) -> set[Path]:
     """The run folders at or under ``folder``: those holding one of :data:`MARKERS`. Linked folders are
     followed (a folder of links to the runs to compare), each real folder once, so a loop of links
-    ends and a run linked beside itself counts once."""
+    ends and a run linked beside itself counts once. Hidden folders and Python environments below
+    ``folder`` are not searched: from a repository's folder, ``.git`` or a venv holds no runs but may
+    hold a file named like a marker (setuptools ships a ``.lock``)."""
     found, seen = set(), set()
     for root, subfolders, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
-        if real in seen:
+        if real in seen or (root != str(folder) and "pyvenv.cfg" in files):
             subfolders.clear()
             continue
         seen.add(real)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         if any(name in files for name in MARKERS):
             found.add(Path(root))
     return found

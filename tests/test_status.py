@@ -313,3 +313,17 @@ def test_a_run_folder_alone_is_a_sweep_of_one(sweep: Path) -> None:
 def test_an_empty_path_is_refused_not_read_as_this_folder(sweep: Path) -> None:
     with pytest.raises(runs.RunFolderError, match="an empty path was given"):
         status.sweep_status([sweep, ""])
+
+
+def test_hidden_folders_and_python_environments_are_not_searched_unless_named(
+    sweep: Path, tmp_path: Path
+) -> None:
+    """From a repository's folder: a venv's setuptools ships a ``.lock``, which is not a run."""
+    shutil.copytree(sweep / _name(0, "off"), tmp_path / "outputs" / "run")
+    for holder in (".venv/lib/site-packages/setuptools/_vendor", "venv/lib/_vendor", ".git/x"):
+        (tmp_path / holder).mkdir(parents=True)
+        (tmp_path / holder / runs.LOCK).write_text("")
+    (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    assert runs.run_folders_under(tmp_path) == {tmp_path / "outputs" / "run"}
+    assert runs.run_folders_under(tmp_path / ".git") == {tmp_path / ".git" / "x"}  # named: searched
+    assert status.sweep_status([tmp_path])["run"].tolist() == ["run"]
