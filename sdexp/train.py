@@ -236,6 +236,33 @@ def _check_same_data(run_dir: Path, checkpoint: dict[str, Any], data: ImageSplit
         )
 
 
+def _check_checkpoint(run_dir: Path, cfg: DictConfig, checkpoint: dict[str, Any], data: ImageSplits) -> None:
+    """Refuse to resume on other data (:func:`_check_same_data`), or from a checkpoint of another run
+    (one copied in from another folder): its seed, model, data set or rule as its result records them,
+    or its weights' names and shapes, differ from this run's."""
+    _check_same_data(run_dir, checkpoint, data)
+    recorded = checkpoint["result"]
+    ours = {
+        "seed": cfg.seed,
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "stochastic_depth": cfg.stochastic_depth.rule,
+        "final_survival": cfg.stochastic_depth.final_survival,
+    }
+    changed = [f"{key} {recorded[key]}, not {value}" for key, value in ours.items()
+               if key in recorded and str(recorded[key]) != str(value)]  # fmt: skip
+    with torch.device("meta"):  # shapes only: no memory, no compute
+        model = build_model(cfg.model, cfg.stochastic_depth, len(data.classes), seed=cfg.seed)
+    shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    if shapes != {name: tuple(value.shape) for name, value in checkpoint["model"].items()}:
+        changed.append("weights of another architecture")
+    if changed:
+        raise runs.RunFolderError(
+            f"{run_dir / runs.CHECKPOINT} is another run's: {'; '.join(changed)}: move it away to train "
+            f"from the first epoch, or train in {runs.OTHER_FOLDER}"
+        )
+
+
 def _start_or_resume(
     cfg: DictConfig,
     run_dir: Path,
@@ -438,7 +465,7 @@ def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> 
         checkpoint_path = run_dir / runs.CHECKPOINT
         checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
         if checkpoint is not None:
-            _check_same_data(run_dir, checkpoint, data)  # before anything is written
+            _check_checkpoint(run_dir, cfg, checkpoint, data)  # before anything is written
         done = (runs.previous_result(run_dir) or {}).get("epochs_completed", 0)
         if checkpoint is None and done:
             log.warning(

@@ -361,6 +361,27 @@ def test_a_run_is_not_resumed_on_other_data(
     assert _files(tmp_path) == before  # refused before anything is written: still "interrupted"
 
 
+@pytest.mark.parametrize(
+    ("other", "says"),
+    [("seed=1", "seed 1, not 0"), ("model.widths=[4,8,8]", "weights of another architecture")],
+)
+def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path, other: str, says: str) -> None:
+    """A checkpoint copied in from another run's folder would resume that run under this one's config
+    (and, with other weights, fail half-way as an internal error); it is refused before anything is
+    written."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    train.run(compose_config([*TINY, "seed=0"]), ours)
+    train.run(compose_config([*TINY, other]), theirs)
+    runs.write_result(ours, {**runs.read_result(ours), "status": "interrupted"})
+    (ours / runs.CHECKPOINT).write_bytes((theirs / runs.CHECKPOINT).read_bytes())
+    before = _files(ours)
+    with pytest.raises(
+        RunFolderError, match=re.escape(f"{ours / runs.CHECKPOINT} is another run's: {says}:")
+    ):
+        train.run(compose_config([*TINY, "seed=0"]), ours)
+    assert _files(ours) == before
+
+
 def test_a_stopped_run_without_its_checkpoint_trains_again_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
