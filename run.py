@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 
 from sdexp import errors
 from sdexp.config import register_configs, validate
+from sdexp.signals import stop_with_the_launcher
 from sdexp.train import run
 
 register_configs()
@@ -38,6 +39,7 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     with errors.reported(), _stops_the_sweep(hydra_cfg):  # a job's failure: one line and its exit status
+        stop_with_the_launcher()
         validate(cfg)
         run(cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg)
 

@@ -116,10 +116,7 @@ def exclusive(run_dir: Path) -> Iterator[None]:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 lock.seek(0)
-                raise FolderInUse(
-                    f"{run_dir} is in use by another process ({lock.read().strip()}): let it finish or "
-                    "stop it, then run this again"
-                ) from None
+                raise FolderInUse(_in_use(run_dir, lock.read().strip())) from None
             except OSError as exc:  # a file system without flock (ENOLCK, EOPNOTSUPP)
                 log.warning("cannot lock %s (%s): a second process could train in it too", run_dir, exc)
         lock.truncate(0)
@@ -130,6 +127,27 @@ def exclusive(run_dir: Path) -> Iterator[None]:
                 leftover.unlink()
                 log.info("removed %s, left by a process stopped while writing it", leftover)
         yield
+
+
+def _in_use(run_dir: Path, holder: str) -> str:
+    return f"{run_dir} is in use by another process ({holder}): let it finish or stop it, then run this again"
+
+
+def in_use(run_dir: Path) -> str | None:
+    """Why ``run_dir`` cannot be trained in now, if a process holds its lock (as :func:`exclusive` would
+    find it), else None: for a launcher, before it starts a job that would only be refused. The probe
+    takes a shared lock for an instant."""
+    if fcntl is None:
+        return None
+    try:
+        with open(run_dir / LOCK, encoding="utf-8", errors="replace") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released as the file closes
+            except BlockingIOError:
+                return _in_use(run_dir, lock.read().strip())
+    except OSError:  # no lock file, or a file system without flock: nothing to tell
+        return None
+    return None
 
 
 def lock_holder(run_dir: Path) -> tuple[int, str] | None:
@@ -453,7 +471,8 @@ def live_status(run_dir: Path, result: dict[str, Any]) -> str:
     return "stopped" if status == "running" and not held(run_dir) else status
 
 
-def _last_line(path: Path) -> str:
+def last_line(path: Path) -> str:
+    """The last line of a text file that is not blank; "" for none, or no file."""
     text = path.read_text(errors="replace").strip() if path.is_file() else ""
     return text.splitlines()[-1] if text else ""
 
@@ -473,7 +492,7 @@ def failure_before_training(run_dir: Path) -> str | None:
     its console.log if it was refused before it started (a launcher's job whose config this machine
     cannot run); None if there is none, or something was logged since (a rerun)."""
     marker = f"[{failure_log.name}][ERROR] - "
-    logged, console = _last_record(run_dir / LOG), _last_line(run_dir / CONSOLE_LOG)
+    logged, console = _last_record(run_dir / LOG), last_line(run_dir / CONSOLE_LOG)
     if marker in logged:
         return logged.split(marker, 1)[1]
     return console if console.startswith("error: ") and not logged else None

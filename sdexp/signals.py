@@ -3,7 +3,9 @@ into a request to stop training after the current step; a second Ctrl-C stops at
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
 import sys
 import threading
@@ -14,6 +16,21 @@ from sdexp.environment import slurm_job_id
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+LAUNCHER_PID = "SDEXP_LAUNCHER_PID"  # set by sdexp's launchers in each job they start
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def stop_with_the_launcher() -> None:
+    """In a job that sdexp's local or packed launcher started (:data:`LAUNCHER_PID`), have Linux send
+    SIGTERM when the launcher ends, however it ends (``kill -9`` too): the run then checkpoints and
+    stops as for any stop signal, instead of training on out of reach and holding its folder. Nothing
+    elsewhere (another system, or a run started by hand)."""
+    launcher = os.environ.pop(LAUNCHER_PID, "")
+    if not launcher.isdigit() or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(launcher):  # it ended before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class StopSignals:

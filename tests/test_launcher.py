@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import os
 import queue
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -19,11 +21,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from hydra_plugins.sdexp_launcher import mps
-from hydra_plugins.sdexp_launcher.jobs import Job
+from hydra_plugins.sdexp_launcher.jobs import Job, process_outcome, run_state
 from hydra_plugins.sdexp_launcher.local_launcher import LocalLauncher, slot_environments, visible_gpus
 from hydra_plugins.sdexp_launcher.packed import PackedTask, run_environments
 from hydra_plugins.sdexp_launcher.slurm_launcher import SlurmLauncher
 from sdexp import runs
+from sdexp.config import compose_config
 from sdexp.errors import SdexpError, Terminated
 from tests.conftest import ROOT, TINY, change_saved_epochs, ctrl_c_default
 
@@ -68,7 +71,7 @@ def test_a_folder_holding_another_config_is_refused_without_starting_the_job(tmp
     log = again.stderr + again.stdout
     summary = (
         "1 run: 0 new, 0 resumed, 0 skipped (finished before), "
-        "1 refused (another config or a damaged file in the folder, or a file in its place)"
+        "1 refused (another config, a damaged file or a live process in the folder, or a file in its place)"
     )
     assert f"{summary}; 1 failed" in log
     assert "holds a run with another config (trainer.epochs: 3 -> 2)" in log.split("failed: ")[-1]
@@ -348,3 +351,62 @@ def test_a_job_whose_run_completed_as_the_sweep_stopped_is_done_not_stopped(
     with caplog.at_level(logging.INFO), pytest.raises(Terminated):
         LocalLauncher()._run_all([Job(0, [job], run_dir, "new")], slots)
     assert said in caplog.text and "failed" not in caplog.text
+
+
+@pytest.mark.slow
+def test_jobs_of_a_killed_launcher_checkpoint_and_stop(tmp_path: Path) -> None:
+    """``kill -9`` of the launcher (no handler runs) used to leave its jobs training out of reach and
+    holding their folders; each now gets SIGTERM from the kernel, checkpoints and stops."""
+    tiny = [o for o in TINY if not o.startswith("trainer.epochs=")]
+    command = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=local",
+               "hydra.launcher.cpu_workers=2", *tiny, "trainer.epochs=300", "seed=0,1",
+               "hydra.sweep.dir=sweep"]  # fmt: skip
+    launcher = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def results() -> list[dict]:
+        found = []
+        for path in (tmp_path / "sweep").glob("*/result.json"):
+            with contextlib.suppress(ValueError):  # being replaced
+                found.append(json.loads(path.read_text()))
+        return found
+
+    deadline = time.monotonic() + 120
+    while len([r for r in results() if r["epochs_completed"] >= 1]) < 2:
+        assert launcher.poll() is None and time.monotonic() < deadline, "the two jobs did not train"
+        time.sleep(0.2)
+    launcher.kill()
+    launcher.wait()
+    while any(r["status"] == "running" for r in results()) and time.monotonic() < deadline + 60:
+        time.sleep(0.2)
+    assert [r["status"] for r in results()] == ["interrupted", "interrupted"]
+    assert all(runs.in_use(path.parent) is None for path in (tmp_path / "sweep").glob("*/result.json"))
+
+
+def test_a_folder_another_process_trains_in_is_refused_without_starting_a_job(tmp_path: Path) -> None:
+    """As when an earlier sweep's job still trains there: its job would load the data only to be
+    refused, and the summary would say only that it exited with status 2."""
+    run_dir = tmp_path / "run"
+    cfg = compose_config(TINY)
+    assert run_state(run_dir, cfg) == ("new", "")
+    with runs.exclusive(run_dir):
+        state, reason = run_state(run_dir, cfg)
+    assert state == "refused"
+    assert (
+        reason == f"{run_dir} is in use by another process (pid {os.getpid()} on {socket.gethostname()}): "
+        "let it finish or stop it, then run this again"
+    )
+    assert run_state(run_dir, cfg) == ("new", "")
+
+
+@pytest.mark.parametrize(
+    ("code", "console", "said"),
+    [
+        (-9, "", "killed by SIGKILL; see"),
+        (-15, "epoch 3/9\n", "killed by SIGTERM; see"),
+        (2, "error: seed=x is not allowed\n\n", "exited with status 2 (error: seed=x is not allowed); see"),
+    ],
+)
+def test_a_failed_jobs_line_says_how_it_ended(tmp_path: Path, code: int, console: str, said: str) -> None:
+    tmp_path.joinpath(runs.CONSOLE_LOG).write_text(console)
+    outcome = process_outcome(Job(3, ["seed=1"], tmp_path, "new"), code)
+    assert str(outcome._return_value) == f"{said} {tmp_path / runs.CONSOLE_LOG}"

@@ -93,7 +93,9 @@ def test_two_by_two_sweep_completes_records_job_ids_and_a_rerun_submits_nothing(
     changed = sweep(tmp_path, "seed=0,1", "stochastic_depth=off,linear")
     assert changed.returncode != 0
     assert "4 runs, 0 to submit" in changed.stdout
-    refused = "1 refused (another config or a damaged file in the folder, or a file in its place)"
+    refused = (
+        "1 refused (another config, a damaged file or a live process in the folder, or a file in its place)"
+    )
     assert f"3 skipped (finished before), {refused}; 1 failed" in changed.stdout
     assert "trainer.epochs: 3 -> 2" in changed.stdout.split("failed: ")[-1]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from sdexp.errors import SweepFailed
 from sdexp.files import file_in_the_way
 from sdexp.overrides import quote_override
 from sdexp.preflight import hydra_config_of
+from sdexp.signals import LAUNCHER_PID
 from sdexp.wording import count
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,8 @@ class Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs modules outs
 
 def run_state(run_dir: Path, cfg: DictConfig) -> tuple[str, str]:
     """``(state, reason)``: ``skipped`` (a finished run with this config), ``refused`` (a run with another
-    config, a damaged file, or a file where the folder should be; the reason says which keys differ or
-    which file), ``resumed`` (a checkpoint) or ``new``."""
+    config, a damaged file, a file where the folder should be, or a process training in it; the reason
+    says which keys differ, which file or which process), ``resumed`` (a checkpoint) or ``new``."""
     blocking = file_in_the_way(run_dir)
     if blocking is not None:
         return "refused", f"cannot make the run folder {run_dir}: {blocking} is a file: move it away"
@@ -58,6 +60,9 @@ def run_state(run_dir: Path, cfg: DictConfig) -> tuple[str, str]:
         return "refused", str(exc)
     if finished:
         return "skipped", ""
+    busy = runs.in_use(run_dir)  # an earlier sweep's job training on (its launcher was killed, say)
+    if busy is not None:
+        return "refused", busy
     return ("resumed" if (run_dir / runs.CHECKPOINT).exists() else "new"), ""
 
 
@@ -80,14 +85,16 @@ def start_process(job: Job, script: str, env: dict[str, str], own_session: bool 
     hydra.run.dir=<its run folder>``, its number given as ``hydra.job.num`` and ``hydra.job.id`` (as
     :func:`plan_jobs` and Hydra's basic launcher set them; ``seed=${hydra:job.num}`` reads it), with
     ``env`` added to the environment and its console output appended to ``console.log`` in the run
-    folder; ``own_session``: out of the terminal's reach, for a caller that passes signals on itself."""
+    folder; ``own_session``: out of the terminal's reach, for a caller that passes signals on itself.
+    The job stops (checkpointed) if this process dies (:func:`~sdexp.signals.stop_with_the_launcher`)."""
     log.info("#%d start (%s): %s", job.idx, ", ".join(f"{k}={v}" for k, v in env.items()), job.shown)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, script, *job.overrides, f"hydra.run.dir={quote_override(str(job.run_dir))}",
                f"hydra.job.num={job.idx}", f"hydra.job.id={job.idx}"]  # fmt: skip
     with open(job.run_dir / runs.CONSOLE_LOG, "a", encoding="utf-8") as console:
         return subprocess.Popen(
-            command, env={**os.environ, **env}, stdout=console, stderr=subprocess.STDOUT,
+            command, env={**os.environ, **env, LAUNCHER_PID: str(os.getpid())}, stdout=console,
+            stderr=subprocess.STDOUT,
             start_new_session=own_session,
         )  # fmt: skip
 
@@ -97,8 +104,14 @@ def process_outcome(job: Job, code: int) -> JobReturn:
     if code == 0:
         log.info("#%d done: %s", job.idx, job.shown)
         return job_return(job)
-    log.error("#%d failed with status %d: %s", job.idx, code, job.shown)
-    return job_return(job, f"exited with status {code}; see {job.run_dir / runs.CONSOLE_LOG}")
+    try:  # Popen's code is minus the signal that ended the process
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+    except ValueError:
+        how = f"killed by signal {-code}"
+    said = runs.last_line(job.run_dir / runs.CONSOLE_LOG)  # run.py's one line on a failure it expects
+    said = f" ({said})" if said.startswith("error: ") else ""
+    log.error("#%d failed (%s): %s", job.idx, how, job.shown)
+    return job_return(job, f"{how}{said}; see {job.run_dir / runs.CONSOLE_LOG}")
 
 
 def finished(job: Job) -> bool:
@@ -142,7 +155,7 @@ def end_sweep(launcher: str, jobs: Sequence[Job], results: Sequence[JobReturn]) 
     counts = f"{new} new, {resumed} resumed, {skipped} skipped (finished before)"
     for state, meaning in (
         ("queued", "in SLURM from an earlier launch"),
-        ("refused", "another config or a damaged file in the folder, or a file in its place"),
+        ("refused", "another config, a damaged file or a live process in the folder, or a file in its place"),
     ):
         if state in states:
             counts += f", {states.count(state)} {state} ({meaning})"
