@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from sdexp import runs
 from sdexp.files import atomic_write
 from sdexp.runs import RunFolderError, RunRecord
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RunFolderError):
@@ -89,3 +93,12 @@ class TrainState:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         restore_rng(checkpoint["rng"], self.generators)
+
+
+def restore_metrics(run_dir: Path) -> None:
+    """Write a finished run's ``metrics.csv`` again from its checkpoint if it is missing (moved away
+    when damaged, as status.py advises), whether the run's own command or a launcher finds it so."""
+    checkpoint = run_dir / runs.CHECKPOINT
+    if not (run_dir / runs.METRICS).exists() and checkpoint.exists():
+        runs.write_metrics(run_dir, load_checkpoint(checkpoint)["rows"])
+        log.info("%s: %s written again from %s", run_dir, runs.METRICS, runs.CHECKPOINT)

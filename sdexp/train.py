@@ -22,7 +22,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
 from sdexp import runs
-from sdexp.checkpoint import TrainState, load_checkpoint
+from sdexp.checkpoint import TrainState, load_checkpoint, restore_metrics
 from sdexp.compiled import compile_residual_branches, compiled_graph_count
 from sdexp.conv import ConvWeightGrad, use_gemm_weight_grads
 from sdexp.cuda_graphs import graph_residual_branches
@@ -435,10 +435,7 @@ def _finished(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     previous = runs.finished_result(run_dir)
     if previous is None:
         return None
-    checkpoint = run_dir / runs.CHECKPOINT
-    if not (run_dir / runs.METRICS).exists() and checkpoint.exists():  # moved away, say, when damaged
-        runs.write_metrics(run_dir, load_checkpoint(checkpoint)["rows"])
-        log.info("%s: %s written again from %s", run_dir, runs.METRICS, runs.CHECKPOINT)
+    restore_metrics(run_dir)
     log.info("%s already holds a %s run: nothing to do", run_dir, previous["status"])
     return previous
 

@@ -25,7 +25,7 @@ from hydra_plugins.sdexp_launcher.jobs import Job, process_outcome, run_state
 from hydra_plugins.sdexp_launcher.local_launcher import LocalLauncher, slot_environments, visible_gpus
 from hydra_plugins.sdexp_launcher.packed import PackedTask, run_environments
 from hydra_plugins.sdexp_launcher.slurm_launcher import SlurmLauncher
-from sdexp import runs
+from sdexp import runs, train
 from sdexp.config import compose_config
 from sdexp.errors import SdexpError, Terminated
 from tests.conftest import ROOT, TINY, change_saved_epochs, ctrl_c_default
@@ -315,7 +315,7 @@ def test_a_signal_to_the_local_launcher_alone_stops_its_jobs_which_checkpoint_an
 JOB_ENDING_AS_SIGNALLED = """
 import signal, sys, time
 from pathlib import Path
-from sdexp import runs
+from sdexp import runs, train
 
 run_dir = Path(next(a.split("=", 1)[1] for a in sys.argv if a.startswith("hydra.run.dir=")).strip("'"))
 if "completes" in sys.argv:  # its result is written: the signal comes as the process ends
@@ -410,3 +410,14 @@ def test_a_failed_jobs_line_says_how_it_ended(tmp_path: Path, code: int, console
     tmp_path.joinpath(runs.CONSOLE_LOG).write_text(console)
     outcome = process_outcome(Job(3, ["seed=1"], tmp_path, "new"), code)
     assert str(outcome._return_value) == f"{said} {tmp_path / runs.CONSOLE_LOG}"
+
+
+def test_a_finished_runs_metrics_moved_away_are_written_again_by_a_launcher(tmp_path: Path) -> None:
+    """status.py advises moving a damaged metrics.csv away and rerunning; a launcher skips the finished
+    run, so it writes the file again itself (as the run's own command does)."""
+    cfg = compose_config(TINY)
+    train.run(cfg, tmp_path)
+    metrics = (tmp_path / runs.METRICS).read_bytes()
+    (tmp_path / runs.METRICS).unlink()
+    assert run_state(tmp_path, cfg) == ("skipped", "")
+    assert (tmp_path / runs.METRICS).read_bytes() == metrics

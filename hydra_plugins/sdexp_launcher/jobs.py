@@ -22,6 +22,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
 from sdexp import runs
+from sdexp.checkpoint import restore_metrics
 from sdexp.errors import SweepFailed
 from sdexp.files import file_in_the_way
 from sdexp.overrides import quote_override
@@ -56,6 +57,8 @@ def run_state(run_dir: Path, cfg: DictConfig) -> tuple[str, str]:
     try:
         runs.check_config(run_dir, cfg)
         finished = runs.finished_result(run_dir) is not None
+        if finished:
+            restore_metrics(run_dir)  # where it was moved away, as status.py advises for a damaged one
     except runs.RunFolderError as exc:  # another config, or a damaged file in the folder
         return "refused", str(exc)
     if finished:
