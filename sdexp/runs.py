@@ -342,12 +342,15 @@ def _json_object(path: Path) -> dict[str, Any]:
     return value
 
 
+RESULT_ADVICE = "restore it, or move it away to rebuild it from the checkpoint (run the same command again)"
+
+
 def read_result(run_dir: Path) -> dict[str, Any]:
     """The run's ``result.json``, with null errors as NaN (:data:`FINAL_ERRORS`); a damaged one raises
     :class:`RunFolderError` naming it."""
     result = read_file(
         Path(run_dir) / RESULT, _json_object, RunFolderError,
-        "restore it, or move it away to rebuild it from the checkpoint (run the same command again)",
+        RESULT_ADVICE,
     )  # fmt: skip
     return {**result, **{k: math.nan for k in FINAL_ERRORS if k in result and result[k] is None}}
 
@@ -371,20 +374,24 @@ NUMBER_FIELDS: dict[str, tuple[Callable[[float], bool], str]] = {
 COMPLETED_FIELDS = ("train_time_s", "test_error", "test_error_at_best_val")
 
 
+def _result_problem(result: dict[str, Any]) -> str | None:
+    if result.get("status") not in STATUSES:
+        return f"status {result.get('status')!r} is not one of {', '.join(STATUSES)}"
+    for key, (ok, allowed) in NUMBER_FIELDS.items():
+        value = result.get(key, 0)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not ok(value):
+            return f"{key} is {value!r}, not {allowed}"
+    missing = [key for key in COMPLETED_FIELDS if result["status"] == "completed" and key not in result]
+    return f"a completed run without {', '.join(missing)}" if missing else None
+
+
 def check_result(run_dir: Path, result: dict[str, Any]) -> None:
     """Raise :class:`RunFolderError` if the run's result (read from its folder) has a status sdexp
     never writes, a field of :data:`NUMBER_FIELDS` that is no number or out of its range, or is
     completed without one of :data:`COMPLETED_FIELDS`: a file edited by hand, or not sdexp's."""
-    path = Path(run_dir) / RESULT
-    if result.get("status") not in STATUSES:
-        raise RunFolderError(f"{path}: status {result.get('status')!r} is not one of {', '.join(STATUSES)}")
-    for key, (ok, allowed) in NUMBER_FIELDS.items():
-        value = result.get(key, 0)
-        if not isinstance(value, int | float) or isinstance(value, bool) or not ok(value):
-            raise RunFolderError(f"{path}: {key} is {value!r}, not {allowed}")
-    missing = [key for key in COMPLETED_FIELDS if result["status"] == "completed" and key not in result]
-    if missing:
-        raise RunFolderError(f"{path}: a completed run without {', '.join(missing)}")
+    problem = _result_problem(result)
+    if problem is not None:
+        raise RunFolderError(f"{Path(run_dir) / RESULT}: {problem}: {RESULT_ADVICE}")
 
 
 def previous_result(run_dir: Path) -> dict[str, Any] | None:
@@ -394,8 +401,11 @@ def previous_result(run_dir: Path) -> dict[str, Any] | None:
 
 def finished_result(run_dir: Path) -> dict[str, Any] | None:
     """The run's ``result.json`` if the run finished (:data:`FINISHED`: a rerun would only repeat it),
-    else None."""
+    else None; one the analysis could not use (:func:`check_result`) raises :class:`RunFolderError`,
+    rather than be skipped as finished or trained over."""
     previous = previous_result(run_dir)
+    if previous is not None:
+        check_result(run_dir, previous)
     return previous if previous is not None and previous.get("status") in FINISHED else None
 
 

@@ -421,3 +421,13 @@ def test_a_finished_runs_metrics_moved_away_are_written_again_by_a_launcher(tmp_
     (tmp_path / runs.METRICS).unlink()
     assert run_state(tmp_path, cfg) == ("skipped", "")
     assert (tmp_path / runs.METRICS).read_bytes() == metrics
+
+
+def test_a_finished_run_whose_result_the_analysis_cannot_use_is_refused_not_skipped(tmp_path: Path) -> None:
+    cfg = compose_config(TINY)
+    train.run(cfg, tmp_path)
+    runs.write_result(tmp_path, {**json.loads((tmp_path / runs.RESULT).read_text()), "test_error": "12.5"})
+    state, reason = run_state(tmp_path, cfg)
+    assert state == "refused"
+    assert reason.startswith(f"{tmp_path / runs.RESULT}: test_error is '12.5', not a percentage")
+    assert reason.endswith(f": {runs.RESULT_ADVICE}")
