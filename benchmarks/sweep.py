@@ -29,9 +29,11 @@ from pathlib import Path
 
 import arg_types  # a sibling script: benchmarks/ is on sys.path
 import pandas as pd
+import torch
 from arg_types import count, counts
 from train_speed import PAPER_EPOCHS, PAPER_TRAIN_IMAGES
 
+from hydra_plugins.sdexp_launcher.local_launcher import visible_gpus
 from sdexp import runs
 from sdexp.errors import SdexpError, reported
 
@@ -152,6 +154,14 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="GPU mode: more overrides for every run")
     args = parser.parse_args()
     if args.runs_per_gpu:
+        if not visible_gpus():
+            parser.error(
+                "--runs-per-gpu needs GPU 0, and no GPU is visible here: "
+                + ("set CUDA_VISIBLE_DEVICES=0 (--quick's runs train on the CPU)" if args.quick
+                   else "--quick with CUDA_VISIBLE_DEVICES=0 checks the script on the CPU")
+            )  # fmt: skip
+        if not args.quick and not torch.cuda.is_available():
+            parser.error("--runs-per-gpu trains on the GPU, and CUDA is not available here: add --quick")
         return gpu_mode(args)
     if args.overrides:
         parser.error(f"{args.overrides[0]}: overrides are for GPU mode (--runs-per-gpu)")

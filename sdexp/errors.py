@@ -153,6 +153,14 @@ def _config_message(exc: Exception) -> str:
         return (
             f"{added}: {added[1:].partition('=')[0]} has an option already: write {added[1:]}, without the +"
         )
+    ambiguous = _AMBIGUOUS.match(str(exc))
+    if ambiguous:  # Hydra's own advice follows on lines of its own, with "--multirun"
+        line = ambiguous.group(1)
+        key, _, value = line.partition("=")
+        return (
+            f"{line}: values separated by commas are a sweep, which needs -m (python run.py -m {line}); "
+            f"a list is written {key}=[{value}], and text with a comma in quotes: {key}='{value}'"
+        )
     if isinstance(exc, InstantiationException):  # "Error in call to target 'X':", the reason below it
         return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
@@ -179,6 +187,7 @@ def _override_being_applied(exc: BaseException) -> str | None:
     return None
 
 
+_AMBIGUOUS = re.compile(r"Ambiguous value for argument '(.*)'$", re.MULTILINE)
 _GROUP_TWICE = re.compile(r"Multiple values for (\S+)\.|(\S+) appears more than once in the final defaults")
 
 

@@ -111,6 +111,19 @@ def test_sweep_gpu_mode_quick(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(float(row[3]) > 0 and float(row[4]) > 0 for row in rows[2:])
 
 
+def test_sweep_gpu_mode_without_a_visible_gpu_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU, on any machine
+    for quick, advice in ((["--quick"], "set CUDA_VISIBLE_DEVICES=0"), ([], "--quick with CUDA_VISIBLE")):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "sweep.py"), "--runs-per-gpu=2", *quick],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"--runs-per-gpu needs GPU 0, and no GPU is visible here: {advice}" in proc.stderr
+
+
 def test_concurrent_images_per_s_counts_only_the_time_all_runs_train() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:

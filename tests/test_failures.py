@@ -189,6 +189,14 @@ RUN_PY = [
         "mode=online is a W&B setting, unused by the csv logger (logger.name=csv): drop it",
     ),
     Case("wrong type", nothing, ["trainer.epochs=abc"], 2, "trainer.epochs: Value 'abc'"),
+    Case(
+        "sweep without -m",
+        nothing,
+        ["seed=0,1"],
+        2,
+        "seed=0,1: values separated by commas are a sweep, which needs -m (python run.py -m seed=0,1); a "
+        "list is written seed=[0,1]",
+    ),
     Case("unparsable", nothing, ["seed=["], 2, "cannot parse the override 'seed=['"),
     Case(
         "unquoted path",
