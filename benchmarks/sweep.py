@@ -154,9 +154,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="GPU mode: more overrides for every run")
     args = parser.parse_args()
     if args.runs_per_gpu:
-        if not visible_gpus():
+        if "0" not in visible_gpus():
             parser.error(
-                "--runs-per-gpu needs GPU 0, and no GPU is visible here: "
+                "--runs-per-gpu needs GPU 0, which is not visible here: "
                 + ("set CUDA_VISIBLE_DEVICES=0 (--quick's runs train on the CPU)" if args.quick
                    else "--quick with CUDA_VISIBLE_DEVICES=0 checks the script on the CPU")
             )  # fmt: skip

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from sdexp import runs
+from sdexp.errors import SdexpError
 from sdexp.files import atomic_write
 from sdexp.runs import RunFolderError, RunRecord
 
@@ -97,8 +98,17 @@ class TrainState:
 
 def restore_metrics(run_dir: Path) -> None:
     """Write a finished run's ``metrics.csv`` again from its checkpoint if it is missing (moved away
-    when damaged, as status.py advises), whether the run's own command or a launcher finds it so."""
+    when damaged, as status.py advises), whether the run's own command or a launcher finds it so. Only
+    a warning where it cannot: the run stays finished, and its result stands."""
     checkpoint = run_dir / runs.CHECKPOINT
-    if not (run_dir / runs.METRICS).exists() and checkpoint.exists():
-        runs.write_metrics(run_dir, load_checkpoint(checkpoint)["rows"])
-        log.info("%s: %s written again from %s", run_dir, runs.METRICS, runs.CHECKPOINT)
+    if (run_dir / runs.METRICS).exists() or not checkpoint.exists():
+        return
+    try:
+        rows = load_checkpoint(checkpoint).get("rows")
+        if not isinstance(rows, list):
+            raise CheckpointError(f"{checkpoint} holds no metrics rows: it is not an sdexp checkpoint")
+        runs.write_metrics(run_dir, rows)
+    except SdexpError as exc:  # a damaged checkpoint, or no room to write
+        log.warning("%s cannot be written again: %s", run_dir / runs.METRICS, exc)
+        return
+    log.info("%s: %s written again from %s", run_dir, runs.METRICS, runs.CHECKPOINT)

@@ -156,10 +156,13 @@ def _config_message(exc: Exception) -> str:
     ambiguous = _AMBIGUOUS.match(str(exc))
     if ambiguous:  # Hydra's own advice follows on lines of its own, with "--multirun"
         line = ambiguous.group(1)
-        key, _, value = line.partition("=")
+        from sdexp.config import group_options  # here: sdexp.config imports this module
+
+        if group_options(line.partition("=")[0]):
+            return f"{line}: options separated by commas are a sweep, which only run.py -m runs: give one"
         return (
-            f"{line}: values separated by commas are a sweep, which needs -m (python run.py -m {line}); "
-            f"a list is written {key}=[{value}], and text with a comma in quotes: {key}='{value}'"
+            f"{line}: values separated by commas are a sweep, which only run.py -m runs: give one value "
+            "(or, where the key takes a list, a list in brackets)"
         )
     if isinstance(exc, InstantiationException):  # "Error in call to target 'X':", the reason below it
         return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())

@@ -22,9 +22,10 @@ import math
 import os
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -113,7 +114,7 @@ def exclusive(run_dir: Path) -> Iterator[None]:
     with lock:
         if fcntl is not None:
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock(lock)
             except BlockingIOError:
                 lock.seek(0)
                 raise FolderInUse(_in_use(run_dir, lock.read().strip())) from None
@@ -127,6 +128,17 @@ def exclusive(run_dir: Path) -> Iterator[None]:
                 leftover.unlink()
                 log.info("removed %s, left by a process stopped while writing it", leftover)
         yield
+
+
+def _lock(lock: IO[str], tries: int = 10) -> None:
+    """``flock`` ``lock`` for this process, trying for about a second before BlockingIOError: a
+    launcher's probe (:func:`in_use`) holds it for an instant."""
+    for _ in range(tries - 1):
+        with contextlib.suppress(BlockingIOError):
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        time.sleep(0.1)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _in_use(run_dir: Path, holder: str) -> str:

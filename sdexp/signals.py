@@ -24,12 +24,16 @@ def stop_with_the_launcher() -> None:
     """In a job that sdexp's local or packed launcher started (:data:`LAUNCHER_PID`), have Linux send
     SIGTERM when the launcher ends, however it ends (``kill -9`` too): the run then checkpoints and
     stops as for any stop signal, instead of training on out of reach and holding its folder. Nothing
-    elsewhere (another system, or a run started by hand)."""
-    launcher = os.environ.pop(LAUNCHER_PID, "")
+    elsewhere (another system, or a run started by hand).
+
+    Linux sends it when the launcher's *thread* that started the job ends: the launchers start each
+    job from a thread that waits for it."""
+    launcher = os.environ.pop(LAUNCHER_PID, "")  # not passed on to this run's own children
     if not launcher.isdigit() or not sys.platform.startswith("linux"):
         return
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(launcher):  # it ended before the request was made
+    if ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: this run goes on if its launcher is killed")
+    elif os.getppid() != int(launcher):  # it ended before the request was made
         os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -186,16 +186,23 @@ def _evaluate(
     return errors
 
 
-def _run_fields(cfg: DictConfig, model: ResNet, device: torch.device, data: ImageSplits) -> dict[str, Any]:
-    """What a new run's ``result.json`` says about it besides its progress."""
+def _identity(cfg: DictConfig) -> dict[str, Any]:
+    """What tells runs apart in ``result.json``, and a checkpoint from another run's."""
     return {
         "model": str(cfg.model.name),
         "dataset": str(cfg.dataset.name),
-        "train_images": len(data.train),
-        "classes": len(data.classes),
         "stochastic_depth": str(cfg.stochastic_depth.rule),
         "final_survival": cfg.stochastic_depth.final_survival,
         "seed": cfg.seed,
+    }
+
+
+def _run_fields(cfg: DictConfig, model: ResNet, device: torch.device, data: ImageSplits) -> dict[str, Any]:
+    """What a new run's ``result.json`` says about it besides its progress."""
+    return {
+        **_identity(cfg),
+        "train_images": len(data.train),
+        "classes": len(data.classes),
         "num_params": sum(p.numel() for p in model.parameters()),
         "torch_version": str(torch.__version__),
         "device_name": device_name(device),
@@ -242,13 +249,7 @@ def _check_checkpoint(run_dir: Path, cfg: DictConfig, checkpoint: dict[str, Any]
     or its weights' names and shapes, differ from this run's."""
     _check_same_data(run_dir, checkpoint, data)
     recorded = checkpoint["result"]
-    ours = {
-        "seed": cfg.seed,
-        "model": cfg.model.name,
-        "dataset": cfg.dataset.name,
-        "stochastic_depth": cfg.stochastic_depth.rule,
-        "final_survival": cfg.stochastic_depth.final_survival,
-    }
+    ours = _identity(cfg)
     changed = [f"{key} {recorded[key]}, not {value}" for key, value in ours.items()
                if key in recorded and str(recorded[key]) != str(value)]  # fmt: skip
     with torch.device("meta"):  # shapes only: no memory, no compute

@@ -121,7 +121,7 @@ def test_sweep_gpu_mode_without_a_visible_gpu_says_so(monkeypatch: pytest.Monkey
             timeout=300,
         )
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-        assert f"--runs-per-gpu needs GPU 0, and no GPU is visible here: {advice}" in proc.stderr
+        assert f"--runs-per-gpu needs GPU 0, which is not visible here: {advice}" in proc.stderr
 
 
 def test_concurrent_images_per_s_counts_only_the_time_all_runs_train() -> None:

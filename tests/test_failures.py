@@ -194,8 +194,14 @@ RUN_PY = [
         nothing,
         ["seed=0,1"],
         2,
-        "seed=0,1: values separated by commas are a sweep, which needs -m (python run.py -m seed=0,1); a "
-        "list is written seed=[0,1]",
+        "seed=0,1: values separated by commas are a sweep, which only run.py -m runs: give one value",
+    ),
+    Case(
+        "group sweep without -m",
+        nothing,
+        ["model=resnet20,resnet32"],
+        2,
+        "model=resnet20,resnet32: options separated by commas are a sweep, which only run.py -m runs",
     ),
     Case("unparsable", nothing, ["seed=["], 2, "cannot parse the override 'seed=['"),
     Case(

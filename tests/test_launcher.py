@@ -21,7 +21,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from hydra_plugins.sdexp_launcher import mps
-from hydra_plugins.sdexp_launcher.jobs import Job, process_outcome, run_state
+from hydra_plugins.sdexp_launcher.jobs import Job, process_outcome, refuse_busy, run_state
 from hydra_plugins.sdexp_launcher.local_launcher import LocalLauncher, slot_environments, visible_gpus
 from hydra_plugins.sdexp_launcher.packed import PackedTask, run_environments
 from hydra_plugins.sdexp_launcher.slurm_launcher import SlurmLauncher
@@ -315,7 +315,7 @@ def test_a_signal_to_the_local_launcher_alone_stops_its_jobs_which_checkpoint_an
 JOB_ENDING_AS_SIGNALLED = """
 import signal, sys, time
 from pathlib import Path
-from sdexp import runs, train
+from sdexp import runs
 
 run_dir = Path(next(a.split("=", 1)[1] for a in sys.argv if a.startswith("hydra.run.dir=")).strip("'"))
 if "completes" in sys.argv:  # its result is written: the signal comes as the process ends
@@ -371,39 +371,51 @@ def test_jobs_of_a_killed_launcher_checkpoint_and_stop(tmp_path: Path) -> None:
                 found.append(json.loads(path.read_text()))
         return found
 
-    deadline = time.monotonic() + 120
-    while len([r for r in results() if r["epochs_completed"] >= 1]) < 2:
-        assert launcher.poll() is None and time.monotonic() < deadline, "the two jobs did not train"
-        time.sleep(0.2)
-    launcher.kill()
-    launcher.wait()
-    while any(r["status"] == "running" for r in results()) and time.monotonic() < deadline + 60:
-        time.sleep(0.2)
-    assert [r["status"] for r in results()] == ["interrupted", "interrupted"]
-    assert all(runs.in_use(path.parent) is None for path in (tmp_path / "sweep").glob("*/result.json"))
+    def folders() -> list[Path]:
+        return [path.parent for path in (tmp_path / "sweep").glob("*/result.json")]
+
+    try:
+        deadline = time.monotonic() + 120
+        while len([r for r in results() if r["epochs_completed"] >= 1]) < 2:
+            assert launcher.poll() is None and time.monotonic() < deadline, "the two jobs did not train"
+            time.sleep(0.2)
+        launcher.kill()
+        launcher.wait()
+        while any(runs.in_use(folder) for folder in folders()) and time.monotonic() < deadline + 60:
+            time.sleep(0.2)  # each job checkpoints, then exits and lets its folder go
+        assert [r["status"] for r in results()] == ["interrupted", "interrupted"]
+        assert all(
+            runs.in_use(folder) is None and (folder / runs.CHECKPOINT).exists() for folder in folders()
+        )
+    finally:  # where the jobs did not stop, stop them: they would train 300 epochs
+        launcher.kill()
+        for folder in folders():
+            holder = runs.lock_holder(folder)
+            if holder and runs.in_use(folder):
+                os.kill(holder[0], signal.SIGKILL)
 
 
 def test_a_folder_another_process_trains_in_is_refused_without_starting_a_job(tmp_path: Path) -> None:
     """As when an earlier sweep's job still trains there: its job would load the data only to be
     refused, and the summary would say only that it exited with status 2."""
-    run_dir = tmp_path / "run"
-    cfg = compose_config(TINY)
-    assert run_state(run_dir, cfg) == ("new", "")
-    with runs.exclusive(run_dir):
-        state, reason = run_state(run_dir, cfg)
-    assert state == "refused"
-    assert (
-        reason == f"{run_dir} is in use by another process (pid {os.getpid()} on {socket.gethostname()}): "
+    jobs = [Job(0, [], tmp_path / "run", "new"), Job(1, [], tmp_path / "done", "skipped")]
+    assert refuse_busy(jobs) == jobs
+    with runs.exclusive(tmp_path / "run"), runs.exclusive(tmp_path / "done"):
+        busy, skipped = refuse_busy(jobs)
+    assert skipped == jobs[1]  # finished: not started, whoever holds it
+    assert busy.state == "refused"
+    assert busy.reason == (
+        f"{tmp_path / 'run'} is in use by another process (pid {os.getpid()} on {socket.gethostname()}): "
         "let it finish or stop it, then run this again"
     )
-    assert run_state(run_dir, cfg) == ("new", "")
+    assert refuse_busy(jobs) == jobs  # released
 
 
 @pytest.mark.parametrize(
     ("code", "console", "said"),
     [
         (-9, "", "killed by SIGKILL; see"),
-        (-15, "epoch 3/9\n", "killed by SIGTERM; see"),
+        (-15, "error: an earlier attempt's line\n", "killed by SIGTERM; see"),
         (2, "error: seed=x is not allowed\n\n", "exited with status 2 (error: seed=x is not allowed); see"),
     ],
 )
@@ -413,7 +425,9 @@ def test_a_failed_jobs_line_says_how_it_ended(tmp_path: Path, code: int, console
     assert str(outcome._return_value) == f"{said} {tmp_path / runs.CONSOLE_LOG}"
 
 
-def test_a_finished_runs_metrics_moved_away_are_written_again_by_a_launcher(tmp_path: Path) -> None:
+def test_a_finished_runs_metrics_moved_away_are_written_again_by_a_launcher(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """status.py advises moving a damaged metrics.csv away and rerunning; a launcher skips the finished
     run, so it writes the file again itself (as the run's own command does)."""
     cfg = compose_config(TINY)
@@ -422,6 +436,13 @@ def test_a_finished_runs_metrics_moved_away_are_written_again_by_a_launcher(tmp_
     (tmp_path / runs.METRICS).unlink()
     assert run_state(tmp_path, cfg) == ("skipped", "")
     assert (tmp_path / runs.METRICS).read_bytes() == metrics
+    (tmp_path / runs.METRICS).unlink()
+    checkpoint = tmp_path / runs.CHECKPOINT
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # damaged as well: the run stays finished
+    with caplog.at_level(logging.WARNING):
+        assert run_state(tmp_path, cfg) == ("skipped", "")
+    assert f"{tmp_path / runs.METRICS} cannot be written again: cannot read checkpoint" in caplog.text
+    assert not (tmp_path / runs.METRICS).exists()
 
 
 def test_a_finished_run_whose_result_the_analysis_cannot_use_is_refused_not_skipped(tmp_path: Path) -> None:
@@ -432,3 +453,26 @@ def test_a_finished_run_whose_result_the_analysis_cannot_use_is_refused_not_skip
     assert state == "refused"
     assert reason.startswith(f"{tmp_path / runs.RESULT}: test_error is '12.5', not a percentage")
     assert reason.endswith(f": {runs.RESULT_ADVICE}")
+
+
+@pytest.mark.parametrize(
+    ("launcher", "code"),
+    [("parent", 0), ("gone", -signal.SIGTERM), (None, 0)],
+    ids=["launcher alive", "launcher gone before the request", "started by hand"],
+)
+def test_a_job_asks_for_sigterm_at_its_launchers_end(launcher: str | None, code: int) -> None:
+    """The job's side of what the kill -9 test above checks end to end: a job whose launcher is already
+    gone stops at once; a job started by hand is left alone."""
+    script = (
+        "import os, sys\n"
+        "from sdexp import signals\n"
+        "signals.stop_with_the_launcher()\n"
+        "assert signals.LAUNCHER_PID not in os.environ\n"
+    )
+    pid = {"parent": str(os.getpid()), "gone": str(2**22 + 1)}.get(launcher)  # above Linux's largest pid
+    env = {k: v for k, v in os.environ.items() if k != "SDEXP_LAUNCHER_PID"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env={**env, **({"SDEXP_LAUNCHER_PID": pid} if pid else {})},
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == code, proc.stderr

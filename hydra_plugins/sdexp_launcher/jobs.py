@@ -49,24 +49,32 @@ class Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs modules outs
 
 def run_state(run_dir: Path, cfg: DictConfig) -> tuple[str, str]:
     """``(state, reason)``: ``skipped`` (a finished run with this config), ``refused`` (a run with another
-    config, a damaged file, a file where the folder should be, or a process training in it; the reason
-    says which keys differ, which file or which process), ``resumed`` (a checkpoint) or ``new``."""
+    config, a damaged file, or a file where the folder should be; the reason says which keys differ or
+    which file), ``resumed`` (a checkpoint) or ``new``."""
     blocking = file_in_the_way(run_dir)
     if blocking is not None:
         return "refused", f"cannot make the run folder {run_dir}: {blocking} is a file: move it away"
     try:
         runs.check_config(run_dir, cfg)
         finished = runs.finished_result(run_dir) is not None
-        if finished:
-            restore_metrics(run_dir)  # where it was moved away, as status.py advises for a damaged one
     except runs.RunFolderError as exc:  # another config, or a damaged file in the folder
         return "refused", str(exc)
     if finished:
+        restore_metrics(run_dir)  # where it was moved away, as status.py advises for a damaged one
         return "skipped", ""
-    busy = runs.in_use(run_dir)  # an earlier sweep's job training on (its launcher was killed, say)
-    if busy is not None:
-        return "refused", busy
     return ("resumed" if (run_dir / runs.CHECKPOINT).exists() else "new"), ""
+
+
+def refuse_busy(jobs: Sequence[Job]) -> list[Job]:
+    """``jobs``, those to start whose folder a process trains in refused (an earlier sweep's job that
+    trains on after its launcher was killed, say): started, they would only be refused by the lock.
+    For the local launcher; a SLURM sweep waits for its earlier jobs instead."""
+    return [
+        job._replace(state="refused", reason=busy)
+        if job.state in ("new", "resumed") and (busy := runs.in_use(job.run_dir)) is not None
+        else job
+        for job in jobs
+    ]
 
 
 def plan_jobs(
@@ -111,8 +119,8 @@ def process_outcome(job: Job, code: int) -> JobReturn:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
     except ValueError:
         how = f"killed by signal {-code}"
-    said = runs.last_line(job.run_dir / runs.CONSOLE_LOG)  # run.py's one line on a failure it expects
-    said = f" ({said})" if said.startswith("error: ") else ""
+    said = runs.last_line(job.run_dir / runs.CONSOLE_LOG) if code > 0 else ""  # killed: an older line
+    said = f" ({said})" if said.startswith("error: ") else ""  # run.py's one line on a failure it expects
     log.error("#%d failed (%s): %s", job.idx, how, job.shown)
     return job_return(job, f"{how}{said}; see {job.run_dir / runs.CONSOLE_LOG}")
 

@@ -37,6 +37,7 @@ from hydra_plugins.sdexp_launcher.jobs import (
     job_return,
     plan_jobs,
     process_outcome,
+    refuse_busy,
     settled,
     start_process,
 )
@@ -121,7 +122,7 @@ class LocalLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         gpus = visible_gpus() if self.gpus is None else self.gpus
-        jobs = plan_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx)
+        jobs = refuse_busy(plan_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx))
         to_start = sum(job.state in ("new", "resumed") for job in jobs)  # not those finished or refused
         envs = slot_environments(gpus, self.cpu_workers, os.cpu_count() or 1, self.runs_per_gpu, to_start)
         kind = (
