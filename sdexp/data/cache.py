@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from sdexp.data.sources import IMAGE_SIZE, Arrays, DatasetError
+from sdexp.data.sources import Arrays, DatasetError, checked
 from sdexp.errors import SdexpError
 from sdexp.files import atomic_write, describe, temp_files
 
@@ -43,23 +43,19 @@ def fingerprint(files: Sequence[Path], settings: str) -> str:
 
 def _checked(state: object) -> Decoded:
     """The splits and classes of a loaded cache file; ValueError unless it has the layout
-    :func:`cached` writes (a file at a cache's name may be damaged or another program's)."""
+    :func:`cached` writes (a file at a cache's name may be damaged or another program's), each split
+    checked as a source's arrays are (:func:`~sdexp.data.sources.checked`)."""
     if not isinstance(state, dict) or not isinstance(splits := state.get("splits"), dict):
         raise ValueError("not a decoded data set")
     if "train" not in splits or not isinstance(classes := state.get("classes"), list):
         raise ValueError("no training split or no class names")
     for split, arrays in splits.items():
         images, labels = arrays if isinstance(arrays, tuple | list) and len(arrays) == 2 else (None, None)
-        shaped = (
-            isinstance(images, torch.Tensor)
-            and isinstance(labels, torch.Tensor)
-            and images.dtype == torch.uint8
-            and images.shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE)
-            and labels.dtype == torch.int64
-            and labels.shape == images.shape[:1]
-        )
-        if not shaped or (len(labels) and not 0 <= labels.min() <= labels.max() < len(classes)):
-            raise ValueError(f"split {split!r} is not uint8 N×3×32×32 images with labels of its classes")
+        if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)):
+            raise ValueError(f"split {split!r} is not a pair of images and labels")
+        if labels.dtype != torch.int64:  # as written: a cache converts nothing
+            raise ValueError(f"split {split!r} has {labels.dtype} labels, not int64")
+        checked(images.numpy(), labels.numpy(), classes, "the cache")
     return splits, classes
 
 

@@ -101,7 +101,7 @@ def _shape(array: np.ndarray) -> str:
     return "×".join(map(str, array.shape))
 
 
-def _checked(images: np.ndarray, labels: np.ndarray, classes: list[str], named_in: str) -> Arrays:
+def checked(images: np.ndarray, labels: np.ndarray, classes: list[str], named_in: str) -> Arrays:
     """``images`` (N×3×32×32 uint8) and ``labels`` (N, each an index into ``classes``, which
     ``named_in`` names) as tensors, or a ValueError that says what is wrong: a file with fewer labels
     than images would pair every later image with another's label, and a label out of range would fail
@@ -143,7 +143,7 @@ def read_cifar(name: str, root: Path) -> tuple[dict[str, Arrays], list[str]]:
         if data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE**2:
             raise ValueError(f"its data is {_shape(data)}, not N×{3 * IMAGE_SIZE**2}")
         images = data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
-        return _checked(images, np.asarray(content[label_key]), classes, meta_file)
+        return checked(images, np.asarray(content[label_key]), classes, meta_file)
 
     def load(files: list[str]) -> Arrays:
         images, labels = zip(*(_read(base / f, batch) for f in files), strict=True)
@@ -176,7 +176,7 @@ def read_svhn(root: Path, extra: bool) -> tuple[dict[str, Arrays], list[str]]:
         if len(y) and np.issubdtype(y.dtype, np.number) and (y.min() < 1 or y.max() > 10):
             raise ValueError(f"its labels run from {y.min()} to {y.max()}, not 1 to 10 (10 for the digit 0)")
         images = np.ascontiguousarray(x.transpose(3, 2, 0, 1))  # -> N×3×32×32
-        return _checked(images, y % 10, classes, "SVHN")
+        return checked(images, y % 10, classes, "SVHN")
 
     classes = [str(d) for d in range(10)]
     splits = {name: _read(root / f"{name}_32x32.mat", split) for name in names}
