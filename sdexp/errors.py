@@ -53,6 +53,11 @@ class SdexpError(Exception):
     exit_code = BAD_INPUT
     in_run_log = True  # also written to the run folder's train.log (not where the folder is another's)
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython (the notebook) shows in place of the traceback: the line a command prints
+        (``%tb`` shows the traceback)."""
+        return [f"error: {self}"]
+
 
 class WriteError(SdexpError):
     """A file that could not be written (full disk, no permission); what was there before is intact."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import math
@@ -396,22 +397,36 @@ def test_bad_paths_and_keys_fail_clearly(tmp_path: Path, sweep: Path, case: str)
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.slow
-def run_notebook(sweep: str, folder: Path) -> list:
-    """The notebook's outputs on ``sweep`` (figures into ``folder/figures``), failing on a cell's error."""
+def execute_notebook(sweep: str, folder: Path) -> list:
+    """The notebook's outputs on ``sweep`` (figures into ``folder/figures``); a cell's error ends it
+    there, as Jupyter's "Run All" does, and is among the outputs."""
     notebook = nbformat.read(ROOT / "analysis" / "report.ipynb", as_version=4)
     env = {"SDEXP_SWEEP": sweep, "SDEXP_REPORT": str(folder / "figures")}
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, contextlib.suppress(nbclient.exceptions.CellExecutionError):
         for key, value in env.items():
             patch.setenv(key, value)
         nbclient.NotebookClient(
             notebook, timeout=300, resources={"metadata": {"path": str(folder)}}
         ).execute()
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    return [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+
+
+def run_notebook(sweep: str, folder: Path) -> list:
+    """The notebook's outputs on ``sweep``, failing on a cell's error."""
+    outputs = execute_notebook(sweep, folder)
     assert not [o for o in outputs if o.output_type == "error"]
     return outputs
 
 
+@pytest.mark.slow
+def test_notebook_on_a_folder_that_is_not_there_shows_one_line(tmp_path: Path) -> None:
+    """A bad ``SDEXP_SWEEP``: the line the commands print, not an IPython traceback."""
+    errors = [o for o in execute_notebook(str(tmp_path / "nope"), tmp_path) if o.output_type == "error"]
+    assert len(errors) == 1 and errors[0].ename == "RunFolderError"
+    assert errors[0].traceback == [f"error: {tmp_path / 'nope'}: no such file or folder"]
+
+
+@pytest.mark.slow
 def test_notebook_on_a_sweep_that_has_only_started(tmp_path: Path) -> None:
     """No completed run yet: it says so, lists the runs, and draws nothing (a cell error before)."""
     make_run(tmp_path / "runs" / "failed", "linear", 0, math.nan, status="failed")
@@ -420,6 +435,7 @@ def test_notebook_on_a_sweep_that_has_only_started(tmp_path: Path) -> None:
     assert "1 run, none completed yet" in printed and not (tmp_path / "figures").exists()
 
 
+@pytest.mark.slow
 def test_notebook_executes_on_a_real_tiny_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
