@@ -14,12 +14,11 @@ import torch
 from sdexp import runs
 from sdexp.errors import SdexpError
 from sdexp.files import atomic_write
-from sdexp.runs import RunFolderError, RunRecord
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RunFolderError):
+class CheckpointError(runs.RunFolderError):
     """A checkpoint that cannot be read; the message names the file."""
 
 
@@ -74,7 +73,9 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     generators: dict[str, torch.Generator]
 
-    def save(self, path: Path, record: RunRecord, epoch_in_progress: dict[str, Any] | None = None) -> None:
+    def save(
+        self, path: Path, record: runs.RunRecord, epoch_in_progress: dict[str, Any] | None = None
+    ) -> None:
         """Write the checkpoint: this state, the run's record, and the state of an epoch stopped
         part-way (None after a finished epoch)."""
         state = {
