@@ -49,6 +49,7 @@ LOCK = ".lock"
 CONSOLE_LOG = "console.log"
 HYDRA_DIR = ".hydra"
 CONFIG = Path(HYDRA_DIR) / "config.yaml"
+OVERRIDES = Path(HYDRA_DIR) / "overrides.yaml"  # the run's command-line overrides
 
 METRIC_COLUMNS = (
     "epoch",
@@ -308,12 +309,12 @@ def write_config_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig | N
     run.py turns Hydra's own copy off (``hydra.output_subdir: null``) so that these are written only
     after the folder has been checked: a rejected command never overwrites a run's config.
     """
-    files = {"config.yaml": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
+    files = {CONFIG: OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
     if hydra_cfg is not None:
-        files["hydra.yaml"] = {"hydra": OmegaConf.to_container(hydra_cfg, resolve=False)}
-        files["overrides.yaml"] = OmegaConf.to_container(hydra_cfg.overrides.task)
-    for name, content in files.items():
-        atomic_write_text(run_dir / HYDRA_DIR / name, OmegaConf.to_yaml(OmegaConf.create(content)))
+        files[Path(HYDRA_DIR) / "hydra.yaml"] = {"hydra": OmegaConf.to_container(hydra_cfg, resolve=False)}
+        files[OVERRIDES] = OmegaConf.to_container(hydra_cfg.overrides.task)
+    for path, content in files.items():
+        atomic_write_text(run_dir / path, OmegaConf.to_yaml(OmegaConf.create(content)))
 
 
 def config_changes(run_dir: Path, cfg: DictConfig) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 from sdexp import runs
 from sdexp.files import read_file
@@ -26,13 +26,13 @@ MULTIRUN = "multirun.yaml"
 COLUMNS = ["run", "status", "epoch", "last val error %", "img/s", "time left", "slurm job"]
 
 
-def planned_runs(sweep_dir: Path) -> dict[str, str]:
+def planned_runs(sweep_dir: Path) -> tuple[dict[str, str], set[str] | None]:
     """The folder name of each of the sweep's jobs (from its ``multirun.yaml``; none without one, or
     where the names cannot be told from it), with the overrides that tell the job from the others,
-    e.g. ``seed=1 stochastic_depth=off``."""
+    e.g. ``seed=1 stochastic_depth=off``; and the overrides all its jobs share (None: no names)."""
     path = sweep_dir / MULTIRUN
     if not path.is_file():
-        return {}
+        return {}, None
 
     def parse(path: Path) -> tuple[list[list[str]], list[str]]:
         config = OmegaConf.load(path)
@@ -41,9 +41,28 @@ def planned_runs(sweep_dir: Path) -> dict[str, str]:
 
     jobs, names = read_file(path, parse, runs.RunFolderError, "restore it, or start the sweep again")
     if len(set(names)) < len(names):  # a subdir read from the jobs' own values (seed${seed}): unknown here
-        return {}  # so only the folders found are listed, each under its own name
-    common = set.intersection(*(set(job) for job in jobs)) if len(jobs) > 1 else set()
-    return {name: " ".join(o for o in job if o not in common) for name, job in zip(names, jobs, strict=True)}
+        return {}, None  # so only the folders found are listed, each under its own name
+    common = set.intersection(*(set(job) for job in jobs))
+    shared = common if len(jobs) > 1 else set()  # one job: named by all its overrides
+    return {name: _but(job, shared) for name, job in zip(names, jobs, strict=True)}, common
+
+
+def _but(overrides: list[str], common: set[str]) -> str:
+    return " ".join(o for o in overrides if o not in common)
+
+
+def _found_run_name(run_dir: Path, common: set[str] | None) -> str:
+    """A run folder the sweep's record does not plan (of an earlier command into the same folder), named
+    by its own overrides less those the sweep's jobs share (where it has them; the folder's name
+    holds them all, long); by its folder's name where it is no sweep's job (None)."""
+    if common is None:
+        return run_dir.name
+    try:
+        overrides = OmegaConf.load(run_dir / runs.OVERRIDES)
+    except Exception:  # none, or damaged: the folder's name will do
+        return run_dir.name
+    ok = isinstance(overrides, ListConfig) and all(isinstance(o, str) for o in overrides)
+    return (_but(list(overrides), common) if ok else "") or run_dir.name
 
 
 def run_row(run_dir: Path, shown: str | None = None) -> dict[str, Any]:
@@ -97,15 +116,16 @@ def sweep_status(paths: Sequence[str | Path]) -> pd.DataFrame:
         if not path.exists():
             raise runs.RunFolderError(f"{path}: no such folder")
         try:
-            planned = {path / name: shown for name, shown in planned_runs(path).items()}
+            jobs, common = planned_runs(path)
         except runs.RunFolderError as exc:  # the runs that did start can still be shown
             unreadable.append(exc)
-            planned = {}
+            jobs, common = {}, None
+        planned = {path / name: shown for name, shown in jobs.items()}
         found = runs.run_folders_under(path)
         for folder in [*planned, *sorted(found - set(planned))]:
             if folder.resolve() not in seen:
                 seen.add(folder.resolve())
-                shown = planned.get(folder) or folder.name
+                shown = planned.get(folder) or _found_run_name(folder, common)
                 rows.append(run_row(folder, f"{path}: {shown}" if len(paths) > 1 else shown))
     if not rows:
         raise (

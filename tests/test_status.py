@@ -245,6 +245,27 @@ def test_folders_named_from_the_jobs_own_values_are_listed_as_found(sweep: Path,
     assert table[["run", "status"]].values.tolist() == [["s0_off", "completed"], ["s1_linear", "failed"]]
 
 
+def test_a_run_the_sweeps_record_no_longer_plans_is_named_by_what_sets_it_apart(
+    sweep: Path, tmp_path: Path
+) -> None:
+    """A folder of an earlier command into the sweep folder (its record now plans other runs) is named by
+    its overrides less those the sweep's jobs share, not by its folder's long name; one without
+    readable overrides by its folder, as is a run folder given on its own."""
+    other = tmp_path / "other"
+    record = OmegaConf.load(sweep / status.MULTIRUN)
+    record.hydra.overrides.task = ["trainer.epochs=2", "model.widths=[4,8,16]", "seed=0,1"]
+    other.mkdir()
+    OmegaConf.save(record, other / status.MULTIRUN)
+    earlier = "model.widths=[4,8,16],seed=7,stochastic_depth=linear,trainer.epochs=2"
+    shutil.copytree(sweep / _name(0, "off"), other / earlier)
+    overrides = ["trainer.epochs=2", "model.widths=[4,8,16]", "seed=7", "stochastic_depth=linear"]
+    OmegaConf.save(OmegaConf.create(overrides), other / earlier / runs.OVERRIDES)
+    shutil.copytree(sweep / _name(0, "off"), other / "no_overrides")
+    table = status.sweep_status([other])
+    assert table["run"].tolist() == ["seed=0", "seed=1", "seed=7 stochastic_depth=linear", "no_overrides"]
+    assert status.sweep_status([other / earlier])["run"].tolist() == [earlier]
+
+
 def test_a_cut_metrics_line_makes_the_run_unreadable(sweep: Path, tmp_path: Path) -> None:
     copy = tmp_path / "run"
     shutil.copytree(sweep / _name(0, "off"), copy)
