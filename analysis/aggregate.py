@@ -27,7 +27,13 @@ def render(table: pd.DataFrame, fmt: str) -> str:
         return table.to_csv(index=False)
     if fmt == "latex":  # special characters escaped, ± and − as math: it compiles with booktabs alone
         return table.to_latex(index=False, escape=True).replace("±", r"$\pm$").replace("−", "$-$")
-    return table.to_markdown(index=False)
+    return table.apply(lambda column: column.map(_markdown_cell)).to_markdown(index=False)
+
+
+def _markdown_cell(value: object) -> object:
+    """A text cell as one markdown table cell: a ``|`` or a line break (CUDA's errors have them) would
+    end it."""
+    return value.replace("|", r"\|").replace("\n", " ") if isinstance(value, str) else value
 
 
 def _group_keys(by: str | None, table: pd.DataFrame) -> list[str]:
@@ -118,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         averaged = f" ({count(repeats, 'run')} repeating a seed of its group: averaged)" if repeats else ""
         print(f"{count(len(table), 'run')} in {count(summary.shape[0], 'group')}{averaged}\n", file=info)
         print(render(shown, args.format))
-        empty = int((summary["seeds"] == 0).sum())
-        if empty and args.metric != "best_val_error":  # e.g. an image folder without test/
+        # groups with completed runs (these have a training time) but no value: e.g. no test/ folder
+        empty = int((summary["seeds"].eq(0) & summary["train_time_s"].notna()).sum())
+        if empty and args.metric != "best_val_error":
             print(
                 f"\nnote: {count(empty, 'group')} without a value of {args.metric} (no test split?); "
                 "--metric best_val_error reports the validation error", file=info,

@@ -26,9 +26,12 @@ DPI = 150
 
 
 def group_labels(table: pd.DataFrame, by: Sequence[str]) -> pd.Series:
-    """``resnet110 · linear``-style labels of each row's group (constant keys left out)."""
-    varying = [k for k in by if report.varies(table[k])] or list(by)[:1]
-    return table[varying].astype(str).agg(" · ".join, axis=1)
+    """``resnet110 · linear``-style labels of each row's group (keys with one value left out). A key
+    some runs lack (``stochastic_depth.scaling`` at constant depth) is ``–`` there: the table groups
+    those runs apart, so the labels tell them apart too."""
+    varying = [k for k in by if table[k].nunique(dropna=False) > 1] or list(by)[:1]
+    shown = table[varying].astype(object).where(table[varying].notna(), "–")
+    return shown.astype(str).agg(" · ".join, axis=1)
 
 
 def _seed_epochs(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:

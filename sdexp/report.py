@@ -33,6 +33,8 @@ _CONFIG_GROUPS = {"model", "dataset", "optimizer", "stochastic_depth", "trainer"
 # Always shown first, varying or not.
 IDENTITY_KEYS = ["dataset.name", "model.name", "stochastic_depth.rule"]
 PAPER_RESULTS = Path(__file__).with_name("paper_results.csv")
+PAPER_METRICS = ("test_error_at_best_val", "test_error")  # what the paper's numbers can stand beside
+SAME_DIFFERENCE = 1e-9  # percentage points: paired differences closer than this do not vary
 
 
 class Runs(NamedTuple):
@@ -54,10 +56,13 @@ def config_values(config: dict[str, Any]) -> dict[str, Any]:
 
     None becomes the text ``null``, a value of its own (``dataset.train_size: null`` is all the images),
     where pandas would drop it when it counts or groups values and average those runs with runs on
-    5,000; lists become their text; p_L is 1 at constant depth, whatever it was set to."""
+    5,000; lists become their text. At constant depth p_L is 1, whatever it was set to, and the gates'
+    mode and the scaling, which do nothing there, are left out: the baseline is one group."""
     row = {key: "null" if value is None else _hashable(value) for key, value in runs.flatten(config).items()}
     if row.get("stochastic_depth.rule") == "off":  # every block survives
         row["stochastic_depth.final_survival"] = 1.0
+        row.pop("stochastic_depth.mode", None)
+        row.pop("stochastic_depth.scaling", None)
     return row
 
 
@@ -151,9 +156,9 @@ def summarize(
     table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str] | None = None,
     metric: str = "test_error_at_best_val",
 ) -> pd.DataFrame:  # fmt: skip
-    """One row per group of completed runs (grouped ``by`` the experiment keys by default):
-    ``seeds`` (those with a value of ``metric``), mean and std of ``metric`` and of the final
-    ``test_error``, mean training time and seconds per epoch, their ratio to the matching
+    """One row per group (grouped ``by`` the experiment keys by default), also a group none of whose
+    runs completed: ``seeds`` (completed, with a value of ``metric``), mean and std of ``metric`` and
+    of the final ``test_error``, mean training time and seconds per epoch, their ratio to the matching
     constant-depth group, the paired difference to it (``diff_mean``, ``diff_std``, ``pairs``,
     ``p_value`` of a paired t-test over seeds; none where the differences do not vary), the paper's
     number where one matches, the count of runs that did not complete and a flag for a
@@ -187,8 +192,8 @@ def summarize(
     summary = _with_paper(summary, done, by)
     unfinished = table[table["status"] != "completed"]
     counts = unfinished.groupby(by, dropna=False).size().rename("not_completed").reset_index()
-    summary = summary.merge(counts, on=by, how="left").fillna({"not_completed": 0})
-    summary["not_completed"] = summary["not_completed"].astype(int)
+    summary = summary.merge(counts, on=by, how="outer").fillna({"not_completed": 0, "seeds": 0})
+    summary = summary.astype({"not_completed": int, "seeds": int})
     summary["fewer_seeds"] = summary["seeds"] < summary["seeds"].max()
     return summary
 
@@ -224,7 +229,9 @@ def _paired(per_seed: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFr
 
     def stats(group: pd.DataFrame) -> pd.Series:
         n = len(group)
-        spread = n >= 2 and group["diff"].std() > 0  # else a t-test has no p-value (it is 0 or NaN)
+        # else a t-test has no p-value (it is 0 or NaN); equal differences of percentages of a test set
+        # (100 * wrong / 10000) differ by rounding, ~1e-15
+        spread = n >= 2 and group["diff"].std() > SAME_DIFFERENCE
         p = ttest_rel(group[metric], group[f"{metric}_constant"]).pvalue if spread else math.nan
         return pd.Series({"pairs": n, "diff_mean": group["diff"].mean(), "diff_std": group["diff"].std(),
                           "p_value": p})  # fmt: skip
@@ -322,13 +329,14 @@ def display_table(summary: pd.DataFrame, by: Sequence[str], metric: str) -> pd.D
             return ""
         return f"{mean:.2f}" if np.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
-    out = summary[list(by)].copy()
+    out = summary[list(by)].astype(object).where(summary[list(by)].notna(), "")  # a key runs lack: blank
     out["seeds"] = summary["seeds"].astype(str) + np.where(summary["fewer_seeds"], " (fewer)", "")
     out[metric_label(metric)] = [pm(m, s) for m, s in zip(summary["mean"], summary["std"], strict=True)]
     out["final test error %"] = [
         pm(m, s) for m, s in zip(summary["final_mean"], summary["final_std"], strict=True)
     ]
-    out["paper %"] = summary["paper_test_error"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    if metric in PAPER_METRICS:
+        out["paper %"] = summary["paper_test_error"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     diffs = summary[["diff_mean", "diff_std", "p_value", "pairs"]].itertuples(index=False)
     out["SD − constant"] = [
         "" if pd.isna(m) else f"{pm(m, s)} ({'' if pd.isna(p) else f'p={p:.3g}, '}n={int(n)})"

@@ -557,14 +557,20 @@ def run_folders_under(folder: Path) -> set[Path]:
     return found
 
 
+def folder_of(path: Path) -> Path:
+    """The run folder of a marker file given for it (``multirun/x/*/result.json``), else ``path``."""
+    return path.parent if path.name in MARKERS and path.is_file() else path
+
+
 def find_run_dirs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
-    """Every run folder (:func:`run_folders_under`) at or under each path, globs expanded; and the
-    paths (or globs) under which there is none.
+    """Every run folder (:func:`run_folders_under`) at or under each path, globs expanded, each real
+    folder once (under the first name it was reached by: ``sweep`` and its absolute path are one); and
+    the paths (or globs) under which there is none.
 
     Raises :class:`RunFolderError` for a path that is empty or matches nothing, or when no path holds
     a run.
     """
-    found: set[Path] = set()
+    found: dict[str, Path] = {}
     empty = []
     for pattern in map(str, paths):
         if not pattern.strip():
@@ -573,10 +579,11 @@ def find_run_dirs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
         matches = [Path(p) for p in glob.glob(pattern)] if is_glob else [Path(pattern)]
         if not matches or not all(m.exists() for m in matches):
             raise RunFolderError(f"{pattern}: no such file or folder")
-        here = set().union(*(run_folders_under(match) for match in matches if match.is_dir()))
+        here = set().union(*(run_folders_under(folder_of(match)) for match in matches))
         if not here:
             empty.append(pattern)
-        found |= here
+        for folder in sorted(here):
+            found.setdefault(os.path.realpath(folder), folder)
     if not found:
         raise RunFolderError(f"{', '.join(empty)}: {NO_RUN_FOLDERS}")
-    return sorted(found), empty
+    return sorted(found.values()), empty

@@ -112,7 +112,7 @@ def sweep_status(paths: Sequence[str | Path]) -> pd.DataFrame:
     if any(not str(path).strip() for path in paths):  # Path("") would be this folder
         raise runs.RunFolderError("an empty path was given: name sweep folders or run folders")
     rows, seen, unreadable = [], set(), []
-    for path in map(Path, paths):
+    for path in (runs.folder_of(Path(path)) for path in paths):
         if not path.exists():
             raise runs.RunFolderError(f"{path}: no such folder")
         try:

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from sdexp import plots, report, runs
+from sdexp import plots, report, runs, status
 from tests.conftest import ROOT, TINY
 
 # test_error_at_best_val per seed; constant depth then stochastic depth (differences -1, -1, -0.5).
@@ -34,13 +34,13 @@ def make_run(
     folder: Path, rule: str, seed: int, reported: float, status: str = "completed",
     final_survival: float | None = None, scaling: str = "test_time", epochs: int = 500,
     train_size: int | None = None, trainer: dict | None = None, optimizer: dict | None = None,
-    **extra: object,
+    model: str = "resnet110", **extra: object,
 ) -> None:  # fmt: skip
     """A run folder as the trainer writes it, with known values (three epochs of metrics, whatever
     ``epochs`` its config says)."""
     config = {
         "seed": seed,
-        "model": {"name": "resnet110"},
+        "model": {"name": model},
         "dataset": {"name": "cifar10", "root": f"/data/{seed}", "train_size": train_size},
         "stochastic_depth": {
             "rule": rule,
@@ -144,13 +144,37 @@ def test_a_config_without_the_papers_keys_gets_no_number() -> None:
     assert math.isnan(report.paper_number({})) and math.isnan(report.paper_number({"seed": 0}))
 
 
-def test_summary_of_runs_none_completed_is_empty(tmp_path: Path) -> None:
-    """The notebook's summary of a sweep that has only started: an empty table, not a merge error."""
+def test_summary_of_runs_none_completed_lists_their_groups(tmp_path: Path) -> None:
+    """The notebook's summary of a sweep that has only started: each group a row without seeds, with
+    its count of runs that did not complete, not a merge error."""
     for rule in ("off", "linear"):
         make_run(tmp_path / rule, rule, 0, math.nan, status="failed")
     table, epochs, _ = report.load_runs([tmp_path])
-    summary = report.summarize(table, epochs)
-    assert summary.empty and {"mean", "pairs", "paper_test_error", "not_completed"} <= set(summary.columns)
+    summary = report.summarize(table, epochs).set_index("stochastic_depth.rule")
+    assert {"mean", "pairs", "paper_test_error"} <= set(summary.columns)
+    assert summary[["seeds", "not_completed"]].to_dict("index") == {
+        "linear": {"seeds": 0, "not_completed": 1},
+        "off": {"seeds": 0, "not_completed": 1},
+    }
+
+
+def test_a_group_none_of_whose_runs_completed_is_a_row(tmp_path: Path) -> None:
+    """A sweep over models where every ResNet-56 run ran out of memory: ResNet-56 is a row with no seeds
+    and its two failed runs, not missing from the table."""
+    for seed, rule in itertools.product((0, 1), ("off", "linear")):
+        make_run(tmp_path / f"20,{rule},{seed}", rule, seed, 8.0 + seed)
+        make_run(tmp_path / f"56,{rule},{seed}", rule, seed, math.nan, status="failed", model="resnet56")
+    table, epochs, _ = report.load_runs([tmp_path])
+    summary = report.summarize(table, epochs).set_index(["model.name", "stochastic_depth.rule"])
+    assert summary["seeds"].to_dict() == {(m, r): 2 * (m == "resnet110") for m in ("resnet110", "resnet56")
+                                          for r in ("linear", "off")}  # fmt: skip
+    assert summary.loc[("resnet56", "linear"), "not_completed"] == 2
+    assert summary.loc[("resnet110", "linear"), "mean"] == pytest.approx(8.5)
+    proc = aggregate(str(tmp_path))
+    assert (
+        proc.returncode == 0 and "note:" not in proc.stdout
+    )  # no value: no completed run, not no test split
+    assert "8 runs in 4 groups" in proc.stdout
 
 
 def test_a_metric_no_run_has_is_said_with_the_way_out(tmp_path: Path) -> None:
@@ -264,6 +288,56 @@ def test_differences_that_do_not_vary_have_no_p_value(tmp_path: Path) -> None:
     assert "-1.00 ± 0.00 (n=3)" in shown["SD − constant"].tolist()
 
 
+def test_differences_equal_but_for_rounding_have_no_p_value(tmp_path: Path) -> None:
+    """Each seed's SD run gets 116 of 10,000 test images more right: one difference, but for the rounding
+    of 100 * wrong / 10000 (~1e-15), which made a t-test say p = 7e-32."""
+    for seed, wrong in enumerate((641, 652, 630)):
+        make_run(tmp_path / f"off,{seed}", "off", seed, 100.0 * wrong / 10000)
+        make_run(tmp_path / f"linear,{seed}", "linear", seed, 100.0 * (wrong - 116) / 10000)
+    table, epochs, _ = report.load_runs([tmp_path])
+    linear = report.summarize(table, epochs).set_index("stochastic_depth.rule").loc["linear"]
+    assert linear["pairs"] == 3 and linear["diff_mean"] == pytest.approx(-1.16)
+    assert math.isnan(linear["p_value"])
+
+
+def test_constant_depth_runs_are_one_group_whatever_their_scaling_or_mode(tmp_path: Path) -> None:
+    """A sweep ``stochastic_depth=off,linear stochastic_depth.scaling=test_time,inverted``: the two
+    constant-depth runs of a seed are one experiment (scaling does nothing there), one row, shown
+    blank under scaling; each scaling of SD is its own row, paired with that baseline."""
+    for seed, (c, s) in enumerate(zip(CONSTANT, STOCHASTIC, strict=True)):
+        for scaling in ("test_time", "inverted"):
+            make_run(tmp_path / f"off,{scaling},{seed}", "off", seed, c, scaling=scaling)
+            make_run(tmp_path / f"linear,{scaling},{seed}", "linear", seed, s + (scaling == "inverted"),
+                     scaling=scaling)  # fmt: skip
+    table, epochs, _ = report.load_runs([tmp_path])
+    by = report.experiment_keys(table)
+    assert "stochastic_depth.scaling" in by
+    summary = report.summarize(table, epochs, by)
+    assert len(summary) == 3 and summary["pairs"].tolist()[:2] == [3, 3]
+    shown = report.display_table(summary, by, "test_error_at_best_val")
+    assert shown[["stochastic_depth.rule", "stochastic_depth.scaling"]].values.tolist() == [
+        ["linear", "inverted"], ["linear", "test_time"], ["off", ""],
+    ]  # fmt: skip
+    labels = ["linear · 0.5 · inverted", "linear · 0.5 · test_time", "off · 1.0 · –"]
+    assert plots.group_labels(summary, by).tolist() == labels
+
+
+def test_labels_tell_apart_groups_a_key_some_runs_lack_splits() -> None:
+    """The table groups runs without a key apart from runs with it (``--by`` naming it): so do the
+    figures' labels, rather than draw both groups as one."""
+    by = ["stochastic_depth.rule", "stochastic_depth.scaling"]
+    summary = pd.DataFrame([["linear", math.nan], ["linear", "inverted"], ["off", math.nan]], columns=by)
+    assert plots.group_labels(summary, by).tolist() == ["linear · –", "linear · inverted", "off · –"]
+
+
+def test_the_papers_number_stands_beside_test_errors_only(sweep: Path) -> None:
+    table, epochs, _ = report.load_runs([sweep])
+    by = report.experiment_keys(table)
+    for metric, shown in (("test_error_at_best_val", True), ("test_error", True), ("train_time_s", False)):
+        summary = report.summarize(table, epochs, by, metric)
+        assert ("paper %" in report.display_table(summary, by, metric).columns) == shown
+
+
 def test_a_completed_run_without_the_metric_is_not_a_seed_of_it(sweep: Path) -> None:
     # a run whose test split is empty: its test_error_at_best_val is null
     make_run(sweep / "linear,seed=2", "linear", 2, math.nan)
@@ -306,6 +380,19 @@ def test_figures_show_what_the_table_shows(
         assert len(drawn[name]) == 8 * 3 and not drawn[name].duplicated(["group", "seed", "epoch"]).any()
 
 
+def test_a_run_reached_by_two_paths_or_by_its_files_counts_once(
+    sweep: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sweep`` and its absolute path, or a run's result.json beside its folder: each run once, and
+    ``*/result.json`` (a shell's glob) reads the runs."""
+    monkeypatch.chdir(sweep.parent)
+    once = len(report.load_runs([sweep]).table)
+    twice = [sweep.name, str(sweep.resolve()), str(sweep / "off,seed=0" / runs.RESULT)]
+    assert len(report.load_runs(twice).table) == once
+    assert len(report.load_runs([str(sweep / "*" / runs.RESULT)]).table) == once
+    assert status.sweep_status([sweep / "off,seed=0" / runs.RESULT])["run"].tolist() == ["off,seed=0"]
+
+
 def test_linked_run_folders_are_followed_once(tmp_path: Path) -> None:
     """A folder of links to the runs to compare is read; a run linked beside itself and a loop of links
     count once."""
@@ -342,6 +429,15 @@ def test_command_line_writes_files_that_parse_back(sweep: Path, tmp_path: Path) 
             assert image.size == (width, height)
             assert len(np.unique(np.asarray(image.convert("L")))) > 10  # something is drawn
         assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+@pytest.mark.slow
+def test_an_error_with_a_bar_and_lines_stays_one_row_of_the_markdown_table(sweep: Path) -> None:
+    error = "CUDA error: out of memory\nCUDA kernel errors might be reported later | see above"
+    make_run(sweep / "failed", "linear", 3, math.nan, status="failed", error=error)
+    proc = aggregate(str(sweep))
+    rows = [line for line in proc.stdout.splitlines() if "reported later" in line]
+    assert len(rows) == 1 and r"out of memory CUDA kernel errors might be reported later \| see" in rows[0]
 
 
 @pytest.mark.slow
@@ -433,6 +529,15 @@ def test_notebook_on_a_sweep_that_has_only_started(tmp_path: Path) -> None:
     outputs = run_notebook(str(tmp_path / "runs"), tmp_path)
     printed = "".join(o.get("text", "") for o in outputs)
     assert "1 run, none completed yet" in printed and not (tmp_path / "figures").exists()
+
+
+@pytest.mark.slow
+def test_notebook_on_runs_without_metrics_draws_the_final_errors(sweep: Path, tmp_path: Path) -> None:
+    """No run has a metrics.csv (moved away): the table, and the one figure that needs none."""
+    for path in sweep.glob(f"*/{runs.METRICS}"):
+        path.unlink()
+    outputs = run_notebook(str(sweep), tmp_path)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
 
 
 @pytest.mark.slow
