@@ -75,9 +75,8 @@ def _write_outputs(out: Path, loaded: report.Runs, summary: pd.DataFrame, shown:
     for name, text in texts.items():
         atomic_write_text(out / name, text)
     figures = plots.final_errors(loaded.table, by, metric, out)
-    if len(loaded.epochs):
-        figures += plots.error_curves(loaded.table, loaded.epochs, by, out)
-        figures += plots.epoch_times(loaded.table, loaded.epochs, by, out)
+    figures += plots.error_curves(loaded.table, loaded.epochs, by, out)
+    figures += plots.epoch_times(loaded.table, loaded.epochs, by, out)
     return [*texts, *(p.name for p in figures)]
 
 
@@ -130,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"\nnote: {count(empty, 'group')} without a value of {args.metric} (no test split?); "
                 "--metric best_val_error reports the validation error", file=info,
+            )  # fmt: skip
+        with_epochs = set(loaded.epochs["run_dir"]) if len(loaded.epochs) else set()
+        if without := int((~completed["run_dir"].isin(with_epochs)).sum()):
+            print(
+                f"\nnote: {count(without, 'completed run')} without a readable {runs.METRICS}: left out of "
+                "the error curves and times per epoch", file=info,
             )  # fmt: skip
     unfinished = report.problems(table) if len(table) else table
     if len(unfinished):

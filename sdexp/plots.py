@@ -35,8 +35,11 @@ def group_labels(table: pd.DataFrame, by: Sequence[str]) -> pd.Series:
 
 
 def _seed_epochs(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
-    """``value`` per group label, seed and epoch of the completed runs (a seed run twice averaged)."""
+    """``value`` per group label, seed and epoch of the completed runs (a seed run twice averaged);
+    empty where none of them has a metrics.csv."""
     done = table[table["status"] == "completed"]
+    if "run_dir" not in epochs.columns:  # no metrics.csv at all
+        return pd.DataFrame()
     runs = pd.DataFrame({"group": group_labels(done, by), "seed": done["seed"], "run_dir": done["run_dir"]})
     data = epochs.merge(runs, on="run_dir").dropna(subset=[value])
     return data.groupby(["group", "seed", "epoch"], as_index=False)[value].mean()
@@ -53,11 +56,17 @@ def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
 
 def error_curves(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
     """Test error against epoch per group: mean line and a ±1 std band over seeds (paper Fig. 3 style),
-    on a log axis so that the end of training is readable."""
+    on a log axis so that the end of training is readable (linear where an error is 0); none without
+    epochs of completed runs."""
     data = _seed_epochs(table, epochs, by, "test_error")
+    if data.empty:
+        return []
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     sns.lineplot(data=data, x="epoch", y="test_error", hue="group", errorbar="sd", ax=ax)
-    ax.set(yscale="log", xlabel="epoch", ylabel="test error (%)", title="Test error during training")
+    scale = (
+        "log" if (data["test_error"] > 0).all() else "linear"
+    )  # an error of 0 % has no place on a log axis
+    ax.set(yscale=scale, xlabel="epoch", ylabel="test error (%)", title="Test error during training")
     for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
         axis(ticker.FormatStrFormatter("%g"))  # plain numbers on the log axis
     return _save(fig, out, "test_error_curves")
@@ -77,8 +86,11 @@ def final_errors(table: pd.DataFrame, by: Sequence[str], metric: str, out: Path)
 
 
 def epoch_times(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
-    """Seconds per training epoch per group (stochastic vs constant depth), mean ± std over epochs."""
+    """Seconds per training epoch per group (stochastic vs constant depth), mean ± std over epochs; none
+    without epochs of completed runs."""
     data = _seed_epochs(table, epochs, by, "epoch_time_s")
+    if data.empty:
+        return []
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     sns.barplot(data=data, x="group", y="epoch_time_s", errorbar="sd", ax=ax)
     ax.set(xlabel="", ylabel="seconds per epoch", title="Training time per epoch")

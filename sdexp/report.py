@@ -321,6 +321,14 @@ def metric_label(metric: str) -> str:
     return f"{metric} %" if "error" in metric else metric
 
 
+def _config_cell(value: Any) -> Any:
+    """A config value as the table shows it: ``0.5`` (not LaTeX's ``0.500000``), ``5000`` (not the
+    ``5000.0`` of a column with a blank), blank where runs lack the key."""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else str(int(value)) if value.is_integer() else str(value)
+    return value
+
+
 def display_table(summary: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFrame:
     """The summary as a person reads it: ``mean ± std`` strings, one column per key."""
 
@@ -329,7 +337,7 @@ def display_table(summary: pd.DataFrame, by: Sequence[str], metric: str) -> pd.D
             return ""
         return f"{mean:.2f}" if np.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
-    out = summary[list(by)].astype(object).where(summary[list(by)].notna(), "")  # a key runs lack: blank
+    out = summary[list(by)].apply(lambda column: column.map(_config_cell))
     out["seeds"] = summary["seeds"].astype(str) + np.where(summary["fewer_seeds"], " (fewer)", "")
     out[metric_label(metric)] = [pm(m, s) for m, s in zip(summary["mean"], summary["std"], strict=True)]
     out["final test error %"] = [
@@ -337,10 +345,15 @@ def display_table(summary: pd.DataFrame, by: Sequence[str], metric: str) -> pd.D
     ]
     if metric in PAPER_METRICS:
         out["paper %"] = summary["paper_test_error"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    # an SD group beside a baseline (it has a time ratio) but without a seed both have a value for
+    unpaired = summary["diff_mean"].isna() & summary["time_ratio"].notna() & summary["seeds"].gt(0)
+    unpaired &= summary.get("stochastic_depth.rule", pd.Series("off", index=summary.index)).ne("off")
     diffs = summary[["diff_mean", "diff_std", "p_value", "pairs"]].itertuples(index=False)
     out["SD − constant"] = [
-        "" if pd.isna(m) else f"{pm(m, s)} ({'' if pd.isna(p) else f'p={p:.3g}, '}n={int(n)})"
-        for m, s, p, n in diffs
+        ("no common seed" if alone else "")
+        if pd.isna(m)
+        else f"{pm(m, s)} ({'' if pd.isna(p) else f'p={p:.3g}, '}n={int(n)})"
+        for (m, s, p, n), alone in zip(diffs, unpaired, strict=True)
     ]
     out["time ratio"] = summary["time_ratio"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     out["not completed"] = summary["not_completed"]

@@ -338,6 +338,30 @@ def test_the_papers_number_stands_beside_test_errors_only(sweep: Path) -> None:
         assert ("paper %" in report.display_table(summary, by, metric).columns) == shown
 
 
+def test_groups_without_a_seed_in_common_say_so(tmp_path: Path) -> None:
+    """Constant depth on seeds 3 to 5, SD on 0 to 2: no pair, said in the SD − constant column rather
+    than left blank; config values as text a person would write (0.5 and 1, also in LaTeX)."""
+    for seed, (c, s) in enumerate(zip(CONSTANT, STOCHASTIC, strict=True)):
+        make_run(tmp_path / f"off,{seed}", "off", seed + 3, c)
+        make_run(tmp_path / f"linear,{seed}", "linear", seed, s)
+    table, epochs, _ = report.load_runs([tmp_path])
+    by = report.experiment_keys(table)
+    shown = report.display_table(report.summarize(table, epochs, by), by, "test_error_at_best_val")
+    assert shown["SD − constant"].tolist() == ["no common seed", ""]
+    assert shown["stochastic_depth.final_survival"].tolist() == ["0.5", "1"]
+
+
+def test_an_error_of_zero_is_drawn_on_a_linear_axis(sweep: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    figures: list = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    table, epochs, _ = report.load_runs([sweep])
+    by = report.experiment_keys(table)
+    plots.error_curves(table, epochs, by, sweep / "out")
+    epochs.loc[epochs["epoch"] == 3, "test_error"] = 0.0
+    plots.error_curves(table, epochs, by, sweep / "out")
+    assert [figure.axes[0].get_yscale() for figure in figures] == ["log", "linear"]
+
+
 def test_a_completed_run_without_the_metric_is_not_a_seed_of_it(sweep: Path) -> None:
     # a run whose test split is empty: its test_error_at_best_val is null
     make_run(sweep / "linear,seed=2", "linear", 2, math.nan)
@@ -429,6 +453,17 @@ def test_command_line_writes_files_that_parse_back(sweep: Path, tmp_path: Path) 
             assert image.size == (width, height)
             assert len(np.unique(np.asarray(image.convert("L")))) > 10  # something is drawn
         assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+@pytest.mark.slow
+def test_runs_without_metrics_are_noted_and_draw_no_empty_figures(sweep: Path, tmp_path: Path) -> None:
+    for path in sweep.glob(f"*/{runs.METRICS}"):
+        path.unlink()
+    proc = aggregate(str(sweep), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    note = "note: 8 completed runs without a readable metrics.csv: left out of the error curves and times"
+    assert note in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["final_error.png"]
 
 
 @pytest.mark.slow
