@@ -130,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"\nnote: {count(empty, 'group')} without a value of {args.metric} (no test split?); "
                 "--metric best_val_error reports the validation error", file=info,
             )  # fmt: skip
+        for key, (n, value) in report.keys_some_runs_lack(table, by).items():
+            split = ",".join([*by, key])
+            print(
+                f"\nnote: {count(n, 'run')} without {key} in the config (an older sdexp?) grouped as if it "
+                f"were {value}, as in the other runs; --by {split} tells them apart", file=info,
+            )  # fmt: skip
         with_epochs = set(loaded.epochs["run_dir"]) if len(loaded.epochs) else set()
         if without := int((~completed["run_dir"].isin(with_epochs)).sum()):
             print(

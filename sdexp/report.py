@@ -33,6 +33,7 @@ _CONFIG_GROUPS = {"model", "dataset", "optimizer", "stochastic_depth", "trainer"
 # Always shown first, varying or not.
 IDENTITY_KEYS = ["dataset.name", "model.name", "stochastic_depth.rule"]
 PAPER_RESULTS = Path(__file__).with_name("paper_results.csv")
+NOT_AT_CONSTANT_DEPTH = ("stochastic_depth.mode", "stochastic_depth.scaling")  # these do nothing there
 PAPER_METRICS = ("test_error_at_best_val", "test_error")  # what the paper's numbers can stand beside
 SAME_DIFFERENCE = 1e-9  # percentage points: paired differences closer than this do not vary
 
@@ -61,8 +62,8 @@ def config_values(config: dict[str, Any]) -> dict[str, Any]:
     row = {key: "null" if value is None else _hashable(value) for key, value in runs.flatten(config).items()}
     if row.get("stochastic_depth.rule") == "off":  # every block survives
         row["stochastic_depth.final_survival"] = 1.0
-        row.pop("stochastic_depth.mode", None)
-        row.pop("stochastic_depth.scaling", None)
+        for key in NOT_AT_CONSTANT_DEPTH:
+            row.pop(key, None)
     return row
 
 
@@ -141,6 +142,22 @@ def varies(column: pd.Series) -> bool:
     what is now its default) adds none, whichever pandas version (in pandas 2, ``astype(str)`` makes NaN
     the text ``nan``)."""
     return column.dropna().astype(str).nunique() > 1
+
+
+def keys_some_runs_lack(table: pd.DataFrame, by: Sequence[str]) -> dict[str, tuple[int, Any]]:
+    """Config keys outside ``by`` that some runs lack (an older sdexp, or a config edited by hand)
+    while the others have one value: ``key -> (runs without it, that value)``. Those runs are grouped
+    with the others as if they had that value, which is right only if it was their behaviour: the
+    caller says so. Constant-depth runs lack :data:`NOT_AT_CONSTANT_DEPTH` on purpose."""
+    lacking = {}
+    for key in filter(is_config_key, table.columns):
+        column = table[key]
+        if key in NOT_AT_CONSTANT_DEPTH and "stochastic_depth.rule" in table.columns:
+            column = column[table["stochastic_depth.rule"] != "off"]
+        values = column.dropna().unique()
+        if key not in by and key not in NOT_EXPERIMENT_KEYS and len(values) == 1 and column.isna().any():
+            lacking[key] = (int(column.isna().sum()), values[0])
+    return lacking
 
 
 def experiment_keys(table: pd.DataFrame) -> list[str]:

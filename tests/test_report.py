@@ -209,9 +209,32 @@ def test_a_key_older_runs_lack_does_not_split_them(tmp_path: Path) -> None:
         make_run(tmp_path / f"off,seed={seed}", "off", seed, c)
         make_run(tmp_path / f"linear,seed={seed}", "linear", seed, s, trainer={"cuda_graphs": False})
     table, epochs, _ = report.load_runs([tmp_path])
-    assert "trainer.cuda_graphs" not in report.experiment_keys(table)
+    by = report.experiment_keys(table)
+    assert "trainer.cuda_graphs" not in by
     summary = report.summarize(table, epochs).set_index("stochastic_depth.rule")
     assert summary.loc["linear", "pairs"] == 3 and summary.loc["linear", "time_ratio"] == pytest.approx(0.75)
+    assert report.keys_some_runs_lack(table, by) == {"trainer.cuda_graphs": (3, False)}  # said in a note
+
+
+def test_a_key_runs_lack_is_said_in_a_note(sweep: Path) -> None:
+    """Newer runs with a value their group's older runs lack (here inverted scaling): right only if that
+    was the older runs' behaviour, so aggregate says what it did and how to tell them apart; constant
+    depth lacks the gates' mode and scaling on purpose, which is no such case."""
+    table, _, _ = report.load_runs([sweep])
+    assert report.keys_some_runs_lack(table, report.experiment_keys(table)) == {}
+    for path in sweep.glob("*/.hydra/config.yaml"):
+        config = yaml.safe_load(path.read_text())
+        del config["stochastic_depth"]["scaling"]
+        path.write_text(yaml.safe_dump(config))
+    for seed in (5, 6):
+        make_run(sweep / f"linear,inverted,{seed}", "linear", seed, 5.0, scaling="inverted")
+    proc = aggregate(str(sweep))
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "note: 6 runs without stochastic_depth.scaling in the config (an older sdexp?) grouped as if it were "
+        "inverted, as in the other runs; --by dataset.name,model.name,stochastic_depth.rule,"
+        "stochastic_depth.final_survival,stochastic_depth.scaling tells them apart"
+    ) in " ".join(proc.stdout.split())
 
 
 def test_problems_list_status_and_reason(sweep: Path) -> None:
