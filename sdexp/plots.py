@@ -25,22 +25,31 @@ FIGSIZE = (8.0, 4.5)
 DPI = 150
 
 
-def group_labels(table: pd.DataFrame, by: Sequence[str]) -> pd.Series:
-    """``resnet110 · linear``-style labels of each row's group (keys with one value left out). A key
-    some runs lack (``stochastic_depth.scaling`` at constant depth) is ``–`` there: the table groups
-    those runs apart, so the labels tell them apart too."""
+def group_labels(table: pd.DataFrame, by: Sequence[str], sep: str = " · ") -> pd.Series:
+    """``resnet110 · linear · final_survival=0.8``-style labels of each row's group: the keys with more
+    than one value, the identity keys (:data:`~sdexp.report.IDENTITY_KEYS`) by value alone, the others
+    by name too. A key some runs lack (``stochastic_depth.scaling`` at constant depth) is ``–`` there:
+    the table groups those runs apart, so the labels tell them apart too."""
     varying = [k for k in by if table[k].nunique(dropna=False) > 1] or list(by)[:1]
-    shown = table[varying].astype(object).where(table[varying].notna(), "–")
-    return shown.astype(str).agg(" · ".join, axis=1)
+
+    def part(key: str, value: object) -> str:
+        text = "–" if pd.isna(value) else str(report.config_cell(value))
+        return text if key in report.IDENTITY_KEYS else f"{key.rsplit('.', 1)[-1]}={text}"
+
+    rows = zip(*(table[k] for k in varying), strict=True)
+    return pd.Series([sep.join(map(part, varying, row)) for row in rows], index=table.index, dtype=object)
 
 
-def _seed_epochs(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
-    """``value`` per group label, seed and epoch of the completed runs (a seed run twice averaged);
-    empty where none of them has a metrics.csv."""
+def _seed_epochs(
+    table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], value: str, sep: str = " · "
+) -> pd.DataFrame:
+    """``value`` per group label (parts joined by ``sep``), seed and epoch of the completed runs (a
+    seed run twice averaged); empty where none of them has a metrics.csv."""
     done = table[table["status"] == "completed"]
     if "run_dir" not in epochs.columns:  # no metrics.csv at all
         return pd.DataFrame()
-    runs = pd.DataFrame({"group": group_labels(done, by), "seed": done["seed"], "run_dir": done["run_dir"]})
+    groups = group_labels(done, by, sep)
+    runs = pd.DataFrame({"group": groups, "seed": done["seed"], "run_dir": done["run_dir"]})
     data = epochs.merge(runs, on="run_dir").dropna(subset=[value])
     return data.groupby(["group", "seed", "epoch"], as_index=False)[value].mean()
 
@@ -75,24 +84,22 @@ def error_curves(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], o
 def final_errors(table: pd.DataFrame, by: Sequence[str], metric: str, out: Path) -> list[Path]:
     """The reported error per group: each seed as a point, and the mean with ±1 std."""
     data = report.seed_means(table[table["status"] == "completed"], by, [metric])
-    data = data.assign(group=group_labels(data, by))
+    data = data.assign(group=group_labels(data, by, "\n"))  # a line per key: long labels do not overlap
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     sns.stripplot(data=data, x="group", y=metric, color="0.6", ax=ax)
     sns.pointplot(data=data, x="group", y=metric, errorbar="sd", linestyle="none", capsize=0.2, ax=ax)
     label = report.metric_label(metric).replace("_", " ").replace(" %", " (%)")
     ax.set(xlabel="", ylabel=label, title=f"Final {metric.replace('_', ' ')} over seeds")
-    ax.tick_params(axis="x", labelrotation=15)
     return _save(fig, out, "final_error")
 
 
 def epoch_times(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
     """Seconds per training epoch per group (stochastic vs constant depth), mean ± std over epochs; none
     without epochs of completed runs."""
-    data = _seed_epochs(table, epochs, by, "epoch_time_s")
+    data = _seed_epochs(table, epochs, by, "epoch_time_s", "\n")
     if data.empty:
         return []
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     sns.barplot(data=data, x="group", y="epoch_time_s", errorbar="sd", ax=ax)
     ax.set(xlabel="", ylabel="seconds per epoch", title="Training time per epoch")
-    ax.tick_params(axis="x", labelrotation=15)
     return _save(fig, out, "epoch_time")

@@ -338,7 +338,7 @@ def metric_label(metric: str) -> str:
     return f"{metric} %" if "error" in metric else metric
 
 
-def _config_cell(value: Any) -> Any:
+def config_cell(value: Any) -> Any:
     """A config value as the table shows it: ``0.5`` (not LaTeX's ``0.500000``), ``5000`` (not the
     ``5000.0`` of a column with a blank), blank where runs lack the key."""
     if isinstance(value, float):
@@ -354,7 +354,7 @@ def display_table(summary: pd.DataFrame, by: Sequence[str], metric: str) -> pd.D
             return ""
         return f"{mean:.2f}" if np.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
-    out = summary[list(by)].apply(lambda column: column.map(_config_cell))
+    out = summary[list(by)].apply(lambda column: column.map(config_cell))
     out["seeds"] = summary["seeds"].astype(str) + np.where(summary["fewer_seeds"], " (fewer)", "")
     out[metric_label(metric)] = [pm(m, s) for m, s in zip(summary["mean"], summary["std"], strict=True)]
     out["final test error %"] = [

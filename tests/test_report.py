@@ -341,7 +341,11 @@ def test_constant_depth_runs_are_one_group_whatever_their_scaling_or_mode(tmp_pa
     assert shown[["stochastic_depth.rule", "stochastic_depth.scaling"]].values.tolist() == [
         ["linear", "inverted"], ["linear", "test_time"], ["off", ""],
     ]  # fmt: skip
-    labels = ["linear · 0.5 · inverted", "linear · 0.5 · test_time", "off · 1.0 · –"]
+    labels = [
+        "linear · final_survival=0.5 · scaling=inverted",
+        "linear · final_survival=0.5 · scaling=test_time",
+        "off · final_survival=1 · scaling=–",
+    ]
     assert plots.group_labels(summary, by).tolist() == labels
 
 
@@ -350,7 +354,9 @@ def test_labels_tell_apart_groups_a_key_some_runs_lack_splits() -> None:
     figures' labels, rather than draw both groups as one."""
     by = ["stochastic_depth.rule", "stochastic_depth.scaling"]
     summary = pd.DataFrame([["linear", math.nan], ["linear", "inverted"], ["off", math.nan]], columns=by)
-    assert plots.group_labels(summary, by).tolist() == ["linear · –", "linear · inverted", "off · –"]
+    labels = ["linear · scaling=–", "linear · scaling=inverted", "off · scaling=–"]
+    assert plots.group_labels(summary, by).tolist() == labels
+    assert plots.group_labels(summary, by, "\n")[1] == "linear\nscaling=inverted"  # for an x axis
 
 
 def test_the_papers_number_stands_beside_test_errors_only(sweep: Path) -> None:
