@@ -72,9 +72,8 @@ def error_curves(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], o
         return []
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     sns.lineplot(data=data, x="epoch", y="test_error", hue="group", errorbar="sd", ax=ax)
-    scale = (
-        "log" if (data["test_error"] > 0).all() else "linear"
-    )  # an error of 0 % has no place on a log axis
+    # an error of 0 % has no place on a log axis
+    scale = "log" if (data["test_error"] > 0).all() else "linear"
     ax.set(yscale=scale, xlabel="epoch", ylabel="test error (%)", title="Test error during training")
     for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
         axis(ticker.FormatStrFormatter("%g"))  # plain numbers on the log axis
