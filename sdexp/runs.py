@@ -575,8 +575,11 @@ def find_run_dirs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     for pattern in map(str, paths):
         if not pattern.strip():
             raise RunFolderError("an empty path was given: name sweep folders, run folders or globs")
-        is_glob = glob.has_magic(pattern) and not Path(pattern).exists()  # a list value, [4,8,16], is none
-        matches = [Path(p) for p in glob.glob(pattern)] if is_glob else [Path(pattern)]
+        matches = [Path(pattern)]
+        if glob.has_magic(pattern) and not matches[0].exists():  # a list value, [4,8,16], is no glob
+            # Hydra names a folder by a list value in brackets, which glob reads as a set of characters:
+            # a glob that matches nothing is tried again with its brackets as they are (*widths=[4,8,16]*)
+            matches = [Path(p) for p in glob.glob(pattern) or glob.glob(pattern.replace("[", "[[]"))]
         if not matches or not all(m.exists() for m in matches):
             raise RunFolderError(f"{pattern}: no such file or folder")
         here = set().union(*(run_folders_under(folder_of(match)) for match in matches))

@@ -543,6 +543,8 @@ def test_a_folder_named_with_a_list_value_is_a_path_not_a_glob(sweep: Path) -> N
     proc = aggregate(str(named), "--by", " stochastic_depth.rule,stochastic_depth.rule")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("1 run in 1 group\n")
+    globbed = report.load_runs([str(sweep / "*widths=[4,8,16],seed=*")]).table  # its brackets as they are
+    assert globbed["run_dir"].tolist() == [str(named)]
 
 
 @pytest.mark.slow
