@@ -123,25 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         averaged = f" ({count(repeats, 'run')} repeating a seed of its group: averaged)" if repeats else ""
         print(f"{count(len(table), 'run')} in {count(summary.shape[0], 'group')}{averaged}\n", file=info)
         print(render(shown, args.format))
-        # groups with completed runs (these have a training time) but no value: e.g. no test/ folder
-        empty = int((summary["seeds"].eq(0) & summary["train_time_s"].notna()).sum())
-        if empty and args.metric != "best_val_error":
-            print(
-                f"\nnote: {count(empty, 'group')} without a value of {args.metric} (no test split?); "
-                "--metric best_val_error reports the validation error", file=info,
-            )  # fmt: skip
-        for key, (n, value) in report.keys_some_runs_lack(table, by).items():
-            split = ",".join([*by, key])
-            print(
-                f"\nnote: {count(n, 'run')} without {key} in the config (an older sdexp?) grouped as if it "
-                f"were {value}, as in the other runs; --by {split} tells them apart", file=info,
-            )  # fmt: skip
-        with_epochs = set(loaded.epochs["run_dir"]) if len(loaded.epochs) else set()
-        if without := int((~completed["run_dir"].isin(with_epochs)).sum()):
-            print(
-                f"\nnote: {count(without, 'completed run')} without a readable {runs.METRICS}: left out of "
-                "the error curves and times per epoch", file=info,
-            )  # fmt: skip
+        for note in report.notes(loaded, summary, by, args.metric):
+            print(f"\nnote: {note}", file=info)
     unfinished = report.problems(table) if len(table) else table
     if len(unfinished):
         print(f"\nNot completed ({len(unfinished)}):\n\n{render(unfinished, args.format)}", file=info)

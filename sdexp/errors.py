@@ -54,8 +54,10 @@ class SdexpError(Exception):
     in_run_log = True  # also written to the run folder's train.log (not where the folder is another's)
 
     def _render_traceback_(self) -> list[str]:
-        """What IPython (the notebook) shows in place of the traceback: the line a command prints
-        (``%tb`` shows the traceback)."""
+        """What IPython (the notebook) shows for it: the line a command prints, or the traceback with
+        ``SDEXP_TRACEBACK=1``, as for a command (``%env SDEXP_TRACEBACK=1`` in the notebook)."""
+        if tracebacks_wanted():
+            return "".join(traceback.format_exception(self)).rstrip().splitlines()
         return [f"error: {self}"]
 
 

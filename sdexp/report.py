@@ -19,6 +19,7 @@ from scipy.stats import ttest_rel
 
 from sdexp import runs
 from sdexp.files import read_file
+from sdexp.wording import count
 
 # Config keys that never tell experiments apart (where or how fast a run ran, not what it computed): the
 # keys a run may change when it is resumed, and these.
@@ -58,12 +59,11 @@ def config_values(config: dict[str, Any]) -> dict[str, Any]:
     None becomes the text ``null``, a value of its own (``dataset.train_size: null`` is all the images),
     where pandas would drop it when it counts or groups values and average those runs with runs on
     5,000; lists become their text. At constant depth p_L is 1, whatever it was set to, and the gates'
-    mode and the scaling, which do nothing there, are left out: the baseline is one group."""
+    mode and the scaling, which do nothing there, are NaN (blank): the baseline is one group."""
     row = {key: "null" if value is None else _hashable(value) for key, value in runs.flatten(config).items()}
     if row.get("stochastic_depth.rule") == "off":  # every block survives
         row["stochastic_depth.final_survival"] = 1.0
-        for key in NOT_AT_CONSTANT_DEPTH:
-            row.pop(key, None)
+        row.update(dict.fromkeys(NOT_AT_CONSTANT_DEPTH, math.nan))
     return row
 
 
@@ -145,19 +145,51 @@ def varies(column: pd.Series) -> bool:
 
 
 def keys_some_runs_lack(table: pd.DataFrame, by: Sequence[str]) -> dict[str, tuple[int, Any]]:
-    """Config keys outside ``by`` that some runs lack (an older sdexp, or a config edited by hand)
-    while the others have one value: ``key -> (runs without it, that value)``. Those runs are grouped
-    with the others as if they had that value, which is right only if it was their behaviour: the
-    caller says so. Constant-depth runs lack :data:`NOT_AT_CONSTANT_DEPTH` on purpose."""
+    """Config keys outside ``by`` that some completed runs lack (an older sdexp, or a config edited by
+    hand) in a group of ``by`` whose other runs have it, all with one value: ``key -> (runs without
+    it in such groups, that value)``. Those runs are averaged with the others as if they had that value,
+    which is right only if it was their behaviour. Constant-depth runs lack
+    :data:`NOT_AT_CONSTANT_DEPTH` on purpose."""
+    done = table[table["status"] == "completed"]
     lacking = {}
-    for key in filter(is_config_key, table.columns):
-        column = table[key]
-        if key in NOT_AT_CONSTANT_DEPTH and "stochastic_depth.rule" in table.columns:
-            column = column[table["stochastic_depth.rule"] != "off"]
-        values = column.dropna().unique()
-        if key not in by and key not in NOT_EXPERIMENT_KEYS and len(values) == 1 and column.isna().any():
-            lacking[key] = (int(column.isna().sum()), values[0])
+    for key in filter(is_config_key, done.columns):
+        rows = done
+        if key in NOT_AT_CONSTANT_DEPTH and "stochastic_depth.rule" in done.columns:
+            rows = done[done["stochastic_depth.rule"] != "off"]
+        values = rows[key].dropna().unique()
+        if key in by or key in NOT_EXPERIMENT_KEYS or len(values) != 1:
+            continue
+        lacks = rows[key].isna().rename("lacks")
+        per_group = lacks.groupby([rows[k] for k in by], dropna=False).agg(["sum", "size"])
+        mixed = per_group[(per_group["sum"] > 0) & (per_group["sum"] < per_group["size"])]
+        if len(mixed):
+            lacking[key] = (int(mixed["sum"].sum()), values[0])
     return lacking
+
+
+def notes(loaded: Runs, summary: pd.DataFrame, by: Sequence[str], metric: str) -> list[str]:
+    """What a reader of the table should know that the table does not show: groups without a value of
+    ``metric``, runs averaged as if they had a key they lack, completed runs left out of the curves."""
+    said = []
+    empty = int((summary["seeds"].eq(0) & summary["train_time_s"].notna()).sum())  # completed, no value
+    if empty and metric != "best_val_error":
+        said.append(
+            f"{count(empty, 'group')} without a value of {metric} (no test split?); --metric best_val_error "
+            "reports the validation error"
+        )
+    for key, (n, value) in keys_some_runs_lack(loaded.table, by).items():
+        said.append(
+            f"{count(n, 'run')} without {key} in the config (an older sdexp?) averaged as if it were "
+            f"{value}, as in the other runs of their group; --by {','.join([*by, key])} tells them apart"
+        )
+    done = loaded.table[loaded.table["status"] == "completed"]
+    with_epochs = set(loaded.epochs["run_dir"]) if len(loaded.epochs) else set()
+    if without := int((~done["run_dir"].isin(with_epochs)).sum()):
+        said.append(
+            f"{count(without, 'completed run')} without a readable {runs.METRICS}: left out of the error "
+            "curves and times per epoch"
+        )
+    return said
 
 
 def experiment_keys(table: pd.DataFrame) -> list[str]:
@@ -211,7 +243,7 @@ def summarize(
     counts = unfinished.groupby(by, dropna=False).size().rename("not_completed").reset_index()
     summary = summary.merge(counts, on=by, how="outer").fillna({"not_completed": 0, "seeds": 0})
     summary = summary.astype({"not_completed": int, "seeds": int})
-    summary["fewer_seeds"] = summary["seeds"] < summary["seeds"].max()
+    summary["fewer_seeds"] = summary["seeds"].between(1, summary["seeds"].max() - 1)  # 0: nothing to flag
     return summary
 
 
@@ -364,7 +396,8 @@ def display_table(summary: pd.DataFrame, by: Sequence[str], metric: str) -> pd.D
         out["paper %"] = summary["paper_test_error"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     # an SD group beside a baseline (it has a time ratio) but without a seed both have a value for
     unpaired = summary["diff_mean"].isna() & summary["time_ratio"].notna() & summary["seeds"].gt(0)
-    unpaired &= summary.get("stochastic_depth.rule", pd.Series("off", index=summary.index)).ne("off")
+    if "stochastic_depth.rule" in summary:  # else there is no time ratio either
+        unpaired &= summary["stochastic_depth.rule"].ne("off")
     diffs = summary[["diff_mean", "diff_std", "p_value", "pairs"]].itertuples(index=False)
     out["SD − constant"] = [
         ("no common seed" if alone else "")

@@ -618,3 +618,20 @@ def test_quoting_is_advised_only_where_it_makes_the_override_parse(override: str
     line, code = errors.message(raised.value)
     assert code == 2 and line.startswith(f"error: cannot parse the override {override!r}")
     assert ("put the value in quotes" in line) == advised
+
+
+def test_an_sdexp_error_in_the_notebook_is_its_line_or_with_sdexp_traceback_its_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """IPython shows what ``_render_traceback_`` gives in place of the traceback."""
+    try:
+        raise runs.RunFolderError("multirun/x: no such file or folder")
+    except runs.RunFolderError as exc:
+        error = exc
+    monkeypatch.delenv(errors.TRACEBACK_VARIABLE, raising=False)
+    assert error._render_traceback_() == ["error: multirun/x: no such file or folder"]
+    monkeypatch.setenv(errors.TRACEBACK_VARIABLE, "1")
+    shown = error._render_traceback_()
+    assert shown[0] == "Traceback (most recent call last):" and shown[-1].startswith(
+        "sdexp.runs.RunFolderError"
+    )

@@ -28,6 +28,7 @@ from tests.conftest import ROOT, TINY
 
 # test_error_at_best_val per seed; constant depth then stochastic depth (differences -1, -1, -0.5).
 CONSTANT, STOCHASTIC = [6.0, 6.5, 7.0], [5.0, 5.5, 6.5]
+METRIC = "test_error_at_best_val"
 
 
 def make_run(
@@ -169,6 +170,8 @@ def test_a_group_none_of_whose_runs_completed_is_a_row(tmp_path: Path) -> None:
     assert summary["seeds"].to_dict() == {(m, r): 2 * (m == "resnet110") for m in ("resnet110", "resnet56")
                                           for r in ("linear", "off")}  # fmt: skip
     assert summary.loc[("resnet56", "linear"), "not_completed"] == 2
+    shown = report.display_table(summary.reset_index(), ["model.name", "stochastic_depth.rule"], METRIC)
+    assert shown["seeds"].tolist() == ["2", "2", "0", "0"]  # no "(fewer)" where there is nothing
     assert summary.loc[("resnet110", "linear"), "mean"] == pytest.approx(8.5)
     proc = aggregate(str(tmp_path))
     assert (
@@ -213,13 +216,14 @@ def test_a_key_older_runs_lack_does_not_split_them(tmp_path: Path) -> None:
     assert "trainer.cuda_graphs" not in by
     summary = report.summarize(table, epochs).set_index("stochastic_depth.rule")
     assert summary.loc["linear", "pairs"] == 3 and summary.loc["linear", "time_ratio"] == pytest.approx(0.75)
-    assert report.keys_some_runs_lack(table, by) == {"trainer.cuda_graphs": (3, False)}  # said in a note
+    assert report.keys_some_runs_lack(table, by) == {}  # no group mixes them: nothing to say
 
 
 def test_a_key_runs_lack_is_said_in_a_note(sweep: Path) -> None:
-    """Newer runs with a value their group's older runs lack (here inverted scaling): right only if that
-    was the older runs' behaviour, so aggregate says what it did and how to tell them apart; constant
-    depth lacks the gates' mode and scaling on purpose, which is no such case."""
+    """Newer runs with a value their group's older runs lack (here inverted scaling): averaging them is
+    right only if that was the older runs' behaviour, so aggregate says what it did and how to tell them
+    apart. Not counted: runs that did not complete, runs of a group none of whose runs has the key
+    (uniform), and constant depth, which lacks the gates' mode and scaling on purpose."""
     table, _, _ = report.load_runs([sweep])
     assert report.keys_some_runs_lack(table, report.experiment_keys(table)) == {}
     for path in sweep.glob("*/.hydra/config.yaml"):
@@ -231,9 +235,9 @@ def test_a_key_runs_lack_is_said_in_a_note(sweep: Path) -> None:
     proc = aggregate(str(sweep))
     assert proc.returncode == 0, proc.stderr
     assert (
-        "note: 6 runs without stochastic_depth.scaling in the config (an older sdexp?) grouped as if it were "
-        "inverted, as in the other runs; --by dataset.name,model.name,stochastic_depth.rule,"
-        "stochastic_depth.final_survival,stochastic_depth.scaling tells them apart"
+        "note: 3 runs without stochastic_depth.scaling in the config (an older sdexp?) averaged as if it "
+        "were inverted, as in the other runs of their group; --by dataset.name,model.name,"
+        "stochastic_depth.rule,stochastic_depth.final_survival,stochastic_depth.scaling tells them apart"
     ) in " ".join(proc.stdout.split())
 
 
@@ -341,6 +345,10 @@ def test_constant_depth_runs_are_one_group_whatever_their_scaling_or_mode(tmp_pa
     assert shown[["stochastic_depth.rule", "stochastic_depth.scaling"]].values.tolist() == [
         ["linear", "inverted"], ["linear", "test_time"], ["off", ""],
     ]  # fmt: skip
+    off = report.load_runs(list(tmp_path.glob("off,*"))).table  # constant depth alone: --by scaling works
+    assert report.summarize(off, epochs, ["stochastic_depth.rule", "stochastic_depth.scaling"])[
+        "seeds"
+    ].tolist() == [3]
     labels = [
         "linear · final_survival=0.5 · scaling=inverted",
         "linear · final_survival=0.5 · scaling=test_time",
@@ -486,8 +494,10 @@ def test_command_line_writes_files_that_parse_back(sweep: Path, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_runs_without_metrics_are_noted_and_draw_no_empty_figures(sweep: Path, tmp_path: Path) -> None:
+    """No completed run has a metrics.csv; the failed one does, so there are epochs, none to draw."""
     for path in sweep.glob(f"*/{runs.METRICS}"):
-        path.unlink()
+        if runs.read_result(path.parent)["status"] == "completed":
+            path.unlink()
     proc = aggregate(str(sweep), "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     note = "note: 8 completed runs without a readable metrics.csv: left out of the error curves and times"
@@ -599,11 +609,15 @@ def test_notebook_on_a_sweep_that_has_only_started(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_notebook_on_runs_without_metrics_draws_the_final_errors(sweep: Path, tmp_path: Path) -> None:
-    """No run has a metrics.csv (moved away): the table, and the one figure that needs none."""
+    """No completed run has a metrics.csv (moved away; the failed one has): the table, the one figure
+    that needs none, and the note aggregate.py prints."""
     for path in sweep.glob(f"*/{runs.METRICS}"):
-        path.unlink()
+        if runs.read_result(path.parent)["status"] == "completed":
+            path.unlink()
     outputs = run_notebook(str(sweep), tmp_path)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert "note: 8 completed runs without a readable metrics.csv" in printed
 
 
 @pytest.mark.slow
