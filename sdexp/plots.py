@@ -23,9 +23,11 @@ from sdexp.files import atomic_write
 
 FIGSIZE = (8.0, 4.5)
 DPI = 150
+LEGEND_SEP = " · "  # between the keys of a group's label in a legend
+AXIS_SEP = "\n"  # and under an x axis: a line per key, so that long labels do not overlap
 
 
-def group_labels(table: pd.DataFrame, by: Sequence[str], sep: str = " · ") -> pd.Series:
+def group_labels(table: pd.DataFrame, by: Sequence[str], sep: str = LEGEND_SEP) -> pd.Series:
     """``resnet110 · linear · final_survival=0.8``-style labels of each row's group: the keys with more
     than one value, the identity keys (:data:`~sdexp.report.IDENTITY_KEYS`) by value alone, the others
     by name too. A key some runs lack (``stochastic_depth.scaling`` at constant depth) is ``–`` there:
@@ -41,7 +43,7 @@ def group_labels(table: pd.DataFrame, by: Sequence[str], sep: str = " · ") -> p
 
 
 def _seed_epochs(
-    table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], value: str, sep: str = " · "
+    table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], value: str, sep: str
 ) -> pd.DataFrame:
     """``value`` per group label (parts joined by ``sep``), seed and epoch of the completed runs (a
     seed run twice averaged); empty where none of them has a metrics.csv."""
@@ -67,7 +69,7 @@ def error_curves(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], o
     """Test error against epoch per group: mean line and a ±1 std band over seeds (paper Fig. 3 style),
     on a log axis so that the end of training is readable (linear where an error is 0); none without
     epochs of completed runs."""
-    data = _seed_epochs(table, epochs, by, "test_error")
+    data = _seed_epochs(table, epochs, by, "test_error", LEGEND_SEP)
     if data.empty:
         return []
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
@@ -83,7 +85,7 @@ def error_curves(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], o
 def final_errors(table: pd.DataFrame, by: Sequence[str], metric: str, out: Path) -> list[Path]:
     """The reported error per group: each seed as a point, and the mean with ±1 std."""
     data = report.seed_means(table[table["status"] == "completed"], by, [metric])
-    data = data.assign(group=group_labels(data, by, "\n"))  # a line per key: long labels do not overlap
+    data = data.assign(group=group_labels(data, by, AXIS_SEP))
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     sns.stripplot(data=data, x="group", y=metric, color="0.6", ax=ax)
     sns.pointplot(data=data, x="group", y=metric, errorbar="sd", linestyle="none", capsize=0.2, ax=ax)
@@ -95,7 +97,7 @@ def final_errors(table: pd.DataFrame, by: Sequence[str], metric: str, out: Path)
 def epoch_times(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
     """Seconds per training epoch per group (stochastic vs constant depth), mean ± std over epochs; none
     without epochs of completed runs."""
-    data = _seed_epochs(table, epochs, by, "epoch_time_s", "\n")
+    data = _seed_epochs(table, epochs, by, "epoch_time_s", AXIS_SEP)
     if data.empty:
         return []
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")

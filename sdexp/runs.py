@@ -570,7 +570,7 @@ def find_run_dirs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     Raises :class:`RunFolderError` for a path that is empty or matches nothing, or when no path holds
     a run.
     """
-    found: dict[str, Path] = {}
+    found: dict[Path, Path] = {}
     empty = []
     for pattern in map(str, paths):
         if not pattern.strip():
@@ -586,7 +586,7 @@ def find_run_dirs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
         if not here:
             empty.append(pattern)
         for folder in sorted(here):
-            found.setdefault(os.path.realpath(folder), folder)
+            found.setdefault(folder.resolve(), folder)
     if not found:
         raise RunFolderError(f"{', '.join(empty)}: {NO_RUN_FOLDERS}")
     return sorted(found.values()), empty

@@ -48,6 +48,7 @@ def planned_runs(sweep_dir: Path) -> tuple[dict[str, str], set[str] | None]:
 
 
 def _but(overrides: list[str], common: set[str]) -> str:
+    """The overrides that tell a job apart: those not all the sweep's jobs share."""
     return " ".join(o for o in overrides if o not in common)
 
 
@@ -58,8 +59,8 @@ def _found_run_name(run_dir: Path, common: set[str] | None) -> str:
     if common is None:
         return run_dir.name
     try:
-        overrides = OmegaConf.load(run_dir / runs.OVERRIDES)
-    except Exception:  # none, or damaged: the folder's name will do
+        overrides = read_file(run_dir / runs.OVERRIDES, OmegaConf.load, runs.RunFolderError, "")
+    except runs.RunFolderError:  # none, or damaged: the folder's name will do
         return run_dir.name
     ok = isinstance(overrides, ListConfig) and all(isinstance(o, str) for o in overrides)
     return (_but(list(overrides), common) if ok else "") or run_dir.name

@@ -364,7 +364,7 @@ def test_labels_tell_apart_groups_a_key_some_runs_lack_splits() -> None:
     summary = pd.DataFrame([["linear", math.nan], ["linear", "inverted"], ["off", math.nan]], columns=by)
     labels = ["linear · scaling=–", "linear · scaling=inverted", "off · scaling=–"]
     assert plots.group_labels(summary, by).tolist() == labels
-    assert plots.group_labels(summary, by, "\n")[1] == "linear\nscaling=inverted"  # for an x axis
+    assert plots.group_labels(summary, by, plots.AXIS_SEP)[1] == "linear\nscaling=inverted"  # for an x axis
 
 
 def test_the_papers_number_stands_beside_test_errors_only(sweep: Path) -> None:
