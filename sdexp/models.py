@@ -2,9 +2,10 @@
 
 One builder covers both families of ``conf/model/``:
 
-- the CIFAR ResNets of He et al. (2016) §4.2 (6n+2 layers, widths 16/32/64, basic blocks) with the
-  parameter-free shortcut of the stochastic-depth paper's code: strided subsampling plus zero channels,
-  so a dropped transition block has no weights to run, only that shortcut;
+- the CIFAR ResNets of He et al. (2016) §4.2 (6n+2 layers, widths 16/32/64, basic blocks) with their
+  parameter-free shortcut (option A): strided subsampling plus zero channels, so a dropped transition
+  block has no weights to run, only that shortcut (the stochastic-depth authors' code averages each
+  2×2 window instead: README, "Where sdexp differs from the authors' code");
 - ResNet-18…152 (basic or bottleneck blocks, widths 64→512) with 1×1-conv+BN projection shortcuts at
   transitions, a 3×3 stem and no max-pool.
 """
