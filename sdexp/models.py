@@ -33,9 +33,12 @@ class Block(StrEnum):
 
 
 class Shortcut(StrEnum):
-    """The shortcut at a stage transition (``model.shortcut``): parameter-free or a 1×1 convolution."""
+    """The shortcut at a stage transition (``model.shortcut``): parameter-free, keeping every second
+    pixel (``pad``, He et al.'s option A) or averaging each 2×2 window (``avgpool``, the stochastic-depth
+    authors' code), then zero channels; or a 1×1 convolution (``projection``)."""
 
     pad = "pad"
+    avgpool = "avgpool"
     projection = "projection"
 
 
@@ -61,24 +64,26 @@ def bottleneck_residual(c_in: int, width: int, stride: int) -> nn.Sequential:
 
 
 class PadShortcut(nn.Module):
-    """Parameter-free shortcut: keep every ``stride``-th pixel and append zero channels."""
+    """Parameter-free shortcut: keep every ``stride``-th pixel (or, ``average``, the mean of each
+    ``stride``×``stride`` window) and append zero channels."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int, average: bool = False) -> None:
         super().__init__()
         self.extra_channels = c_out - c_in
         self.stride = stride
+        self.average = average
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]
+            x = F.avg_pool2d(x, self.stride) if self.average else x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels)) if self.extra_channels else x
 
 
 def _shortcut(kind: str, c_in: int, c_out: int, stride: int) -> nn.Module:
     if c_in == c_out and stride == 1:
         return nn.Identity()
-    if kind == Shortcut.pad:
-        return PadShortcut(c_in, c_out, stride)
+    if kind != Shortcut.projection:
+        return PadShortcut(c_in, c_out, stride, average=kind == Shortcut.avgpool)
     return nn.Sequential(*_conv_bn(c_in, c_out, 1, stride))
 
 

@@ -203,7 +203,7 @@ def fake_switch(graph_exec: int, node: int, enabled: bool) -> None:
 
 
 @pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("name", ["pad shortcut", "projection, bottleneck"])
+@pytest.mark.parametrize("name", ["pad shortcut", "avgpool shortcut", "projection, bottleneck"])
 def test_graph_step_trains_like_autograd(
     monkeypatch: pytest.MonkeyPatch, name: str, amp_dtype: torch.dtype | None
 ) -> None:

@@ -63,6 +63,20 @@ def test_depth_counts_blocks() -> None:
     assert len(_build("resnet152").sd_blocks) == 3 + 8 + 36 + 3
 
 
+@pytest.mark.parametrize("shortcut", ["pad", "avgpool"])
+def test_a_dropped_transition_block_is_its_shortcut(shortcut: str) -> None:
+    """``pad`` keeps every second pixel (He et al.'s option A), ``avgpool`` averages each 2×2 window (the
+    stochastic-depth authors' code); both then append zero channels, and a dropped block is that alone."""
+    cfg = compose_config(["model=resnet20", f"model.shortcut={shortcut}"])
+    model = build_model(cfg.model, cfg.stochastic_depth, 10, seed=0).train()
+    block = model.stages[1][0]  # 16 -> 32 channels, stride 2
+    x = torch.relu(torch.randn(2, 16, 8, 8))
+    block.gate = False
+    halved = torch.nn.functional.avg_pool2d(x, 2) if shortcut == "avgpool" else x[:, :, ::2, ::2]
+    assert torch.equal(block(x), torch.cat([halved, torch.zeros_like(halved)], dim=1))
+    assert _num_params(block.shortcut) == 0
+
+
 def test_cifar_shortcuts_are_parameter_free() -> None:
     model = _build("resnet56")
     for block in model.sd_blocks:

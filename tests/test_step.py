@@ -20,6 +20,12 @@ from sdexp.stochastic_depth import set_survival_probs, survival_probs
 
 TINY_MODELS = {
     "pad shortcut": {"blocks_per_stage": [2, 2, 2], "widths": [4, 8, 16], "stem_width": 4},
+    "avgpool shortcut": {
+        "blocks_per_stage": [2, 2],
+        "widths": [4, 8],
+        "stem_width": 4,
+        "shortcut": "avgpool",
+    },
     "projection, bottleneck": {
         "blocks_per_stage": [1, 2],
         "widths": [4, 8],
