@@ -3,9 +3,9 @@
 One builder covers both families of ``conf/model/``:
 
 - the CIFAR ResNets of He et al. (2016) §4.2 (6n+2 layers, widths 16/32/64, basic blocks) with their
-  parameter-free shortcut (option A): strided subsampling plus zero channels, so a dropped transition
-  block has no weights to run, only that shortcut (the stochastic-depth authors' code averages each
-  2×2 window instead: README, "Where sdexp differs from the authors' code");
+  parameter-free shortcut (option A, as most versions of the stochastic-depth authors' code): strided
+  subsampling plus zero channels, so a dropped transition block has no weights to run, only that
+  shortcut (``model.shortcut=avgpool`` averages each 2×2 window, as one version of that code does);
 - ResNet-18…152 (basic or bottleneck blocks, widths 64→512) with 1×1-conv+BN projection shortcuts at
   transitions, a 3×3 stem and no max-pool.
 """
@@ -34,8 +34,8 @@ class Block(StrEnum):
 
 class Shortcut(StrEnum):
     """The shortcut at a stage transition (``model.shortcut``): parameter-free, keeping every second
-    pixel (``pad``, He et al.'s option A) or averaging each 2×2 window (``avgpool``, the stochastic-depth
-    authors' code), then zero channels; or a 1×1 convolution (``projection``)."""
+    pixel (``pad``, He et al.'s option A) or averaging each 2×2 window (``avgpool``, as one version of
+    the stochastic-depth authors' code), then zero channels; or a 1×1 convolution (``projection``)."""
 
     pad = "pad"
     avgpool = "avgpool"

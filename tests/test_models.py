@@ -65,8 +65,8 @@ def test_depth_counts_blocks() -> None:
 
 @pytest.mark.parametrize("shortcut", ["pad", "avgpool"])
 def test_a_dropped_transition_block_is_its_shortcut(shortcut: str) -> None:
-    """``pad`` keeps every second pixel (He et al.'s option A), ``avgpool`` averages each 2×2 window (the
-    stochastic-depth authors' code); both then append zero channels, and a dropped block is that alone."""
+    """``pad`` keeps every second pixel (He et al.'s option A), ``avgpool`` averages each 2×2 window (one
+    version of the stochastic-depth authors' code); both append zero channels; a dropped block is that."""
     cfg = compose_config(["model=resnet20", f"model.shortcut={shortcut}"])
     model = build_model(cfg.model, cfg.stochastic_depth, 10, seed=0).train()
     block = model.stages[1][0]  # 16 -> 32 channels, stride 2
