@@ -48,8 +48,6 @@ def _seed_epochs(
     """``value`` per group label (parts joined by ``sep``), seed and epoch of the completed runs (a
     seed run twice averaged); empty where none of them has a metrics.csv."""
     done = table[table["status"] == "completed"]
-    if "run_dir" not in epochs.columns:  # no metrics.csv at all
-        return pd.DataFrame()
     groups = group_labels(done, by, sep)
     runs = pd.DataFrame({"group": groups, "seed": done["seed"], "run_dir": done["run_dir"]})
     data = epochs.merge(runs, on="run_dir").dropna(subset=[value])

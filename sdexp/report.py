@@ -34,6 +34,7 @@ _CONFIG_GROUPS = {"model", "dataset", "optimizer", "stochastic_depth", "trainer"
 # Always shown first, varying or not.
 IDENTITY_KEYS = ["dataset.name", "model.name", "stochastic_depth.rule"]
 PAPER_RESULTS = Path(__file__).with_name("paper_results.csv")
+EPOCH_COLUMNS = ("epoch", "test_error", "epoch_time_s")  # what the curves and times read of metrics.csv
 NOT_AT_CONSTANT_DEPTH = ("stochastic_depth.mode", "stochastic_depth.scaling")  # these do nothing there
 PAPER_METRICS = ("test_error_at_best_val", "test_error")  # what the paper's numbers can stand beside
 SAME_DIFFERENCE = 1e-9  # percentage points: paired differences closer than this do not vary
@@ -84,7 +85,7 @@ def _epochs(run_dir: Path) -> pd.DataFrame:
 
     def parse(path: Path) -> pd.DataFrame:
         epochs = pd.read_csv(io.StringIO(runs.metrics_text(path)))
-        missing = {"epoch", "test_error", "epoch_time_s"} - set(epochs.columns)
+        missing = set(EPOCH_COLUMNS) - set(epochs.columns)
         if missing:
             raise ValueError(f"no column {', '.join(sorted(missing))}")
         for column in epochs.columns:
@@ -119,7 +120,12 @@ def load_runs(paths: Sequence[str | Path]) -> Runs:
         except runs.RunFolderError as exc:
             unusable.append({"run_dir": str(run_dir), "reason": str(exc)})
     table = _null_keys_as_text(pd.DataFrame(rows))
-    epochs = pd.concat(epoch_tables, ignore_index=True) if epoch_tables else pd.DataFrame()
+    epoch_tables = [epochs for epochs in epoch_tables if len(epochs)]
+    # no metrics.csv at all: no rows, but the columns, so that what reads epochs needs no case of its own
+    none = pd.DataFrame(
+        {c: pd.Series(dtype=float) for c in EPOCH_COLUMNS} | {"run_dir": pd.Series(dtype=object)}
+    )
+    epochs = pd.concat(epoch_tables, ignore_index=True) if epoch_tables else none
     return Runs(table, epochs, pd.DataFrame(unusable, columns=["run_dir", "reason"]))
 
 
@@ -183,8 +189,7 @@ def notes(loaded: Runs, summary: pd.DataFrame, by: Sequence[str], metric: str) -
             f"{value}, as in the other runs of their group; --by {','.join([*by, key])} tells them apart"
         )
     done = loaded.table[loaded.table["status"] == "completed"]
-    with_epochs = set(loaded.epochs["run_dir"]) if len(loaded.epochs) else set()
-    if without := int((~done["run_dir"].isin(with_epochs)).sum()):
+    if without := int((~done["run_dir"].isin(loaded.epochs["run_dir"])).sum()):
         said.append(
             f"{count(without, 'completed run')} without a readable {runs.METRICS}: left out of the error "
             "curves and times per epoch"
@@ -218,7 +223,7 @@ def summarize(
     the statistics are over seeds, as ``seeds`` says (:func:`repeated_seeds` counts them)."""
     by = list(by or experiment_keys(table))
     done = table[table["status"] == "completed"].copy()
-    per_run_epoch = epochs.groupby("run_dir")["epoch_time_s"].mean() if len(epochs) else pd.Series()
+    per_run_epoch = epochs.groupby("run_dir")["epoch_time_s"].mean()
     done["epoch_time_s"] = done["run_dir"].map(per_run_epoch)
     values = list(dict.fromkeys([metric, "test_error", "train_time_s", "epoch_time_s"]))
     per_seed = seed_means(done, by, values)
