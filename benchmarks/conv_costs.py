@@ -23,6 +23,7 @@ per block; the stride-2 convolutions at stage transitions are counted as stride-
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import arg_types  # sibling scripts: benchmarks/ is on sys.path when a benchmark runs
@@ -30,12 +31,14 @@ import pandas as pd
 import torch
 from arg_types import count, listed, one_of
 from torch.nn import functional as F
-from torch.utils.benchmark import Timer
 
 from sdexp.conv import weight_grad_gemm
 from sdexp.environment import resolve_device
 from sdexp.errors import reported
 
+# torch.utils.benchmark (imported where it times) imports cpp_extension, which warns "No CUDA runtime is
+# found" on a machine without a GPU: no C++ extension is built here, so it says nothing of these timings.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
 TOLERANCE = {torch.float32: 1e-2, torch.bfloat16: 3e-2}  # cuDNN computes fp32 convolutions in TF32
@@ -59,6 +62,8 @@ def weight_grad_shifted(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor
 def part_us(fn: Callable[[], object], device: torch.device, seconds: float) -> float:
     """Median µs per call of ``fn``: on CUDA replayed as a graph of :data:`GRAPH_CALLS` calls (captured
     after warm-up calls on a side stream), elsewhere called eagerly."""
+    from torch.utils.benchmark import Timer  # after the logger above is quieted
+
     if device.type != "cuda":
         return 1e6 * Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=seconds).median
     side = torch.cuda.Stream()

@@ -28,7 +28,7 @@ from sdexp.loggers import LoggerName, WandbMode, missing_package
 from sdexp.models import Block, Shortcut
 from sdexp.optim import OptimizerName, Schedule
 from sdexp.overrides import run_name
-from sdexp.runs import flatten
+from sdexp.runs import RESUMABLE_CHANGES, flatten
 from sdexp.step import StepKind
 from sdexp.stochastic_depth import Mode, Rule, Scaling
 
@@ -126,6 +126,7 @@ def register_configs() -> None:
     and register the ``run_name`` resolver used by the output folders."""
     ConfigStore.instance().store(name="config_schema", node=Config)
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("resumable_changes", lambda: list(RESUMABLE_CHANGES), replace=True)
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
