@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ttest_rel
 
-from sdexp import runs
+from sdexp import run_folders, runs
 from sdexp.files import read_file
 from sdexp.wording import count
 
@@ -72,7 +72,7 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
     """The run's config and result as one flat row; a damaged or foreign folder raises RunFolderError."""
     result = runs.read_result(run_dir)
     runs.check_result(run_dir, result)
-    result["status"] = runs.live_status(run_dir, result)
+    result["status"] = run_folders.live_status(run_dir, result)
     outcome = {key: _hashable(value) for key, value in runs.flatten(result).items()}
     return {**config_values(runs.read_config(run_dir)), **outcome, "run_dir": str(run_dir)}
 
@@ -107,11 +107,11 @@ def load_runs(paths: Sequence[str | Path]) -> Runs:
     or not started yet), and unreadable ``metrics.csv`` files are listed in ``unusable`` with the reason
     instead."""
     rows, epoch_tables = [], []
-    run_dirs, empty = runs.find_run_dirs(paths)
-    unusable = [{"run_dir": path, "reason": runs.NO_RUN_FOLDERS} for path in empty]
+    run_dirs, empty = run_folders.find_run_dirs(paths)
+    unusable = [{"run_dir": path, "reason": run_folders.NO_RUN_FOLDERS} for path in empty]
     for run_dir in run_dirs:
         if not (run_dir / runs.RESULT).exists():
-            reason = f"no {runs.RESULT}: {runs.status_before_result(run_dir)}"
+            reason = f"no {runs.RESULT}: {run_folders.status_before_result(run_dir)}"
             unusable.append({"run_dir": str(run_dir), "reason": reason})
             continue
         try:

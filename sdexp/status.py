@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import ListConfig, OmegaConf
 
-from sdexp import runs
+from sdexp import run_folders, runs
 from sdexp.files import read_file
 from sdexp.preflight import job_folders, sweep_jobs
 from sdexp.wording import count
@@ -76,7 +76,7 @@ def run_row(run_dir: Path, shown: str | None = None) -> dict[str, Any]:
         result = runs.previous_result(run_dir)
         slurm = runs.read_slurm_job(run_dir) or {}
         if result is None:
-            status = runs.status_before_result(run_dir)
+            status = run_folders.status_before_result(run_dir)
             return {**row, "status": status, "slurm job": slurm.get("slurm_job_id")}
         runs.check_result(run_dir, result)
         epochs = _planned_epochs(run_dir)
@@ -84,7 +84,7 @@ def run_row(run_dir: Path, shown: str | None = None) -> dict[str, Any]:
     except runs.RunFolderError as exc:
         return {**row, "status": f"unreadable: {exc}"}
     done = result.get("epochs_completed", 0)
-    status = runs.live_status(run_dir, result)
+    status = run_folders.live_status(run_dir, result)
     evaluated = [m["val_error"] for m in metrics if not math.isnan(m.get("val_error", math.nan))]
     row.update(status=status, epoch=f"{done}/{epochs}", **{"slurm job": result.get("slurm_job_id")})
     if evaluated:
@@ -113,7 +113,7 @@ def sweep_status(paths: Sequence[str | Path]) -> pd.DataFrame:
     if any(not str(path).strip() for path in paths):  # Path("") would be this folder
         raise runs.RunFolderError("an empty path was given: name sweep folders or run folders")
     rows, seen, unreadable = [], set(), []
-    for path in (runs.folder_of(Path(path)) for path in paths):
+    for path in (run_folders.folder_of(Path(path)) for path in paths):
         if not path.exists():
             raise runs.RunFolderError(f"{path}: no such folder")
         try:
@@ -122,7 +122,7 @@ def sweep_status(paths: Sequence[str | Path]) -> pd.DataFrame:
             unreadable.append(exc)
             jobs, common = {}, None
         planned = {path / name: shown for name, shown in jobs.items()}
-        found = runs.run_folders_under(path)
+        found = run_folders.run_folders_under(path)
         for folder in [*planned, *sorted(found - set(planned))]:
             if folder.resolve() not in seen:
                 seen.add(folder.resolve())

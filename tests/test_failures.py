@@ -25,7 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 
 from analysis import aggregate
-from sdexp import checkpoint, errors, runs, status, train
+from sdexp import checkpoint, errors, run_folders, runs, status, train
 from sdexp.config import compose_config
 from sdexp.errors import WriteError
 from tests.conftest import ROOT, TINY, change_saved_epochs, ctrl_c_default, run_command
@@ -500,7 +500,7 @@ def test_aggregate_lists_a_path_without_runs(workspace: Path, capsys: pytest.Cap
     (workspace / "empty").mkdir()
     assert aggregate.main([str(workspace / "run"), str(workspace / "empty")]) == 0
     out = capsys.readouterr().out
-    assert "1 run in 1 group\n" in out and f"empty | {runs.NO_RUN_FOLDERS}" in out
+    assert "1 run in 1 group\n" in out and f"empty | {run_folders.NO_RUN_FOLDERS}" in out
 
 
 def test_aggregate_with_nothing_completed_says_so(workspace: Path, capsys: pytest.CaptureFixture) -> None:

@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sdexp import report, runs, status, train
+from sdexp import report, run_folders, runs, status, train
 from sdexp.config import CONF_DIR, compose_config, register_configs
 from tests.conftest import ROOT, TINY, ctrl_c_default, run_command
 
@@ -287,9 +287,9 @@ def test_a_multirun_record_that_is_not_one_is_named(sweep: Path, tmp_path: Path,
     shutil.copytree(sweep, copy)
     (copy / status.MULTIRUN).write_text(text)
     table = status.sweep_status([copy])  # the runs found are still shown
-    assert len(table) == len(runs.run_folders_under(copy)) > 0
+    assert len(table) == len(run_folders.run_folders_under(copy)) > 0
     assert [note.split(" (")[0] for note in table.attrs["notes"]] == [f"cannot read {copy / status.MULTIRUN}"]
-    for folder in runs.run_folders_under(copy):
+    for folder in run_folders.run_folders_under(copy):
         shutil.rmtree(folder)
     with pytest.raises(runs.RunFolderError, match=f"cannot read {copy / status.MULTIRUN}"):
         status.sweep_status([copy])  # nothing else to show
@@ -345,6 +345,6 @@ def test_hidden_folders_and_python_environments_are_not_searched_unless_named(
         (tmp_path / holder).mkdir(parents=True)
         (tmp_path / holder / runs.LOCK).write_text("")
     (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
-    assert runs.run_folders_under(tmp_path) == {tmp_path / "outputs" / "run"}
-    assert runs.run_folders_under(tmp_path / ".git") == {tmp_path / ".git" / "x"}  # named: searched
+    assert run_folders.run_folders_under(tmp_path) == {tmp_path / "outputs" / "run"}
+    assert run_folders.run_folders_under(tmp_path / ".git") == {tmp_path / ".git" / "x"}  # named: searched
     assert status.sweep_status([tmp_path])["run"].tolist() == ["run"]

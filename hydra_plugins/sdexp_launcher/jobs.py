@@ -21,7 +21,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
-from sdexp import runs
+from sdexp import run_folders, runs
 from sdexp.checkpoint import restore_metrics
 from sdexp.errors import SweepFailed
 from sdexp.files import file_in_the_way
@@ -119,7 +119,7 @@ def process_outcome(job: Job, code: int) -> JobReturn:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
     except ValueError:
         how = f"killed by signal {-code}"
-    said = runs.last_line(job.run_dir / runs.CONSOLE_LOG) if code > 0 else ""  # killed: an older line
+    said = run_folders.last_line(job.run_dir / runs.CONSOLE_LOG) if code > 0 else ""  # killed: an older line
     said = f" ({said})" if said.startswith("error: ") else ""  # run.py's one line on a failure it expects
     log.error("#%d failed (%s): %s", job.idx, how, job.shown)
     return job_return(job, f"{how}{said}; see {job.run_dir / runs.CONSOLE_LOG}")
