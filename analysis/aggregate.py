@@ -63,8 +63,10 @@ def _check_keys(table: pd.DataFrame, by: list[str], metric: str) -> None:
 
 
 def _write_outputs(out: Path, loaded: report.Runs, summary: pd.DataFrame, shown: pd.DataFrame,
-                   by: list[str], metric: str) -> list[str]:  # fmt: skip
-    """The tables and figures, each written atomically; the names written."""
+                   by: list[str], metric: str) -> tuple[list[str], list[str]]:  # fmt: skip
+    """The tables and figures, each written atomically: the names written, and those of an earlier
+    report's figures removed because they are not drawn this time (no epochs to draw), so that the
+    folder holds one report."""
     texts = {
         "summary.csv": summary.to_csv(index=False),
         "runs.csv": loaded.table.to_csv(index=False),
@@ -77,7 +79,12 @@ def _write_outputs(out: Path, loaded: report.Runs, summary: pd.DataFrame, shown:
     figures = plots.final_errors(loaded.table, by, metric, out)
     figures += plots.error_curves(loaded.table, loaded.epochs, by, out)
     figures += plots.epoch_times(loaded.table, loaded.epochs, by, out)
-    return [*texts, *(p.name for p in figures)]
+    stale = [
+        p for name in plots.FIGURES for p in plots.figure_files(out, name) if p not in figures and p.exists()
+    ]
+    for path in stale:
+        path.unlink()
+    return [*texts, *(p.name for p in figures)], [p.name for p in stale]
 
 
 def _check_out(out: str) -> None:
@@ -133,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             f"\nCould not use ({len(loaded.unusable)}):\n\n{render(loaded.unusable, args.format)}", file=info
         )
     if args.out and len(completed):
-        written = _write_outputs(Path(args.out), loaded, summary, shown, by, args.metric)
+        written, removed = _write_outputs(Path(args.out), loaded, summary, shown, by, args.metric)
         print(f"\nwrote {args.out}/: {' '.join(written)}", file=info)
+        if removed:
+            print(f"removed an earlier report's {' '.join(removed)} (not drawn this time)", file=info)
     elif args.out:
         print(f"\nwrote nothing to {args.out}/: no run has completed yet", file=info)
     return 0

@@ -23,6 +23,8 @@ from sdexp.files import atomic_write
 
 FIGSIZE = (8.0, 4.5)
 DPI = 150
+FORMATS = ("png", "pdf")
+FINAL_ERROR, ERROR_CURVES, EPOCH_TIME = FIGURES = ("final_error", "test_error_curves", "epoch_time")  # names
 LEGEND_SEP = " · "  # between the keys of a group's label in a legend
 AXIS_SEP = "\n"  # and under an x axis: a line per key, so that long labels do not overlap
 
@@ -54,9 +56,14 @@ def _seed_epochs(
     return data.groupby(["group", "seed", "epoch"], as_index=False)[value].mean()
 
 
+def figure_files(out: Path, name: str) -> list[Path]:
+    """The files of figure ``name`` (one of :data:`FIGURES`) in ``out``, one per format."""
+    return [out / f"{name}.{suffix}" for suffix in FORMATS]
+
+
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    paths = figure_files(out, name)
     for path in paths:
         atomic_write(path, lambda tmp, path=path: fig.savefig(tmp, dpi=DPI, format=path.suffix[1:]))
     plt.close(fig)
@@ -77,7 +84,7 @@ def error_curves(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], o
     ax.set(yscale=scale, xlabel="epoch", ylabel="test error (%)", title="Test error during training")
     for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
         axis(ticker.FormatStrFormatter("%g"))  # plain numbers on the log axis
-    return _save(fig, out, "test_error_curves")
+    return _save(fig, out, ERROR_CURVES)
 
 
 def final_errors(table: pd.DataFrame, by: Sequence[str], metric: str, out: Path) -> list[Path]:
@@ -89,7 +96,7 @@ def final_errors(table: pd.DataFrame, by: Sequence[str], metric: str, out: Path)
     sns.pointplot(data=data, x="group", y=metric, errorbar="sd", linestyle="none", capsize=0.2, ax=ax)
     label = report.metric_label(metric).replace("_", " ").replace(" %", " (%)")
     ax.set(xlabel="", ylabel=label, title=f"Final {metric.replace('_', ' ')} over seeds")
-    return _save(fig, out, "final_error")
+    return _save(fig, out, FINAL_ERROR)
 
 
 def epoch_times(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
@@ -101,4 +108,4 @@ def epoch_times(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], ou
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     sns.barplot(data=data, x="group", y="epoch_time_s", errorbar="sd", ax=ax)
     ax.set(xlabel="", ylabel="seconds per epoch", title="Training time per epoch")
-    return _save(fig, out, "epoch_time")
+    return _save(fig, out, EPOCH_TIME)

@@ -485,7 +485,7 @@ def test_command_line_writes_files_that_parse_back(sweep: Path, tmp_path: Path) 
     assert len(pd.read_csv(out / "runs.csv")) == 10 and len(pd.read_csv(out / "epochs.csv")) == 30
     assert "\\begin{tabular}" in (out / "summary.tex").read_text()
     width, height = (round(v * plots.DPI) for v in plots.FIGSIZE)
-    for name in ("final_error", "test_error_curves", "epoch_time"):
+    for name in plots.FIGURES:
         with Image.open(out / f"{name}.png") as image:
             assert image.size == (width, height)
             assert len(np.unique(np.asarray(image.convert("L")))) > 10  # something is drawn
@@ -494,7 +494,9 @@ def test_command_line_writes_files_that_parse_back(sweep: Path, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_runs_without_metrics_are_noted_and_draw_no_empty_figures(sweep: Path, tmp_path: Path) -> None:
-    """No completed run has a metrics.csv; the failed one does, so there are epochs, none to draw."""
+    """No completed run has a metrics.csv; the failed one does, so there are epochs, none to draw. An
+    earlier report's figures in the same --out are removed, not left to be read as this one's."""
+    assert aggregate(str(sweep), "--out", str(tmp_path / "out")).returncode == 0  # every figure
     for path in sweep.glob(f"*/{runs.METRICS}"):
         if runs.read_result(path.parent)["status"] == "completed":
             path.unlink()
@@ -502,7 +504,10 @@ def test_runs_without_metrics_are_noted_and_draw_no_empty_figures(sweep: Path, t
     assert proc.returncode == 0, proc.stderr
     note = "note: 8 completed runs without a readable metrics.csv: left out of the error curves and times"
     assert note in proc.stdout
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["final_error.png"]
+    figures = sorted(p.name for p in (tmp_path / "out").glob("*.p[nd][gf]"))
+    assert figures == ["final_error.pdf", "final_error.png"]
+    removed = "test_error_curves.png test_error_curves.pdf epoch_time.png epoch_time.pdf"
+    assert f"removed an earlier report's {removed} (not drawn this time)" in proc.stdout
 
 
 @pytest.mark.slow
