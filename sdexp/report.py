@@ -247,7 +247,8 @@ def summarize(
     unfinished = table[table["status"] != "completed"]
     counts = unfinished.groupby(by, dropna=False).size().rename("not_completed").reset_index()
     summary = summary.merge(counts, on=by, how="outer").fillna({"not_completed": 0, "seeds": 0})
-    summary = summary.astype({"not_completed": int, "seeds": int})
+    # counts as integers; pairs blank where there is no pairing (constant depth; no rule in `by`)
+    summary = summary.astype({"not_completed": int, "seeds": int, "pairs": "Int64"})
     summary["fewer_seeds"] = summary["seeds"].between(1, summary["seeds"].max() - 1)  # 0: nothing to flag
     return summary
 

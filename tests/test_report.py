@@ -101,7 +101,7 @@ def test_summary_statistics_are_exact(sweep: Path) -> None:
         0.2886751, abs=1e-6
     )
     assert linear["p_value"] == pytest.approx(0.03775, abs=1e-4)
-    assert uniform["pairs"] == 2 and math.isnan(off["pairs"])
+    assert uniform["pairs"] == 2 and pd.isna(off["pairs"])
     assert linear["time_ratio"] == pytest.approx(0.75) and linear["epoch_time_ratio"] == pytest.approx(0.75)
     assert off["paper_test_error"] == 6.41 and linear["paper_test_error"] == 5.25
     assert math.isnan(uniform["paper_test_error"])
@@ -482,6 +482,8 @@ def test_command_line_writes_files_that_parse_back(sweep: Path, tmp_path: Path) 
     assert "| test_error_at_best_val %" in proc.stdout  # errors are in percent
     summary = pd.read_csv(out / "summary.csv").set_index("stochastic_depth.rule")
     assert summary.loc["linear", "mean"] == pytest.approx(17 / 3)
+    counts = pd.read_csv(out / "summary.csv", dtype=str, keep_default_na=False)[["seeds", "pairs"]]
+    assert counts.to_numpy().tolist() == [["3", "3"], ["3", ""], ["2", "2"]]  # integers; no pairs: blank
     assert len(pd.read_csv(out / "runs.csv")) == 10 and len(pd.read_csv(out / "epochs.csv")) == 30
     assert "\\begin{tabular}" in (out / "summary.tex").read_text()
     width, height = (round(v * plots.DPI) for v in plots.FIGSIZE)
