@@ -6,10 +6,11 @@ themselves live in the YAML files under ``conf/``. :func:`validate` then checks 
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,7 @@ def _positive_ints(v: Any) -> bool:
 
 
 def _milestones(v: Any) -> bool:
-    return all(0 < m <= 1 for m in v) and list(v) == sorted(v)
+    return all(0 < m <= 1 for m in v) and all(a < b for a, b in itertools.pairwise(v))
 
 
 DEVICES = r"auto|cpu|cuda(:\d+)?|mps"  # trainer.device (and the benchmarks' --device)
@@ -223,7 +224,8 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
     or whose value is outside its allowed range. ``this_host=False`` leaves out whether this machine
     has the device asked for: for sweeps whose jobs run on other machines (a SLURM sweep submitted from
     a login node without a GPU), where each job checks its own node as it starts."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    removed = [f.name for f in fields(Config) if f.name not in cfg]  # ~seed
+    missing = sorted(OmegaConf.missing_keys(cfg)) or removed
     if missing:
         group = missing[0].split(".")[0]
         options = group_options(group)
@@ -276,6 +278,12 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
         raise ConfigError("trainer.cuda_graphs=true needs a CUDA device: set trainer.cuda_graphs=false")
     if cfg.trainer.step in (StepKind.segments, StepKind.graph):
         _check_segments(cfg, no_cuda)
+    opt = cfg.optimizer
+    if opt.schedule == Schedule.multistep and opt.milestones and opt.gamma == 1:
+        raise ConfigError(
+            f"optimizer.schedule=multistep with optimizer.gamma=1 leaves the rate as it is at the milestones "
+            f"{list(opt.milestones)}: set optimizer.gamma (the paper's: 0.1)"
+        )
     if cfg.optimizer.nesterov and (cfg.optimizer.momentum == 0 or cfg.optimizer.dampening != 0):
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0")
 

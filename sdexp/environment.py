@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from sdexp.wording import count
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when available, else the CPU."""
@@ -90,7 +92,7 @@ def git_revision() -> str | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({platform.machine()}, {count(torch.get_num_threads(), 'thread')})"
 
 
 def peak_gpu_memory_gib(device: torch.device) -> float | None:

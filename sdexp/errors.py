@@ -156,9 +156,13 @@ def _config_message(exc: Exception) -> str:
     if isinstance(exc, ConfigCompositionException) and override and str(exc).startswith("Could not append"):
         return f"{override}: {override[1:].partition('=')[0]} is in the config already: set it without the +"
     added = _group_added_twice(exc)
-    if added is not None:  # +model=resnet56, where model has its default option
+    if len(added) > 1:  # +sweep=paper_cifar10 +sweep=paper_svhn
+        twice = "is given twice: give it once" if len(set(added)) == 1 else "takes one option: give one"
+        return f"{' and '.join(dict.fromkeys(added))}: {added[0][1:].partition('=')[0]} {twice}"
+    if added:  # +model=resnet56, where model has its default option
         return (
-            f"{added}: {added[1:].partition('=')[0]} has an option already: write {added[1:]}, without the +"
+            f"{added[0]}: {added[0][1:].partition('=')[0]} has an option already: write {added[0][1:]}, "
+            "without the +"
         )
     ambiguous = _AMBIGUOUS.match(str(exc))
     if ambiguous:  # Hydra's own advice follows on lines of its own, with "--multirun"
@@ -201,12 +205,13 @@ _AMBIGUOUS = re.compile(r"Ambiguous value for argument '(.*)'$", re.MULTILINE)
 _GROUP_TWICE = re.compile(r"Multiple values for (\S+)\.|(\S+) appears more than once in the final defaults")
 
 
-def _group_added_twice(exc: BaseException) -> str | None:
-    """``+group=option`` from the command line where ``exc`` is Hydra's error for a group given twice (its
-    advice, ``override group: ...``, is for a YAML defaults list); else None."""
+def _group_added_twice(exc: BaseException) -> list[str]:
+    """Each ``+group=option`` of the command line where ``exc`` is Hydra's error for a group given twice
+    (its advice, ``override group: ...``, is for a YAML defaults list): one where the group has its
+    default option, two where the command adds it twice; else none."""
     found = _GROUP_TWICE.match(str(exc)) if isinstance(exc, ConfigCompositionException) else None
     group = found and (found.group(1) or found.group(2))
-    return next((arg for arg in sys.argv[1:] if group and arg.startswith(f"+{group}=")), None)
+    return [arg for arg in sys.argv[1:] if group and arg.startswith(f"+{group}=")]
 
 
 def _a_file_in_the_way(exc: BaseException) -> bool:
@@ -250,11 +255,12 @@ def message(exc: BaseException) -> tuple[str, int]:
 
 
 @contextlib.contextmanager
-def reported(prints_output: bool = False) -> Iterator[None]:
+def reported(prints_output: bool = False, in_callback: bool = False) -> Iterator[None]:
     """Turn any exception raised inside into one line on stderr and ``sys.exit`` with its status
     (see :func:`message`); with ``SDEXP_TRACEBACK=1`` the exception is raised as it is.
     ``prints_output``: the command's product is what it prints, so a broken pipe means its reader
-    left early, and it ends quietly."""
+    left early, and it ends quietly. ``in_callback``: inside a Hydra callback, which would turn the
+    exception into a warning and go on, so the traceback is printed and the command ends all the same."""
     try:
         yield
     except (SystemExit, GeneratorExit):
@@ -263,8 +269,10 @@ def reported(prints_output: bool = False) -> Iterator[None]:
         if prints_output and isinstance(exc, BrokenPipeError):  # its reader left (``... | head``)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             sys.exit(BROKEN_PIPE)  # quietly, as Unix tools do
-        if tracebacks_wanted():
+        if tracebacks_wanted() and not in_callback:
             raise
+        if tracebacks_wanted():
+            traceback.print_exc()
         line, code = message(exc)
         if getattr(exc, "in_run_log", True):
             failure_log.error("%s", line, exc_info=None if isinstance(exc, EXPLAINED) else exc)

@@ -19,22 +19,35 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hydra import compose
+from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import get_overrides_dirname  # Hydra's own folder naming
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from sdexp.config import ConfigError, group_options, register_configs, validate
+from sdexp.config import CONF_DIR, ConfigError, group_options, register_configs, validate
 from sdexp.errors import SdexpError, first_line, reported
 from sdexp.files import describe, file_in_the_way, why_unwritable
 from sdexp.overrides import quote_override
 
 log = logging.getLogger(__name__)
+
+
+def parse_overrides(overrides: list[str]) -> list[Override]:
+    """Hydra's reading of command-line overrides, with a config loader (the app's where Hydra runs, else
+    one of ``conf/``): a sweep over a group's options by pattern (``-m 'model=glob(resnet2*)'``) lists
+    them through it."""
+    hydra = GlobalHydra.instance()
+    if hydra.is_initialized():
+        return OverridesParser.create(config_loader=hydra.config_loader()).parse_overrides(overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return parse_overrides(overrides)
 
 
 def _validate(config: DictConfig, this_host: bool = True) -> None:
@@ -69,7 +82,7 @@ def _as_the_override(job: DictConfig, exc: OmegaConfBaseException) -> Exception:
     """``exc``, raised while naming the run folder, as an error of the override that caused it: the
     folder is named from the overrides, and resolving the name resolves a ``${...}`` in them
     (``seed=${nowhere}``), so the error would otherwise name ``hydra.run.dir``."""
-    for override in OverridesParser.create().parse_overrides(typed(job)):
+    for override in parse_overrides(typed(job)):
         if "${" in override.input_line:
             try:
                 OmegaConf.select(job, override.key_or_group, throw_on_resolution_failure=True)
@@ -125,7 +138,7 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     basic sweeper expands them."""
     params = config.hydra.sweeper.get("params") or {}  # resolved, as Hydra's sweeper reads them
     arguments = [f"{key}={value}" for key, value in params.items()] + typed(config)
-    overrides = OverridesParser.create().parse_overrides(arguments)
+    overrides = parse_overrides(arguments)
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
@@ -135,13 +148,12 @@ def job_folders(config: DictConfig, jobs: list[list[str]]) -> list[str]:
     ``override_dirname.exclude_keys``), as Hydra's launchers set them."""
     register_configs()  # the run_name resolver of conf/config.yaml's subdir
     exclude = list(config.hydra.job.config.override_dirname.exclude_keys)
-    parse = OverridesParser.create().parse_overrides
     job, names = copy.deepcopy(config), []
     with read_write(job.hydra), open_dict(job.hydra):
         for idx, overrides in enumerate(jobs):
             job.hydra.job.num = job.hydra.job.id = idx
             job.hydra.job.override_dirname = get_overrides_dirname(
-                parse(overrides), exclude, item_sep=",", kv_sep="="
+                parse_overrides(overrides), exclude, item_sep=",", kv_sep="="
             )
             names.append(str(job.hydra.sweep.subdir))
     return names
@@ -175,10 +187,31 @@ def _check_folders_differ(config: DictConfig, jobs: list[list[str]], shown: list
         first[folder] = idx
 
 
+def warn_of_keys_given_twice(overrides: list[str]) -> None:
+    """Say so where a key or group is given twice (``seed=1 seed=2``): Hydra takes the last (which lets a
+    script's own overrides follow a shared list), but a typo looks the same, and the run folder is named
+    by both."""
+    given: dict[str, str] = {}
+    for override in parse_overrides(overrides):
+        key, line = override.key_or_group, override.input_line
+        if key in given:
+            log.warning("%s is given twice (%s, then %s): the last counts", key, given[key], line)
+        given[key] = line
+
+
+def check_hydra_groups(config: DictConfig) -> None:
+    """Refuse ``hydra.launcher=local`` (a dot for the slash of ``hydra/launcher=local``), which puts a
+    word where Hydra keeps the launcher's (or sweeper's) settings."""
+    for group in ("launcher", "sweeper"):
+        value = config.hydra.get(group)
+        if not isinstance(value, DictConfig):
+            raise ConfigError(f"hydra.{group}={value}: choose the {group} with hydra/{group}={value}")
+
+
 def check_one_option_per_group(overrides: list[str]) -> None:
     """Refuse a list of options for a config group (``model=[resnet20,resnet32]``): Hydra would merge
     them all into one config, the last one's values winning, and train that one run."""
-    for override in OverridesParser.create().parse_overrides(overrides):
+    for override in parse_overrides(overrides):
         group, value = override.key_or_group, override.value()
         options = group_options(group)
         if isinstance(value, list) and options:
@@ -196,6 +229,13 @@ def check_sweep_jobs(config: DictConfig, config_name: str | None) -> None:
     the job."""
     here = jobs_run_here(config)
     jobs = sweep_jobs(config)
+    presets = list(dict.fromkeys(o for job in jobs for o in job if o.lstrip("+").startswith("sweep=")))
+    if len(presets) > 1:
+        raise ConfigError(
+            f"{', '.join(presets)}: each sweep preset is a grid of its own, which a sweep over presets does "
+            f"not expand (its jobs would train the default seed and rule only): run one per command, "
+            f"-m {presets[0]}, then -m {presets[1]}"
+        )
     if len(jobs) > 1:
         log.info("checking the configs of %d jobs", len(jobs))
     swept = {o.split("=")[0] for o in itertools.chain(*jobs) if sum(o in job for job in jobs) < len(jobs)}
@@ -244,7 +284,7 @@ def check_not_a_lone_sweep(config: DictConfig) -> None:
     giving its swept keys: it would train one run with default values instead of the grid. (A sweep's
     job run by the local launcher gives them all.)"""
     params = config.hydra.sweeper.get("params") or {}
-    given = {o.key_or_group for o in OverridesParser.create().parse_overrides(typed(config))}
+    given = {o.key_or_group for o in parse_overrides(typed(config))}
     unset = [key for key in params if key not in given]
     if unset:
         raise ConfigError(
@@ -257,10 +297,9 @@ def check_debug_after_sweep(config: DictConfig) -> None:
     """Refuse ``+debug=`` before ``+sweep=`` on the command line unless it names ``hydra.sweep.dir``:
     the later preset's folder wins, so the sweep's own folder would hold the debug runs, and aggregate
     would count them."""
-    parse = OverridesParser.create().parse_overrides
-    if "hydra.sweep.dir" in {o.key_or_group for o in parse(typed(config, "hydra"))}:
+    if "hydra.sweep.dir" in {o.key_or_group for o in parse_overrides(typed(config, "hydra"))}:
         return  # the user's folder
-    given = {o.key_or_group: o.input_line for o in parse(typed(config))}
+    given = {o.key_or_group: o.input_line for o in parse_overrides(typed(config))}
     order = list(given)
     if "debug" in given and "sweep" in given and order.index("debug") < order.index("sweep"):
         raise ConfigError(
@@ -272,10 +311,12 @@ def check_debug_after_sweep(config: DictConfig) -> None:
 class Preflight(Callback):
     """Validate the config and check the run (or sweep) folder is writable."""
 
-    # Hydra turns a callback's exception into a warning and goes on, so each check ends the command here.
+    # Hydra turns a callback's exception into a warning and goes on, so each check ends the command here
+    # (also with SDEXP_TRACEBACK=1, after the traceback).
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        with reported():
+        with reported(in_callback=True):
+            warn_of_keys_given_twice(typed(config))
             check_one_option_per_group(typed(config))
             check_not_a_lone_sweep(config)
             with hydra_config_of(copy.deepcopy(config)):  # the folder's name may read ${hydra:...}
@@ -283,7 +324,9 @@ class Preflight(Callback):
                 _check_writable(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        with reported():
+        with reported(in_callback=True):
+            check_hydra_groups(config)
+            warn_of_keys_given_twice(typed(config))
             check_debug_after_sweep(config)
             with hydra_config_of(copy.deepcopy(config), 0):
                 _validate(config, jobs_run_here(config))

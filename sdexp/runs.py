@@ -66,8 +66,9 @@ FINAL_ERRORS = ("best_val_error", "test_error_at_best_val", "test_error")
 OTHER_FOLDER = "another folder (hydra.run.dir=...; in a sweep, hydra.sweep.dir=...)"  # advice in errors
 STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
 FINISHED = ("completed", "diverged")  # rerunning gives the same outcome, so a rerun skips these
-# Keys that may change between a run and its resumption: they do not change the results. Hydra leaves
-# the same keys out of run-folder names (conf/config.yaml: override_dirname.exclude_keys).
+# Keys that may change between a run and its resumption: they change how it is computed (the order of
+# sums, the workers' augmentation streams), not the experiment. Hydra leaves the same keys out of
+# run-folder names (conf/config.yaml: override_dirname.exclude_keys).
 RESUMABLE_CHANGES = (
     "trainer.progress",
     "trainer.device",

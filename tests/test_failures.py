@@ -138,6 +138,28 @@ RUN_PY = [
     Case("null number", nothing, ["optimizer.lr=null"], 2, "optimizer.lr=null is not allowed: give a number"),
     Case("group removed", nothing, ["~logger"], 2, "no logger chosen: add logger=... to the command"),
     Case("value left missing", nothing, ["seed=???"], 2, "seed must be given: add seed=... to the command"),
+    Case("key removed", nothing, ["~seed"], 2, "seed must be given: add seed=... to the command"),
+    Case(
+        "a preset added twice",
+        nothing,
+        ["-m", "+sweep=paper_cifar10", "+sweep=paper_svhn"],
+        2,
+        "+sweep=paper_cifar10 and +sweep=paper_svhn: sweep takes one option: give one",
+    ),
+    Case(
+        "multistep that never steps",
+        nothing,
+        ["optimizer=sgd_cosine", "optimizer.schedule=multistep", "optimizer.milestones=[0.5]"],
+        2,
+        "schedule=multistep with optimizer.gamma=1 leaves the rate",
+    ),
+    Case(
+        "milestones repeated",
+        nothing,
+        ["optimizer.milestones=[0.5,0.5]"],
+        2,
+        "optimizer.milestones=[0.5, 0.5] is not allowed: increasing fractions",
+    ),
     Case("group key left missing", nothing, ["model.name=???"], 2, "model.name must be given: add model."),
     Case("group without name removed", nothing, ["~stochastic_depth"], 2, "no stochastic_depth chosen: add"),
     Case("list of one option", nothing, ["model=[resnet20]"], 2, "takes one option; write model=resnet20"),
@@ -334,6 +356,22 @@ RUN_PY = [
         for name, key, says in (
             ("GPU ids not a list", "hydra.launcher.gpus=0", "hydra.launcher.gpus=0 is not allowed: a list"),
             ("unknown launcher key", "+hydra.launcher.foo=1", "hydra.launcher.foo is not a config key;"),
+            ("GPU listed twice", "hydra.launcher.gpus=[0,0]", "hydra.launcher.gpus=[0, 0] lists a GPU twice"),
+        )
+    ),
+    *(
+        Case(name, nothing, ["-m", *args, "hydra.sweep.dir=sweep"], 2, says, then=no_folder_made)
+        for name, args, says in (
+            (
+                "a dot for the launcher's slash",
+                ["hydra.launcher=local", "seed=0,1"],
+                "hydra.launcher=local: choose the launcher with hydra/launcher=local",
+            ),
+            (
+                "a sweep over sweep presets",
+                ["+sweep=paper_cifar10,paper_svhn"],
+                "+sweep=paper_cifar10, +sweep=paper_svhn: each sweep preset is a grid of its own",
+            ),
         )
     ),
     Case(
@@ -548,6 +586,19 @@ def test_a_full_disk_during_a_checkpoint_is_one_line(tmp_path: Path, monkeypatch
     assert "result.json could not record it either" in line
     assert "the last checkpoint is intact: run the same command again to resume from it" in line
     assert (tmp_path / "run" / runs.CHECKPOINT).read_bytes() == before
+
+
+def test_tracebacks_asked_for_leave_the_checks_before_a_sweep_on(tmp_path: Path) -> None:
+    """With SDEXP_TRACEBACK=1 a refused sweep prints the traceback and is refused all the same (Hydra
+    would turn the check's exception into a warning and start the jobs)."""
+    command = [sys.executable, str(ROOT / "run.py"), "-m", *TINY, "stochastic_depth.final_survival=0.5,1.5",
+               "hydra.sweep.dir=sweep"]  # fmt: skip
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SDEXP_TRACEBACK": "1"})  # fmt: skip
+    assert proc.returncode == 2 and "Traceback (most recent call last)" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: stochastic_depth.final_survival=1.5 is not") and "in job #1" in last
+    assert not (tmp_path / "sweep").exists()
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import signal
 import socket
 import stat
@@ -18,13 +19,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from hydra_plugins.sdexp_launcher import mps
 from hydra_plugins.sdexp_launcher.jobs import Job, process_outcome, refuse_busy, run_state
 from hydra_plugins.sdexp_launcher.local_launcher import LocalLauncher, slot_environments, visible_gpus
 from hydra_plugins.sdexp_launcher.packed import PackedTask, run_environments
-from hydra_plugins.sdexp_launcher.slurm_launcher import SlurmLauncher
+from hydra_plugins.sdexp_launcher.slurm_launcher import SlurmLauncher, check_settings
 from sdexp import runs, train
 from sdexp.config import compose_config
 from sdexp.errors import SdexpError, Terminated
@@ -49,7 +51,7 @@ def test_jobs_run_two_at_a_time_and_a_rerun_skips_them(tmp_path: Path) -> None:
     for path in results:
         result = json.loads(path.read_text())
         assert result["status"] == "completed"
-        assert result["device_name"].endswith("1 threads)")  # 2 cores shared by 2 workers
+        assert result["device_name"].endswith("1 thread)")  # 2 cores shared by 2 workers
         assert (path.parent / runs.CONSOLE_LOG).is_file()
     names = [p.parent.name for p in results]  # named from each job's overrides
     for seed in (0, 1):
@@ -248,9 +250,14 @@ def test_two_runs_share_one_gpu_under_the_sweeps_mps(tmp_path: Path) -> None:
     assert len(list((tmp_path / "sweep").glob("*/result.json"))) == 2
 
 
-def test_visible_gpus_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_visible_gpus_are_the_listed_ones_that_are_there(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert visible_gpus() == ["2", "5"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # CUDA counts up to the first not there
+    assert visible_gpus() == ["2"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a machine without GPUs: CPU workers
+    assert visible_gpus() == []
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert visible_gpus() == []
 
@@ -476,3 +483,15 @@ def test_a_job_asks_for_sigterm_at_its_launchers_end(launcher: str | None, code:
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == code, proc.stderr
+
+
+def test_slurm_settings_are_checked_before_anything_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What submitit or sbatch would refuse only once the sweep folder is written."""
+    with pytest.raises(SdexpError, match=r"hydra\.launcher\.foo is not a config key: conf/hydra/launcher"):
+        check_settings({"foo": 1})
+    check_settings({"mail_user": "me@example.org"})  # any of submitit's SLURM settings
+    with pytest.raises(SdexpError, match=r"hydra\.launcher\.cpus_per_task=0 is not allowed: an integer >= 1"):
+        check_settings({"cpus_per_task": 0})
+    monkeypatch.setattr(shutil, "which", lambda _: None)
+    with pytest.raises(SdexpError, match="sbatch, which is not on PATH here: start the sweep on the cluster"):
+        check_settings({})

@@ -14,7 +14,7 @@ from sdexp import config as config_module
 from sdexp import runs, train
 from sdexp.config import CONF_DIR, ConfigError, compose_config, register_configs, validate
 from sdexp.optim import build_optimizer
-from sdexp.preflight import check_debug_after_sweep, sweep_jobs
+from sdexp.preflight import check_debug_after_sweep, sweep_jobs, warn_of_keys_given_twice
 from sdexp.report import NOT_EXPERIMENT_KEYS, config_values, paper_number, paper_results
 from tests.conftest import ROOT, run_py
 
@@ -95,6 +95,22 @@ def _hydra_config(overrides: list[str]) -> dict:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def test_a_key_given_twice_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    warn_of_keys_given_twice(["seed=1", "model=resnet20", "seed=2"])
+    assert caplog.messages == ["seed is given twice (seed=1, then seed=2): the last counts"]
+
+
+def test_a_sweep_over_options_by_pattern_lists_the_matching_options() -> None:
+    """``-m 'model=glob(resnet1*)'``: Hydra lists the group's options through a config loader, which the
+    checks before a sweep (and status.py, outside Hydra) must give it."""
+    cfg = _hydra_config([])
+    cfg.hydra.overrides.task = ["model=glob(resnet1*)", "seed=0,1"]
+    models = {job[0] for job in sweep_jobs(cfg)}
+    assert models == {f"model={name}" for name in ("resnet101", "resnet110", "resnet1202", "resnet152",
+                                                    "resnet152_cifar", "resnet18")}  # fmt: skip
+    assert len(sweep_jobs(cfg)) == 12
 
 
 @pytest.mark.parametrize("name", PAPER)

@@ -76,7 +76,7 @@ def test_two_by_two_sweep_completes_records_job_ids_and_a_rerun_submits_nothing(
     done = results(tmp_path / "sweep")
     assert len(done) == 4
     assert all(r["status"] == "completed" for r in done.values())
-    assert all(r["device_name"].endswith(", 1 threads)") for r in done.values())  # cpus_per_task=1
+    assert all(r["device_name"].endswith(", 1 thread)") for r in done.values())  # cpus_per_task=1
     job_ids = {r["slurm_job_id"] for r in done.values()}
     assert len(job_ids) == 4 and None not in job_ids
     assert sorted((r["seed"], r["stochastic_depth"]) for r in done.values()) == [
@@ -249,7 +249,7 @@ def test_runs_per_task_packs_two_runs_into_each_task_and_a_rerun_submits_nothing
     assert "4 runs: 4 new, 0 resumed, 0 skipped (finished before); 0 failed" in proc.stdout
     done = results(tmp_path / "sweep")
     assert len(done) == 4 and all(r["status"] == "completed" for r in done.values())
-    assert all(r["device_name"].endswith(", 1 threads)") for r in done.values())  # 2 CPUs, 2 runs
+    assert all(r["device_name"].endswith(", 1 thread)") for r in done.values())  # 2 CPUs, 2 runs
     tasks: dict[str, set[str]] = {}
     for name, result in done.items():
         tasks.setdefault(result["slurm_job_id"], set()).add(name)

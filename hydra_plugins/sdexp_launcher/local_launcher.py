@@ -52,13 +52,15 @@ STOPPED_BY = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal
 
 
 def visible_gpus() -> list[str]:
-    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else every device torch sees."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [g for g in listed.split(",") if g.strip()]
+    """GPU ids this process may use: those of ``CUDA_VISIBLE_DEVICES`` that are there (CUDA counts them
+    up to the first that is not: none on a machine without GPUs), else every device torch sees."""
     import torch
 
-    return [str(i) for i in range(torch.cuda.device_count())]
+    there = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip()][:there]
+    return [str(i) for i in range(there)]
 
 
 def slot_environments(
@@ -102,6 +104,11 @@ class LocalLauncher(Launcher):
                 or not all(str(g).isdigit() for g in gpus)
             ):
                 raise SdexpError(f"hydra.launcher.gpus={gpus} is not allowed: a list of GPU ids, e.g. [0,2]")
+            if len(set(map(str, gpus))) < len(gpus):
+                raise SdexpError(
+                    f"hydra.launcher.gpus={gpus} lists a GPU twice: list each once, and set "
+                    "hydra.launcher.runs_per_gpu for several jobs on one GPU"
+                )
             unknown = [str(g) for g in gpus if str(g) not in visible_gpus()]
             if unknown:
                 raise SdexpError(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -37,8 +38,9 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.sdexp_launcher.jobs import Job, end_sweep, finished, job_return, plan_jobs, settled
 from hydra_plugins.sdexp_launcher.packed import PackedTask
+from hydra_plugins.sdexp_launcher.slurm_config import SlurmConf
 from sdexp import runs
-from sdexp.errors import SdexpError
+from sdexp.errors import SdexpError, first_line
 from sdexp.wording import count
 
 if TYPE_CHECKING:
@@ -47,11 +49,38 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# Settings with a lower bound (the preset's schema fixes their types): sbatch would refuse the array.
+AT_LEAST = {"runs_per_task": 1, "cpus_per_task": 1, "gpus_per_node": 0, "mem_gb": 1, "timeout_min": 1,
+            "nodes": 1, "tasks_per_node": 1, "array_parallelism": 1, "max_num_timeout": 0,
+            "signal_delay_s": 0}  # fmt: skip
+
+
+def check_settings(params: dict[str, Any]) -> None:
+    """Refuse a key that neither the preset nor submitit's SLURM executor knows (added with
+    ``+hydra.launcher.<key>=``), a setting below its bound (:data:`AT_LEAST`), and a machine without
+    ``sbatch``: before Hydra writes anything into the sweep folder, where submitit would fail later."""
+    from submitit.slurm.slurm import SlurmExecutor  # late, as in _executor
+
+    known = set(OmegaConf.structured(SlurmConf).keys()) | SlurmExecutor._valid_parameters()
+    if unknown := sorted(set(params) - known):
+        raise SdexpError(
+            f"hydra.launcher.{unknown[0]} is not a config key: conf/hydra/launcher/slurm.yaml lists the "
+            "preset's; other sbatch options go in hydra.launcher.additional_parameters"
+        )
+    for key, least in AT_LEAST.items():
+        value = params.get(key, least)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise SdexpError(f"hydra.launcher.{key}={value} is not allowed: an integer >= {least}")
+    if shutil.which("sbatch") is None:
+        raise SdexpError(
+            "hydra/launcher=slurm submits with SLURM's sbatch, which is not on PATH here: start the sweep "
+            "on the cluster (a login node), or use hydra/launcher=local"
+        )
+
+
 class SlurmLauncher(submitit_launcher.SlurmLauncher):
     def __init__(self, runs_per_task: int = 1, **params: Any) -> None:
-        # Checked here, before Hydra writes anything into the sweep folder (multirun.yaml).
-        if not isinstance(runs_per_task, int) or isinstance(runs_per_task, bool) or runs_per_task < 1:
-            raise SdexpError(f"hydra.launcher.runs_per_task={runs_per_task} is not allowed: an integer >= 1")
+        check_settings({**params, "runs_per_task": runs_per_task})
         super().__init__(**params)
         self.runs_per_task = runs_per_task
 
@@ -85,7 +114,17 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
 
     def _submit(self, todo: Sequence[Job]) -> dict[int, submitit.Job]:
         """Submit ``todo`` as one job array, ``runs_per_task`` runs per task; handles by run number."""
+        from submitit.core.utils import FailedJobError  # late, as in _executor
+
         executor = self._executor()
+        try:
+            return self._submit_array(executor, todo)
+        except FailedJobError as exc:  # sbatch's own error: the cluster refused the array
+            said = first_line(str(exc))
+            raise SdexpError(f"sbatch refused the job array ({said}): nothing was submitted") from None
+
+    def _submit_array(self, executor: submitit.AutoExecutor, todo: Sequence[Job]) -> dict[int, submitit.Job]:
+        """:meth:`_submit`'s work, and each run's ``slurm_job.json``."""
         if self.runs_per_task == 1:  # each task trains its run in its own process, as submitit_slurm does
             tasks = [[job] for job in todo]
             arguments = [
@@ -126,7 +165,7 @@ def _active_slurm_jobs() -> set[str]:
     command = ["squeue", "--noheader", "--array", "--user", getpass.getuser(), "--format=%i"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
-        raise RuntimeError(
+        raise SdexpError(
             f"{' '.join(command)} failed ({done.stderr.strip()}): cannot tell which runs still have a "
             "job in SLURM, so nothing was submitted; try again"
         )
