@@ -250,14 +250,18 @@ def test_two_runs_share_one_gpu_under_the_sweeps_mps(tmp_path: Path) -> None:
     assert len(list((tmp_path / "sweep").glob("*/result.json"))) == 2
 
 
-def test_visible_gpus_are_the_listed_ones_that_are_there(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_visible_gpus_follow_cuda_visible_devices(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert visible_gpus() == ["2", "5"] and not caplog.messages
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a machine without GPUs: said
     assert visible_gpus() == ["2", "5"]
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # CUDA counts up to the first not there
-    assert visible_gpus() == ["2"]
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a machine without GPUs: CPU workers
-    assert visible_gpus() == []
+    assert caplog.messages == [
+        "CUDA_VISIBLE_DEVICES=2,5 names 2 GPUs, but torch sees 0 GPUs: unset it (or set it to '') to run "
+        "CPU workers"
+    ]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert visible_gpus() == []
 

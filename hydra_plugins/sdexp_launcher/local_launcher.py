@@ -52,15 +52,22 @@ STOPPED_BY = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal
 
 
 def visible_gpus() -> list[str]:
-    """GPU ids this process may use: those of ``CUDA_VISIBLE_DEVICES`` that are there (CUDA counts them
-    up to the first that is not: none on a machine without GPUs), else every device torch sees."""
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` if set (with a warning where torch sees
+    fewer GPUs: its jobs would then train on the CPU, each with every core), else every device torch
+    sees."""
     import torch
 
     there = torch.cuda.device_count()
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [g.strip() for g in listed.split(",") if g.strip()][:there]
-    return [str(i) for i in range(there)]
+    if listed is None:
+        return [str(i) for i in range(there)]
+    gpus = [g.strip() for g in listed.split(",") if g.strip()]
+    if len(gpus) > there:
+        log.warning(
+            "CUDA_VISIBLE_DEVICES=%s names %s, but torch sees %s: unset it (or set it to '') to run CPU "
+            "workers", listed, count(len(gpus), "GPU"), count(there, "GPU"),
+        )  # fmt: skip
+    return gpus
 
 
 def slot_environments(
