@@ -124,7 +124,7 @@ class Config:
 
 def register_configs() -> None:
     """Put the schema in Hydra's ConfigStore as ``config_schema`` (named first in ``conf/config.yaml``)
-    and register the ``run_name`` resolver used by the output folders."""
+    and register the resolvers that name the output folders (``run_name``, ``resumable_changes``)."""
     ConfigStore.instance().store(name="config_schema", node=Config)
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("resumable_changes", lambda: list(RESUMABLE_CHANGES), replace=True)

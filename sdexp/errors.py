@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from enum import EnumMeta
 from pathlib import Path
 
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import (
     ConfigCompositionException,
@@ -156,7 +157,7 @@ def _config_message(exc: Exception) -> str:
     if isinstance(exc, ConfigCompositionException) and override and str(exc).startswith("Could not append"):
         return f"{override}: {override[1:].partition('=')[0]} is in the config already: set it without the +"
     added = _group_added_twice(exc)
-    if len(added) > 1:  # +sweep=paper_cifar10 +sweep=paper_svhn
+    if len(added) > 1 and not _in_primary_defaults(added[0][1:].partition("=")[0]):  # +sweep=a +sweep=b
         twice = "is given twice: give it once" if len(set(added)) == 1 else "takes one option: give one"
         return f"{' and '.join(dict.fromkeys(added))}: {added[0][1:].partition('=')[0]} {twice}"
     if added:  # +model=resnet56, where model has its default option
@@ -212,6 +213,14 @@ def _group_added_twice(exc: BaseException) -> list[str]:
     found = _GROUP_TWICE.match(str(exc)) if isinstance(exc, ConfigCompositionException) else None
     group = found and (found.group(1) or found.group(2))
     return [arg for arg in sys.argv[1:] if group and arg.startswith(f"+{group}=")]
+
+
+def _in_primary_defaults(group: str) -> bool:
+    """Whether conf/config.yaml's defaults list names ``group`` (then ``+group=`` is refused as such)."""
+    from sdexp.config import CONF_DIR  # here: sdexp.config imports this module
+
+    defaults = yaml.safe_load((CONF_DIR / "config.yaml").read_text(encoding="utf-8"))["defaults"]
+    return any(isinstance(entry, dict) and group in entry for entry in defaults)
 
 
 def _a_file_in_the_way(exc: BaseException) -> bool:

@@ -208,6 +208,15 @@ def check_hydra_groups(config: DictConfig) -> None:
             raise ConfigError(f"hydra.{group}={value}: choose the {group} with hydra/{group}={value}")
 
 
+def record_folder_naming(config: DictConfig) -> None:
+    """Write the keys left out of run-folder names into the sweep's config as a list, not the resolver
+    that gives them (conf/config.yaml), so that the sweep's ``multirun.yaml`` records the names its jobs
+    got (status.py reads them there) whatever a later sdexp leaves out."""
+    naming = config.hydra.job.config.override_dirname
+    with read_write(naming):
+        naming.exclude_keys = list(naming.exclude_keys)
+
+
 def check_one_option_per_group(overrides: list[str]) -> None:
     """Refuse a list of options for a config group (``model=[resnet20,resnet32]``): Hydra would merge
     them all into one config, the last one's values winning, and train that one run."""
@@ -326,6 +335,7 @@ class Preflight(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with reported(in_callback=True):
             check_hydra_groups(config)
+            record_folder_naming(config)
             warn_of_keys_given_twice(typed(config))
             check_debug_after_sweep(config)
             with hydra_config_of(copy.deepcopy(config), 0):

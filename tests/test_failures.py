@@ -140,6 +140,13 @@ RUN_PY = [
     Case("value left missing", nothing, ["seed=???"], 2, "seed must be given: add seed=... to the command"),
     Case("key removed", nothing, ["~seed"], 2, "seed must be given: add seed=... to the command"),
     Case(
+        "a group with a default added twice",
+        nothing,
+        ["+model=resnet20", "+model=resnet56"],
+        2,
+        "+model=resnet20: model has an option already: write model=resnet20, without the +",
+    ),
+    Case(
         "a preset added twice",
         nothing,
         ["-m", "+sweep=paper_cifar10", "+sweep=paper_svhn"],

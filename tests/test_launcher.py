@@ -490,10 +490,14 @@ def test_a_job_asks_for_sigterm_at_its_launchers_end(launcher: str | None, code:
 
 
 def test_slurm_settings_are_checked_before_anything_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What submitit or sbatch would refuse only once the sweep folder is written."""
+    """What submitit or sbatch would refuse only once the sweep folder is written; null leaves a setting
+    to SLURM."""
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")  # a login node
     with pytest.raises(SdexpError, match=r"hydra\.launcher\.foo is not a config key: conf/hydra/launcher"):
         check_settings({"foo": 1})
     check_settings({"mail_user": "me@example.org"})  # any of submitit's SLURM settings
+    check_settings({"mem_gb": None, "cpus_per_task": None, "mem_per_gpu": "8G", "cpus_per_gpu": 4})
+    check_settings({"mem_gb": 0})  # all of a node's memory
     with pytest.raises(SdexpError, match=r"hydra\.launcher\.cpus_per_task=0 is not allowed: an integer >= 1"):
         check_settings({"cpus_per_task": 0})
     monkeypatch.setattr(shutil, "which", lambda _: None)

@@ -11,10 +11,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from sdexp import config as config_module
-from sdexp import runs, train
+from sdexp import preflight, runs, train
 from sdexp.config import CONF_DIR, ConfigError, compose_config, register_configs, validate
 from sdexp.optim import build_optimizer
-from sdexp.preflight import check_debug_after_sweep, sweep_jobs, warn_of_keys_given_twice
 from sdexp.report import NOT_EXPERIMENT_KEYS, config_values, paper_number, paper_results
 from tests.conftest import ROOT, run_py
 
@@ -97,8 +96,17 @@ def _hydra_config(overrides: list[str]) -> dict:
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
+def test_a_sweep_records_the_keys_its_folder_names_leave_out() -> None:
+    """In multirun.yaml as a list (status.py names the sweep's folders from it), not conf/config.yaml's
+    resolver, which a later sdexp may answer otherwise."""
+    cfg = _hydra_config([])
+    preflight.record_folder_naming(cfg)
+    recorded = OmegaConf.to_container(cfg.hydra.job.config.override_dirname, resolve=False)["exclude_keys"]
+    assert recorded == list(runs.RESUMABLE_CHANGES)
+
+
 def test_a_key_given_twice_is_said(caplog: pytest.LogCaptureFixture) -> None:
-    warn_of_keys_given_twice(["seed=1", "model=resnet20", "seed=2"])
+    preflight.warn_of_keys_given_twice(["seed=1", "model=resnet20", "seed=2"])
     assert caplog.messages == ["seed is given twice (seed=1, then seed=2): the last counts"]
 
 
@@ -107,10 +115,10 @@ def test_a_sweep_over_options_by_pattern_lists_the_matching_options() -> None:
     checks before a sweep (and status.py, outside Hydra) must give it."""
     cfg = _hydra_config([])
     cfg.hydra.overrides.task = ["model=glob(resnet1*)", "seed=0,1"]
-    models = {job[0] for job in sweep_jobs(cfg)}
+    models = {job[0] for job in preflight.sweep_jobs(cfg)}
     assert models == {f"model={name}" for name in ("resnet101", "resnet110", "resnet1202", "resnet152",
                                                     "resnet152_cifar", "resnet18")}  # fmt: skip
-    assert len(sweep_jobs(cfg)) == 12
+    assert len(preflight.sweep_jobs(cfg)) == 12
 
 
 @pytest.mark.parametrize("name", PAPER)
@@ -118,7 +126,7 @@ def test_sweep_preset_runs_seeds_times_both_rules_into_a_named_folder(name: str)
     cfg = _hydra_config([f"+sweep={name}"])
     assert cfg.hydra.sweep.dir == f"multirun/{name}"
     cfg.hydra.overrides.task = [f"+sweep={name}"]  # what Hydra records for the command line
-    jobs = sweep_jobs(cfg)
+    jobs = preflight.sweep_jobs(cfg)
     expected = [
         {f"+sweep={name}", f"seed={s}", f"stochastic_depth={r}"} for s in (0, 1, 2) for r in ("off", "linear")
     ]
@@ -158,9 +166,9 @@ def test_debug_before_a_sweep_preset_is_refused_unless_the_folder_is_named(
     if refused:
         assert cfg.hydra.sweep.dir == "multirun/paper_cifar10"
         with pytest.raises(ConfigError, match=r"\+debug=default comes before \+sweep=paper_cifar10"):
-            check_debug_after_sweep(cfg)
+            preflight.check_debug_after_sweep(cfg)
     else:
-        check_debug_after_sweep(cfg)
+        preflight.check_debug_after_sweep(cfg)
 
 
 def test_debug_run_trains_with_anomaly_checks(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -510,8 +510,11 @@ def test_folder_names_leave_out_exactly_the_resumable_keys() -> None:
     register_configs()  # conf/config.yaml's exclude_keys come from RESUMABLE_CHANGES through a resolver
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         config = compose(config_name="config", return_hydra_config=True)
+        typed = compose(config_name="config", overrides=["trainer.progress=false", "dataset.num_workers=0",
+                        "trainer.epochs=3", "seed=1"], return_hydra_config=True)  # fmt: skip
+    assert typed.hydra.job.override_dirname == "seed=1,trainer.epochs=3"  # as Hydra names the folder
     job = [f"{key}=x" for key in runs.RESUMABLE_CHANGES] + ["trainer.epochs=3", "seed=1"]
-    assert job_folders(config, [job]) == ["seed=1,trainer.epochs=3"]
+    assert job_folders(config, [job]) == ["seed=1,trainer.epochs=3"]  # as status.py and the checks do
 
 
 def test_files_are_readable_by_the_group(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def visible_gpus() -> list[str]:
     if listed is None:
         return [str(i) for i in range(there)]
     gpus = [g.strip() for g in listed.split(",") if g.strip()]
-    if len(gpus) > there:
+    if all(g.isdigit() for g in gpus) and len(gpus) > there:  # MIG or GPU UUIDs: CUDA counts otherwise
         log.warning(
             "CUDA_VISIBLE_DEVICES=%s names %s, but torch sees %s: unset it (or set it to '') to run CPU "
             "workers", listed, count(len(gpus), "GPU"), count(there, "GPU"),

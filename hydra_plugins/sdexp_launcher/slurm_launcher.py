@@ -49,8 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# Settings with a lower bound (the preset's schema fixes their types): sbatch would refuse the array.
-AT_LEAST = {"runs_per_task": 1, "cpus_per_task": 1, "gpus_per_node": 0, "mem_gb": 1, "timeout_min": 1,
+# Settings with a lower bound (the preset's schema fixes their types; null leaves some to SLURM, e.g.
+# mem_gb where mem_per_gpu is set; mem_gb=0 is all of a node's memory): sbatch would refuse the array.
+AT_LEAST = {"runs_per_task": 1, "cpus_per_task": 1, "gpus_per_node": 0, "mem_gb": 0, "timeout_min": 1,
             "nodes": 1, "tasks_per_node": 1, "array_parallelism": 1, "max_num_timeout": 0,
             "signal_delay_s": 0}  # fmt: skip
 
@@ -68,7 +69,9 @@ def check_settings(params: dict[str, Any]) -> None:
             "preset's; other sbatch options go in hydra.launcher.additional_parameters"
         )
     for key, least in AT_LEAST.items():
-        value = params.get(key, least)
+        value = params.get(key)
+        if value is None:  # left to SLURM
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise SdexpError(f"hydra.launcher.{key}={value} is not allowed: an integer >= {least}")
     if shutil.which("sbatch") is None:
@@ -119,9 +122,9 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         executor = self._executor()
         try:
             return self._submit_array(executor, todo)
-        except FailedJobError as exc:  # sbatch's own error: the cluster refused the array
+        except FailedJobError as exc:  # a refusal, or a timeout after which the array may exist
             said = first_line(str(exc))
-            raise SdexpError(f"sbatch refused the job array ({said}): nothing was submitted") from None
+            raise SdexpError(f"sbatch failed ({said}): see squeue before running the sweep again") from None
 
     def _submit_array(self, executor: submitit.AutoExecutor, todo: Sequence[Job]) -> dict[int, submitit.Job]:
         """:meth:`_submit`'s work, and each run's ``slurm_job.json``."""
