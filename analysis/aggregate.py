@@ -76,14 +76,7 @@ def _write_outputs(out: Path, loaded: report.Runs, summary: pd.DataFrame, shown:
     }
     for name, text in texts.items():
         atomic_write_text(out / name, text)
-    figures = plots.final_errors(loaded.table, by, metric, out)
-    figures += plots.error_curves(loaded.table, loaded.epochs, by, out)
-    figures += plots.epoch_times(loaded.table, loaded.epochs, by, out)
-    stale = [
-        p for name in plots.FIGURES for p in plots.figure_files(out, name) if p not in figures and p.exists()
-    ]
-    for path in stale:
-        path.unlink()
+    figures, stale = plots.draw_all(loaded.table, loaded.epochs, by, metric, out)
     return [*texts, *(p.name for p in figures)], [p.name for p in stale]
 
 

@@ -109,3 +109,17 @@ def epoch_times(table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], ou
     sns.barplot(data=data, x="group", y="epoch_time_s", errorbar="sd", ax=ax)
     ax.set(xlabel="", ylabel="seconds per epoch", title="Training time per epoch")
     return _save(fig, out, EPOCH_TIME)
+
+
+def draw_all(
+    table: pd.DataFrame, epochs: pd.DataFrame, by: Sequence[str], metric: str, out: Path
+) -> tuple[list[Path], list[Path]]:
+    """Every figure, into ``out``: the files written, and those of an earlier report's figures that this
+    one does not draw (no epochs of completed runs), removed so that ``out`` holds one report."""
+    drawn = final_errors(table, by, metric, out) + error_curves(table, epochs, by, out)
+    drawn += epoch_times(table, epochs, by, out)
+    files = [path for name in FIGURES for path in figure_files(out, name)]
+    stale = [path for path in files if path not in drawn and path.exists()]
+    for path in stale:
+        path.unlink()
+    return drawn, stale

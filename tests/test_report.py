@@ -617,7 +617,8 @@ def test_notebook_on_a_sweep_that_has_only_started(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_notebook_on_runs_without_metrics_draws_the_final_errors(sweep: Path, tmp_path: Path) -> None:
     """No completed run has a metrics.csv (moved away; the failed one has): the table, the one figure
-    that needs none, and the note aggregate.py prints."""
+    that needs none, and the note aggregate.py prints; an earlier report's other figures are removed."""
+    assert sum("image/png" in o.get("data", {}) for o in run_notebook(str(sweep), tmp_path)) == 3
     for path in sweep.glob(f"*/{runs.METRICS}"):
         if runs.read_result(path.parent)["status"] == "completed":
             path.unlink()
@@ -625,6 +626,8 @@ def test_notebook_on_runs_without_metrics_draws_the_final_errors(sweep: Path, tm
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
     printed = "".join(o.get("text", "") for o in outputs)
     assert "note: 8 completed runs without a readable metrics.csv" in printed
+    assert "removed an earlier report's test_error_curves.png" in printed
+    assert sorted(p.stem for p in (tmp_path / "figures").iterdir()) == ["final_error", "final_error"]
 
 
 @pytest.mark.slow
