@@ -52,8 +52,9 @@ def _stops_the_sweep(hydra_cfg: DictConfig) -> Iterator[None]:
         yield
     except Exception as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher._target_.endswith(".BasicLauncher"):
+            which = f" ({hydra_cfg.job.override_dirname})" if hydra_cfg.job.override_dirname else ""
             exc.add_note(
-                f"in job #{hydra_cfg.job.num} ({hydra_cfg.job.override_dirname}); under Hydra's basic "
+                f"in job #{hydra_cfg.job.num}{which}; under Hydra's basic "
                 "launcher a failing job ends the sweep (hydra/launcher=local runs every job whatever "
                 "the others do)"
             )
