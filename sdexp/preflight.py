@@ -31,6 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
+from hydra_plugins.sdexp_launcher import slurm_config
 from sdexp.config import CONF_DIR, ConfigError, group_options, register_configs, validate
 from sdexp.errors import SdexpError, first_line, reported
 from sdexp.files import describe, file_in_the_way, why_unwritable
@@ -201,11 +202,17 @@ def warn_of_keys_given_twice(overrides: list[str]) -> None:
 
 def check_hydra_groups(config: DictConfig) -> None:
     """Refuse ``hydra.launcher=local`` (a dot for the slash of ``hydra/launcher=local``), which puts a
-    word where Hydra keeps the launcher's (or sweeper's) settings."""
+    word where Hydra keeps the launcher's (or sweeper's) settings; and the slurm preset's schema chosen
+    as a launcher, whose defaults are submitit's (no GPU, an hour, no requeue)."""
     for group in ("launcher", "sweeper"):
         value = config.hydra.get(group)
         if not isinstance(value, DictConfig):
             raise ConfigError(f"hydra.{group}={value}: choose the {group} with hydra/{group}={value}")
+    if config.hydra.runtime.choices.get("hydra/launcher") == slurm_config.SCHEMA:
+        raise ConfigError(
+            f"hydra/launcher={slurm_config.SCHEMA} is the schema of the slurm preset, with submitit's "
+            "defaults (no GPU, 60 minutes, no requeue): choose hydra/launcher=slurm"
+        )
 
 
 def record_folder_naming(config: DictConfig) -> None:

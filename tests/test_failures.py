@@ -375,6 +375,11 @@ RUN_PY = [
                 "hydra.launcher=local: choose the launcher with hydra/launcher=local",
             ),
             (
+                "the slurm preset's schema as a launcher",
+                ["hydra/launcher=sdexp_slurm", "seed=0,1"],
+                "hydra/launcher=sdexp_slurm is the schema of the slurm preset, with submitit's defaults",
+            ),
+            (
                 "a sweep over sweep presets",
                 ["+sweep=paper_cifar10,paper_svhn"],
                 "+sweep=paper_cifar10, +sweep=paper_svhn: each sweep preset is a grid of its own",

@@ -17,4 +17,5 @@ class SlurmConf(SlurmQueueConf):
     runs_per_task: int = 1  # runs packed into one array task, each its own process (README)
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="sdexp_slurm", node=SlurmConf, provider="sdexp")
+SCHEMA = "sdexp_slurm"  # a Hydra option of hydra/launcher too, but with submitit's defaults: not to be chosen
+ConfigStore.instance().store(group="hydra/launcher", name=SCHEMA, node=SlurmConf, provider="sdexp")
