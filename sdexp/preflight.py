@@ -190,8 +190,8 @@ def _check_folders_differ(config: DictConfig, jobs: list[list[str]], shown: list
 
 def warn_of_keys_given_twice(overrides: list[str]) -> None:
     """Say so where a key or group is given twice (``seed=1 seed=2``): Hydra takes the last (which lets a
-    script's own overrides follow a shared list), but a typo looks the same, and the run folder is named
-    by both."""
+    script's own overrides follow a shared list), but a typo looks the same, and a single run's folder is
+    named by both."""
     given: dict[str, str] = {}
     for override in parse_overrides(overrides):
         key, line = override.key_or_group, override.input_line
