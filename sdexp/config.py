@@ -284,7 +284,7 @@ def validate(cfg: DictConfig, this_host: bool = True) -> None:
             f"optimizer.schedule=multistep with optimizer.gamma=1 leaves the rate as it is at the milestones "
             f"{list(opt.milestones)}: set optimizer.gamma (the paper's: 0.1)"
         )
-    if cfg.optimizer.nesterov and (cfg.optimizer.momentum == 0 or cfg.optimizer.dampening != 0):
+    if opt.nesterov and (opt.momentum == 0 or opt.dampening != 0):
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0")
 
 

@@ -157,14 +157,12 @@ def _config_message(exc: Exception) -> str:
     if isinstance(exc, ConfigCompositionException) and override and str(exc).startswith("Could not append"):
         return f"{override}: {override[1:].partition('=')[0]} is in the config already: set it without the +"
     added = _group_added_twice(exc)
-    if len(added) > 1 and not _in_primary_defaults(added[0][1:].partition("=")[0]):  # +sweep=a +sweep=b
+    group = added[0][1:].partition("=")[0] if added else ""
+    if len(added) > 1 and not _in_primary_defaults(group):  # +sweep=a +sweep=b
         twice = "is given twice: give it once" if len(set(added)) == 1 else "takes one option: give one"
-        return f"{' and '.join(dict.fromkeys(added))}: {added[0][1:].partition('=')[0]} {twice}"
+        return f"{' and '.join(dict.fromkeys(added))}: {group} {twice}"
     if added:  # +model=resnet56, where model has its default option
-        return (
-            f"{added[0]}: {added[0][1:].partition('=')[0]} has an option already: write {added[0][1:]}, "
-            "without the +"
-        )
+        return f"{added[0]}: {group} has an option already: write {added[0][1:]}, without the +"
     ambiguous = _AMBIGUOUS.match(str(exc))
     if ambiguous:  # Hydra's own advice follows on lines of its own, with "--multirun"
         line = ambiguous.group(1)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sdexp import run_folders, runs
 from sdexp.checkpoint import restore_metrics
-from sdexp.errors import SweepFailed
+from sdexp.errors import SdexpError, SweepFailed
 from sdexp.files import file_in_the_way
 from sdexp.overrides import quote_override
 from sdexp.preflight import hydra_config_of
@@ -31,6 +31,12 @@ from sdexp.signals import LAUNCHER_PID
 from sdexp.wording import count
 
 log = logging.getLogger(__name__)
+
+
+def check_count(key: str, value: object, least: int) -> None:
+    """Refuse ``hydra.launcher.<key>`` unless it is an integer (a bool is not) of at least ``least``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise SdexpError(f"hydra.launcher.{key}={value} is not allowed: an integer >= {least}")
 
 
 class Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs modules outside sys.modules

@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from hydra_plugins.sdexp_launcher import mps as mps_daemon
 from hydra_plugins.sdexp_launcher.jobs import (
     Job,
+    check_count,
     end_sweep,
     finished,
     job_return,
@@ -99,9 +100,8 @@ class LocalLauncher(Launcher):
                 f"hydra.launcher.{next(iter(unknown))} is not a config key; hydra.launcher has "
                 f"{', '.join(settings)}"
             )
-        for key, value in (("cpu_workers", cpu_workers), ("runs_per_gpu", runs_per_gpu)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SdexpError(f"hydra.launcher.{key}={value} is not allowed: an integer >= 1")
+        check_count("cpu_workers", cpu_workers, 1)
+        check_count("runs_per_gpu", runs_per_gpu, 1)
         if mps not in mps_daemon.CHOICES:
             raise SdexpError(f"hydra.launcher.mps={mps} is not allowed: auto, true or false")
         if gpus is not None:

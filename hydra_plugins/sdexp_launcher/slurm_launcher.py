@@ -36,7 +36,15 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
-from hydra_plugins.sdexp_launcher.jobs import Job, end_sweep, finished, job_return, plan_jobs, settled
+from hydra_plugins.sdexp_launcher.jobs import (
+    Job,
+    check_count,
+    end_sweep,
+    finished,
+    job_return,
+    plan_jobs,
+    settled,
+)
 from hydra_plugins.sdexp_launcher.packed import PackedTask
 from hydra_plugins.sdexp_launcher.slurm_config import SlurmConf
 from sdexp import runs
@@ -69,11 +77,8 @@ def check_settings(params: dict[str, Any]) -> None:
             "preset's; other sbatch options go in hydra.launcher.additional_parameters"
         )
     for key, least in AT_LEAST.items():
-        value = params.get(key)
-        if value is None:  # left to SLURM
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise SdexpError(f"hydra.launcher.{key}={value} is not allowed: an integer >= {least}")
+        if params.get(key) is not None:  # None: left to SLURM
+            check_count(key, params[key], least)
     if shutil.which("sbatch") is None:
         raise SdexpError(
             "hydra/launcher=slurm submits with SLURM's sbatch, which is not on PATH here: start the sweep "
