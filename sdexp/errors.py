@@ -144,8 +144,11 @@ def _parses(override: str) -> bool:
 def _config_message(exc: Exception) -> str:
     """One line from a Hydra or OmegaConf composition error: what was wrong and what is allowed."""
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options is not None:
+        from hydra_plugins.sdexp_launcher.slurm_config import SCHEMA  # on this error path only
+
         group, _, option = str(exc.missing_cfg_file).rpartition("/")
-        return f"{group}={option}: no such option; {group} is one of {', '.join(sorted(exc.options))}"
+        options = sorted(set(exc.options) - {SCHEMA})  # the slurm preset's schema, refused if chosen
+        return f"{group}={option}: no such option; {group} is one of {', '.join(options)}"
     if isinstance(exc, OverrideParseException):
         line = f"cannot parse the override {exc.override!r} ({first_line(exc.message)})"
         key, equals, value = str(exc.override).partition("=")

@@ -98,6 +98,13 @@ RESULT, CONFIG = f"run/{runs.RESULT}", f"run/{runs.CONFIG}"
 RUN_PY = [
     Case("unknown option", nothing, ["model=resnet999"], 2, "model=resnet999: no such option; model is one"),
     Case("unknown preset", nothing, ["experiment=quickstrat"], 2, "experiment=quickstrat: no such option"),
+    Case(
+        "unknown launcher",  # the slurm preset's schema (refused if chosen) is not offered
+        nothing,
+        ["hydra/launcher=slurmm"],
+        2,
+        "hydra/launcher is one of basic, local, slurm, submitit_local, submitit_slurm",
+    ),
     Case("null group", nothing, ["model=null"], 2, "model=null: model needs one of its options: resnet101, "),
     Case("null value", nothing, ["trainer.step=null"], 2, "trainer.step=null is not allowed: give one of"),
     Case("unknown optimizer", nothing, ["optimizer.name=adam"], 2, "optimizer.name: Invalid value 'adam'"),
