@@ -3,15 +3,18 @@ into a request to stop training after the current step; a second Ctrl-C stops at
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 
 from sdexp.environment import slurm_job_id
+from sdexp.errors import Terminated
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,27 @@ def stop_with_the_launcher() -> None:
         log.warning("prctl(PR_SET_PDEATHSIG) failed: this run goes on if its launcher is killed")
     elif os.getppid() != int(launcher):  # it ended before the request was made
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _terminated(_signum: int, _frame: FrameType | None) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_is_reported() -> Iterator[None]:
+    """While a run loads its data (nothing to checkpoint yet), SIGTERM raises
+    :class:`~sdexp.errors.Terminated`, which the command reports in one line and in the run's log
+    (``stopped (SIGTERM)``), where Python's default would end the process without a word. A handler
+    installed by someone else (submitit's, which leaves SIGTERM to SLURM) is left as it is."""
+    mine = threading.current_thread() is threading.main_thread()
+    if not mine or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class StopSignals:

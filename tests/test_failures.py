@@ -25,7 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 
 from analysis import aggregate
-from sdexp import checkpoint, errors, run_folders, runs, status, train
+from sdexp import checkpoint, errors, run_folders, runs, signals, status, train
 from sdexp.config import compose_config
 from sdexp.errors import WriteError
 from tests.conftest import ROOT, TINY, change_saved_epochs, ctrl_c_default, run_command
@@ -676,6 +676,36 @@ def test_ctrl_c_checkpoints_and_says_how_to_resume(tmp_path: Path) -> None:
     result = runs.read_result(tmp_path / "run")
     assert result["status"] == "interrupted"
     assert (tmp_path / "run" / runs.CHECKPOINT).exists()
+
+
+def test_sigterm_while_the_data_loads_is_reported_and_leaves_the_folder_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's default would end the process without a line in the run's log."""
+    build_data = train.build_data
+
+    def terminated_while_loading(cfg: object) -> object:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return build_data(cfg)
+
+    monkeypatch.setattr(train, "build_data", terminated_while_loading)
+    with pytest.raises(errors.Terminated) as caught:
+        train.run(compose_config([*TINY, "trainer.epochs=1"]), tmp_path / "run")
+    assert errors.message(caught.value) == ("stopped (SIGTERM)", 128 + signal.SIGTERM)
+    assert not (tmp_path / "run").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_while_the_data_loads_goes_to_a_handler_someone_else_installed() -> None:
+    """submitit's handler, which leaves SIGTERM to SLURM, is kept."""
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
+    try:
+        with signals.sigterm_is_reported():
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.mark.parametrize(
