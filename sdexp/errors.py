@@ -75,8 +75,9 @@ class SweepFailed(SdexpError):
 
 
 class Terminated(BaseException):
-    """SIGTERM reached a command that has jobs to stop first (the local launcher): raised, like Python's
-    KeyboardInterrupt for Ctrl-C, so that its cleanup runs; exit status 128 + SIGTERM."""
+    """SIGTERM (or the signal named in its message) reached a command that has something to say or do
+    first: raised, like Python's KeyboardInterrupt for Ctrl-C, so that its cleanup runs and it says so;
+    exit status 128 + the signal."""
 
 
 # Exceptions whose message explains them; any other is unexpected (a bug) and gets its traceback logged.
@@ -125,8 +126,12 @@ def not_a_key(exc: ConfigKeyError | ConfigAttributeError) -> str:
     """The line for a key the schema lacks, with the keys its parent has."""
     key, parent = exc.full_key, getattr(exc, "parent_node", None)
     keys = [name for name in parent or () if not str(name).startswith("_")]  # not _target_
-    known = f"; {key.rpartition('.')[0] or 'the config'} has {', '.join(keys)}" if keys else ""
-    return f"{key} is not a config key{known}"
+    where = key.rpartition(".")[0] or "the config"
+    if keys:
+        return f"{key} is not a config key; {where} has {', '.join(keys)}"
+    if parent is not None:  # an empty mapping, e.g. hydra.launcher.additional_parameters
+        return f"{key} is not a config key; {where} has no keys yet: add one with a +, +{key}=..."
+    return f"{key} is not a config key"
 
 
 _A_VALUE_OF = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list"}
@@ -247,8 +252,9 @@ def message(exc: BaseException) -> tuple[str, int]:
         return f"error: {_config_message(exc)}{notes}", BAD_INPUT
     if isinstance(exc, KeyboardInterrupt):
         return f"stopped (Ctrl-C){notes}", INTERRUPTED
-    if isinstance(exc, Terminated):
-        return f"stopped (SIGTERM){notes}", 128 + signal.SIGTERM
+    if isinstance(exc, Terminated):  # by SIGTERM, or the signal it names
+        name = str(exc) or "SIGTERM"
+        return f"stopped ({name}){notes}", 128 + signal.Signals[name]
     if _a_file_in_the_way(exc):  # Hydra making a job's folder where a file is
         return f"error: cannot make the folder {os.fsdecode(exc.filename)}: it is a file{notes}", BAD_INPUT
     override = _override_being_applied(exc) if isinstance(exc, AssertionError) else None

@@ -68,14 +68,23 @@ def failure_before_training(run_dir: Path) -> str | None:
 
 def status_before_result(run_dir: Path) -> str:
     """What a run folder without ``result.json`` says of its run: ``failed: <error>`` (before training),
-    ``queued`` (submitted to SLURM), ``starting`` (loading its data) or ``stopped`` (stopped while
-    loading it, or no process holds the folder any more)."""
+    ``queued`` (submitted to SLURM, whose job has not started), ``starting`` (its process starts, or
+    loads its data) or ``stopped`` (stopped while loading it, or no process holds the folder any more)."""
     ended = failure_before_training(run_dir)
     if ended:
         return f"failed: {ended.removeprefix('error: ')}" if ended.startswith("error: ") else "stopped"
-    if runs.read_slurm_job(run_dir):
+    job = runs.read_slurm_job(run_dir)
+    if job and not (run_dir / runs.LOG).exists() and not _slurm_job_started(job):
         return "queued"
     return "starting" if held(run_dir) else "stopped"
+
+
+def _slurm_job_started(job: dict[str, str]) -> bool:
+    """Whether SLURM has started the job (its node opened the job's log), though the run's process may
+    not have written its own log yet (Python starting, the job's ``setup`` lines)."""
+    from submitit.core.utils import JobPaths  # the names submitit gives a job's files
+
+    return JobPaths(job["submitit_folder"], job["slurm_job_id"]).stdout.exists()
 
 
 # What a run folder holds from its start: result.json comes later, once the data set is read.

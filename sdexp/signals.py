@@ -40,25 +40,29 @@ def stop_with_the_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _terminated(_signum: int, _frame: FrameType | None) -> None:
-    raise Terminated
+def _terminated(signum: int, _frame: FrameType | None) -> None:
+    raise Terminated(signal.Signals(signum).name)
 
 
 @contextlib.contextmanager
-def sigterm_is_reported() -> Iterator[None]:
-    """While a run loads its data (nothing to checkpoint yet), SIGTERM raises
-    :class:`~sdexp.errors.Terminated`, which the command reports in one line and in the run's log
-    (``stopped (SIGTERM)``), where Python's default would end the process without a word. A handler
-    installed by someone else (submitit's, which leaves SIGTERM to SLURM) is left as it is."""
-    mine = threading.current_thread() is threading.main_thread()
-    if not mine or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-    signal.signal(signal.SIGTERM, _terminated)
+def reported_if_default(*signums: int) -> Iterator[None]:
+    """While inside, each of ``signums`` whose handler is Python's default, which ends the process without
+    a word, raises :class:`~sdexp.errors.Terminated` instead: the command then says in one line (and in
+    a run's log) that it stopped, and what becomes of its work. A handler someone else installed
+    (submitit's, which leaves SIGTERM to SLURM) is kept; so is any handler outside the main thread."""
+    default = [
+        signum
+        for signum in signums
+        if threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signum) is signal.SIG_DFL
+    ]
+    for signum in default:
+        signal.signal(signum, _terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum in default:
+            signal.signal(signum, signal.SIG_DFL)
 
 
 class StopSignals:

@@ -41,7 +41,7 @@ from sdexp.environment import (
 from sdexp.loggers import build_logger
 from sdexp.models import ResNet, build_model
 from sdexp.optim import build_optimizer
-from sdexp.signals import StopSignals, sigterm_is_reported
+from sdexp.signals import StopSignals, reported_if_default
 from sdexp.step import Step, build_step
 from sdexp.step.base import autocast
 from sdexp.stochastic_depth import set_survival_probs, survival_probs
@@ -455,7 +455,9 @@ def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> 
     finished = _finished(run_dir, cfg)
     if finished is not None:
         return finished
-    with sigterm_is_reported():  # before the folder is claimed: a data error leaves it as it was
+    with reported_if_default(
+        signal.SIGTERM
+    ):  # before the folder is claimed: a data error leaves it as it was
         data = build_data(cfg.dataset)
     with runs.exclusive(run_dir):  # a second process on this folder is refused here
         finished = _finished(run_dir, cfg)  # another process may have finished it while data loaded

@@ -99,6 +99,13 @@ RUN_PY = [
     Case("unknown option", nothing, ["model=resnet999"], 2, "model=resnet999: no such option; model is one"),
     Case("unknown preset", nothing, ["experiment=quickstrat"], 2, "experiment=quickstrat: no such option"),
     Case(
+        "a key into an empty mapping",  # it takes a +
+        nothing,
+        ["hydra/launcher=slurm", "hydra.launcher.additional_parameters.qos=normal"],
+        2,
+        "additional_parameters has no keys yet: add one with a +, +hydra.launcher.additional_parameters.qos=",
+    ),
+    Case(
         "unknown launcher",  # the slurm preset's schema (refused if chosen) is not offered
         nothing,
         ["hydra/launcher=slurmm"],
@@ -701,7 +708,7 @@ def test_sigterm_while_the_data_loads_goes_to_a_handler_someone_else_installed()
     received = []
     previous = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
     try:
-        with signals.sigterm_is_reported():
+        with signals.reported_if_default(signal.SIGTERM):
             os.kill(os.getpid(), signal.SIGTERM)
         assert received == [signal.SIGTERM]
     finally:

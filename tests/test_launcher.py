@@ -489,6 +489,38 @@ def test_a_job_asks_for_sigterm_at_its_launchers_end(launcher: str | None, code:
     assert proc.returncode == code, proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("said", "line"),
+    [
+        (
+            "sbatch: error: invalid partition specified: nosuch\n"
+            "sbatch: error: Batch job submission failed: Invalid partition name specified",
+            "sbatch refused the array (sbatch: error: invalid partition specified: nosuch): nothing was "
+            "submitted",
+        ),
+        (  # the array may exist all the same
+            "sbatch: error: Socket timed out on send/recv operation",
+            "sbatch failed (sbatch: error: Socket timed out on send/recv operation): see squeue before "
+            "running the sweep again",
+        ),
+    ],
+)
+def test_an_sbatch_failure_is_one_line_that_says_whether_anything_was_submitted(
+    monkeypatch: pytest.MonkeyPatch, said: str, line: str
+) -> None:
+    from submitit.core.utils import FailedJobError
+
+    def failing(*_args: object) -> None:
+        raise FailedJobError(said)
+
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(SlurmLauncher, "_executor", lambda self: None)
+    monkeypatch.setattr(SlurmLauncher, "_submit_array", failing)
+    with pytest.raises(SdexpError) as raised:
+        SlurmLauncher()._submit([])
+    assert str(raised.value) == line
+
+
 def test_slurm_settings_are_checked_before_anything_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
     """What submitit or sbatch would refuse only once the sweep folder is written; null leaves a setting
     to SLURM."""
@@ -500,6 +532,13 @@ def test_slurm_settings_are_checked_before_anything_is_written(monkeypatch: pyte
     check_settings({"mem_gb": 0})  # all of a node's memory
     with pytest.raises(SdexpError, match=r"hydra\.launcher\.cpus_per_task=0 is not allowed: an integer >= 1"):
         check_settings({"cpus_per_task": 0})
+    with pytest.raises(SdexpError, match=r"tasks_per_node=2 is not allowed: 1 \(a run trains in one process"):
+        check_settings({"tasks_per_node": 2})  # two processes would train the same run
+    check_settings({"nodes": 1, "tasks_per_node": None})
+    for option in ("array", "signal", "open_mode"):  # array: the sweep would wait for tasks it never made
+        with pytest.raises(SdexpError, match=rf"sets sbatch's --{option.replace('_', '-')} itself \("):
+            check_settings({"additional_parameters": {option: "x"}})
+    check_settings({"additional_parameters": {"account": "me", "qos": "normal"}})
     monkeypatch.setattr(shutil, "which", lambda _: None)
     with pytest.raises(SdexpError, match="sbatch, which is not on PATH here: start the sweep on the cluster"):
         check_settings({})

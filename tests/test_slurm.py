@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -110,8 +111,8 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 120) -> 
 def test_a_rerun_while_the_jobs_are_in_slurm_waits_for_them_instead_of_submitting_them_again(
     tmp_path: Path,
 ) -> None:
-    # The first launch is killed as soon as it has submitted the two jobs (60 tiny epochs, about 15 s
-    # each); the jobs go on, and the rerun must not submit them a second time.
+    # The first launch is stopped (SIGTERM) as soon as it waits for the two jobs it submitted (60 tiny
+    # epochs, about 15 s each); the jobs go on, and the rerun must not submit them a second time.
     overrides = ("seed=0,1", "trainer.epochs=60")
     first = popen(sweep_command(*overrides), tmp_path)
 
@@ -120,9 +121,14 @@ def test_a_rerun_while_the_jobs_are_in_slurm_waits_for_them_instead_of_submittin
 
     try:
         wait_for(lambda: len(recorded()) == 2, "the first launch's submission")
+        time.sleep(3)  # past the check of sacct, into the wait
+        first.send_signal(signal.SIGTERM)
+        output, _ = first.communicate(timeout=60)
     finally:
         first.kill()
-        first.communicate()
+    assert first.returncode == 128 + signal.SIGTERM, output[-3000:]
+    said = "stopped (SIGTERM); the submitted jobs go on in SLURM: run the same command again to wait for them"
+    assert output.strip().splitlines()[-1].startswith(said)
     submitted = {run_dir.name: runs.read_slurm_job(run_dir)["slurm_job_id"] for run_dir in recorded()}
     again = sweep(tmp_path, *overrides)
     assert again.returncode == 0, again.stdout[-3000:]
@@ -140,8 +146,18 @@ def test_a_gpu_run_submitted_from_a_host_without_one_is_checked_on_its_node(tmp_
     proc = sweep(tmp_path, "trainer.device=cuda")
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "1 run: 1 new, 0 resumed, 0 skipped (finished before); 1 failed" in proc.stdout
+    said = "error: trainer.device=cuda but CUDA is not available here"
+    assert f"ended FAILED ({said}" in proc.stdout.split("failed: ")[-1]  # the job's line, in the summary
     log_err = Path(proc.stdout.split("; see ")[-1].split()[0])
-    assert "error: trainer.device=cuda but CUDA is not available here" in log_err.read_text()
+    assert said in log_err.read_text()
+
+
+def test_a_failing_job_is_reported_as_it_fails_not_after_the_jobs_before_it(tmp_path: Path) -> None:
+    proc = sweep(tmp_path, "dataset=synthetic,imagefolder", "dataset.root=/nonexistent", "trainer.epochs=150")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "2 runs: 2 new, 0 resumed, 0 skipped (finished before); 1 failed" in proc.stdout
+    assert proc.stdout.index("] #1 failed") < proc.stdout.index("] #0 completed")  # #0 trains for 40 s
+    assert "ended FAILED (error: dataset imagefolder: nothing found at /nonexistent" in proc.stdout
 
 
 def test_a_sweep_where_sacct_fails_warns_that_ended_jobs_may_go_unnoticed_and_still_completes(
@@ -161,6 +177,43 @@ def test_a_sweep_where_sacct_fails_warns_that_ended_jobs_may_go_unnoticed_and_st
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "failed (Slurm accounting storage is disabled): without SLURM accounting" in proc.stdout
     assert "1 run: 1 new, 0 resumed, 0 skipped (finished before); 0 failed" in proc.stdout
+
+
+def test_a_job_of_an_earlier_launch_cancelled_while_the_rerun_waits_is_submitted_again(
+    tmp_path: Path,
+) -> None:
+    # As the README says to do with a job to submit anew: scancel it, then rerun. SLURM may still list
+    # the cancelled job (completing) when the rerun asks, so the rerun waits for it, then submits it.
+    overrides = ("seed=0,1", "trainer.epochs=150")  # about 40 s: the rerun finds both in SLURM
+    first = popen(sweep_command(*overrides), tmp_path)
+
+    def recorded() -> list[Path]:
+        return [p.parent for p in (tmp_path / "sweep").glob(f"*/{runs.SLURM_JOB}")]
+
+    try:
+        wait_for(lambda: len(recorded()) == 2, "the first launch's submission")
+    finally:
+        first.kill()
+        first.communicate()
+    rerun = subprocess.Popen(
+        sweep_command(*overrides), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    cancelled = next(p for p in recorded() if "seed=1" in p.name)
+    output = ""
+    try:
+        for line in rerun.stdout:  # cancelled once the rerun waits for both
+            output += line
+            if "waiting for it" in line and "seed=1" in line:
+                subprocess.run(["scancel", runs.read_slurm_job(cancelled)["slurm_job_id"]], check=True)
+        rerun.wait(timeout=300)
+    finally:
+        rerun.kill()
+    assert rerun.returncode == 0, output[-3000:]
+    assert "of an earlier launch ended CANCELLED" in output and "submitting it again" in output
+    assert "2 queued (in SLURM from an earlier launch); 0 failed" in output
+    done = results(tmp_path / "sweep")
+    assert all(r["status"] == "completed" for r in done.values())
+    assert [row["epoch"] for row in runs.read_metrics(cancelled)] == list(range(1, 151))
 
 
 def test_cancelled_job_is_reported_failed_while_the_other_completes(tmp_path: Path) -> None:

@@ -171,6 +171,16 @@ def test_a_run_without_result_whose_lock_holder_is_gone_is_stopped(tmp_path: Pat
     assert status.run_row(tmp_path)["status"] == "starting"
 
 
+def test_a_slurm_job_that_has_started_is_starting_though_its_run_has_written_nothing(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    runs.write_slurm_job(run_dir, "78_4", str(tmp_path / ".submitit" / "%j"))
+    assert status.run_row(run_dir)["status"] == "queued"
+    (tmp_path / ".submitit" / "78_4").mkdir(parents=True)
+    (tmp_path / ".submitit" / "78_4" / "78_4_0_log.out").touch()  # the node opened the job's log
+    assert status.run_row(run_dir)["status"] == "starting"  # Python imports, or the job's setup lines
+
+
 def test_aggregate_sees_each_state_as_status_does(sweep: Path) -> None:
     """A killed run is stopped in both; a folder without result.json is listed by aggregate with why."""
     by_status = {r["run"]: r["status"] for r in status.sweep_status([sweep]).to_dict("records")}

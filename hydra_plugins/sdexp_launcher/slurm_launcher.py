@@ -4,10 +4,11 @@ Differences from ``submitit_slurm``, whose settings and job code it keeps:
 
 - runs already finished (same config) are not submitted again, so rerunning a sweep costs no queue time;
 - a run whose job from an earlier launch is still pending or running (the launch was interrupted, e.g.
-  by Ctrl-C, while its jobs went on) is not submitted a second time: the sweep waits for that job;
+  by Ctrl-C, while its jobs went on) is not submitted a second time: the sweep waits for that job, and
+  submits the run again if that job ends before the run has finished (``scancel``);
 - a run whose folder holds another config is not submitted: it would fail at once;
 - the sweep waits for every job: a failed or cancelled job (``scancel``) does not end it early, and the
-  others keep being watched to their end;
+  others keep being watched to their end; each job's end is logged as it comes;
 - it ends with the summary of the local launcher: how many jobs were new, resumed, skipped and failed,
   and for each failed one its SLURM state and log file.
 
@@ -20,12 +21,15 @@ A run's ``slurm_job.json`` then names its task and the runs it shares the task w
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +52,8 @@ from hydra_plugins.sdexp_launcher.jobs import (
 from hydra_plugins.sdexp_launcher.packed import PackedTask
 from hydra_plugins.sdexp_launcher.slurm_config import SlurmConf
 from sdexp import runs
-from sdexp.errors import SdexpError, first_line
+from sdexp.errors import SdexpError, Terminated, first_line
+from sdexp.signals import reported_if_default
 from sdexp.wording import count
 
 if TYPE_CHECKING:
@@ -60,14 +65,32 @@ log = logging.getLogger(__name__)
 # Settings with a lower bound (the preset's schema fixes their types; null leaves some to SLURM, e.g.
 # mem_gb where mem_per_gpu is set; mem_gb=0 is all of a node's memory): sbatch would refuse the array.
 AT_LEAST = {"runs_per_task": 1, "cpus_per_task": 1, "gpus_per_node": 0, "mem_gb": 0, "timeout_min": 1,
-            "nodes": 1, "tasks_per_node": 1, "array_parallelism": 1, "max_num_timeout": 0,
-            "signal_delay_s": 0}  # fmt: skip
+            "array_parallelism": 1, "max_num_timeout": 0, "signal_delay_s": 0}  # fmt: skip
+REFUSED = "Batch job submission failed"  # sbatch's line for the controller's refusal
+POLL_S = 5  # between looks at the jobs' states (submitit asks sacct less often, more so for long jobs)
+RESULT_GRACE_S = 15  # submitit's own wait for the result file of a job that ended
+# A run trains in one process: a second task or node would run the same run again, refused by its lock.
+ONE_PROCESS = ("nodes", "tasks_per_node", "ntasks_per_node")
+PACK_RUNS = "several runs share a task with hydra.launcher.runs_per_task"
+# sbatch options that the launcher sets itself, and what it needs them for.
+OWN_OPTIONS = {
+    "array": "one array task per run or pack of runs; hydra.launcher.array_parallelism caps how many run",
+    "output": "the job's logs, which the summary names",
+    "error": "the job's logs, which the summary names",
+    "open-mode": "a requeued job's logs appended to its first ones",
+    "signal": "SIGUSR2 before the time limit, to checkpoint: set hydra.launcher.signal_delay_s",
+    "nodes": PACK_RUNS,
+    "ntasks": PACK_RUNS,
+    "ntasks-per-node": PACK_RUNS,
+}
 
 
 def check_settings(params: dict[str, Any]) -> None:
     """Refuse a key that neither the preset nor submitit's SLURM executor knows (added with
-    ``+hydra.launcher.<key>=``), a setting below its bound (:data:`AT_LEAST`), and a machine without
-    ``sbatch``: before Hydra writes anything into the sweep folder, where submitit would fail later."""
+    ``+hydra.launcher.<key>=``), a setting below its bound (:data:`AT_LEAST`), more than one process per
+    run (:data:`ONE_PROCESS`), an sbatch option the launcher sets itself (:data:`OWN_OPTIONS`), and a
+    machine without ``sbatch``: before Hydra writes anything into the sweep folder, where submitit
+    would fail later."""
     from submitit.slurm.slurm import SlurmExecutor  # late, as in _executor
 
     known = set(OmegaConf.structured(SlurmConf).keys()) | SlurmExecutor._valid_parameters()
@@ -79,6 +102,17 @@ def check_settings(params: dict[str, Any]) -> None:
     for key, least in AT_LEAST.items():
         if params.get(key) is not None:  # None: left to SLURM
             check_count(key, params[key], least)
+    for key in ONE_PROCESS:
+        if params.get(key) not in (None, 1):
+            raise SdexpError(f"hydra.launcher.{key}={params[key]} is not allowed: 1 (a run trains in one "
+                             f"process; {PACK_RUNS})")  # fmt: skip
+    for key in params.get("additional_parameters") or {}:
+        why = OWN_OPTIONS.get(str(key).replace("_", "-"))  # submitit writes either as --key-name
+        if why is not None:
+            raise SdexpError(
+                f"hydra.launcher.additional_parameters.{key}: the launcher sets sbatch's "
+                f"--{str(key).replace('_', '-')} itself ({why}): leave it out"
+            )
     if shutil.which("sbatch") is None:
         raise SdexpError(
             "hydra/launcher=slurm submits with SLURM's sbatch, which is not on PATH here: start the sweep "
@@ -98,27 +132,72 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         jobs = plan_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx)
         handles = _still_in_slurm(jobs)
         jobs = [job._replace(state="queued") if job.idx in handles else job for job in jobs]
-        results = {job.idx: outcome for job in jobs if (outcome := settled(job)) is not None}
         todo = [job for job in jobs if job.state in ("new", "resumed")]
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(
             "slurm launcher: %s, %d to submit (%d per array task), sweep folder %s",
             count(len(jobs), "run"), len(todo), self.runs_per_task, self.config.hydra.sweep.dir,
         )  # fmt: skip
+        results = {job.idx: outcome for job in jobs if (outcome := settled(job)) is not None}
         for job in jobs:
             if job.state == "queued":
                 log.info(
                     "#%d SLURM job %s, submitted by an earlier launch, has not ended: waiting for it, not "
                     "submitting again: %s", job.idx, handles[job.idx].job_id, job.shown,
                 )  # fmt: skip
+        earlier = set(handles)
         if todo:
             handles.update(self._submit(todo))
         if handles:
             _warn_without_accounting(next(iter(handles.values())).job_id)
-        for job in jobs:
-            if job.idx in handles:
-                results[job.idx] = _wait(job, handles[job.idx])
+        try:
+            with reported_if_default(signal.SIGTERM, signal.SIGHUP):
+                results.update(self._wait([job for job in jobs if job.idx in handles], handles, earlier))
+        except (KeyboardInterrupt, Terminated) as stopped:
+            stopped.add_note(
+                "the submitted jobs go on in SLURM: run the same command again to wait for them (it submits "
+                "none of them twice), or scancel them"
+            )
+            raise
         return end_sweep("slurm launcher", jobs, [results[job.idx] for job in jobs])
+
+    def _wait(
+        self, jobs: Sequence[Job], handles: dict[int, submitit.Job], earlier: set[int]
+    ) -> dict[int, JobReturn]:
+        """Each run's outcome, by run number, logged as its SLURM job ends (requeues included), in the
+        order they end: a failure in the first minute is not kept back behind a long run. A job that ended
+        without a result file gets :data:`RESULT_GRACE_S` for it to appear (a slow shared file system),
+        all such jobs at once. A job of an earlier launch that ended before its run finished (cancelled
+        as this launch began) is submitted again, once, as a rerun of the command would."""
+        pending = {job.idx: job for job in jobs}
+        ended: dict[int, float] = {}  # when a job was first seen ended without a result file
+        outcomes: dict[int, JobReturn] = {}
+        while pending:
+            again = []
+            for idx, job in list(pending.items()):
+                handle = handles[idx]
+                if not handle.done():
+                    continue
+                if not handle.paths.result_pickle.exists():
+                    if time.monotonic() - ended.setdefault(idx, time.monotonic()) < RESULT_GRACE_S:
+                        continue
+                    if idx in earlier and not finished(job):
+                        again.append(job)
+                        continue
+                outcomes[idx] = _outcome(job, handle)
+                del pending[idx]
+            if again:
+                for job in again:
+                    log.info(
+                        "#%d SLURM job %s of an earlier launch ended %s before its run finished: submitting "
+                        "it again", job.idx, handles[job.idx].job_id, _state(handles[job.idx]),
+                    )  # fmt: skip
+                    earlier.discard(job.idx)
+                    ended.pop(job.idx)
+                handles.update(self._submit([_to_submit(job) for job in again]))
+            if pending:
+                time.sleep(POLL_S)
+        return outcomes
 
     def _submit(self, todo: Sequence[Job]) -> dict[int, submitit.Job]:
         """Submit ``todo`` as one job array, ``runs_per_task`` runs per task; handles by run number."""
@@ -129,6 +208,8 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             return self._submit_array(executor, todo)
         except FailedJobError as exc:  # a refusal, or a timeout after which the array may exist
             said = first_line(str(exc))
+            if REFUSED in str(exc):  # the controller's answer: nothing was submitted
+                raise SdexpError(f"sbatch refused the array ({said}): nothing was submitted") from None
             raise SdexpError(f"sbatch failed ({said}): see squeue before running the sweep again") from None
 
     def _submit_array(self, executor: submitit.AutoExecutor, todo: Sequence[Job]) -> dict[int, submitit.Job]:
@@ -216,19 +297,39 @@ def _still_in_slurm(jobs: Sequence[Job]) -> dict[int, submitit.Job]:
     }
 
 
-def _wait(job: Job, handle: submitit.Job) -> JobReturn:
-    """The run's outcome once SLURM is done with its job (requeues included). A run whose job ended
-    without a result (failed, cancelled, out of time) but whose folder says it finished is completed:
-    another run of its task may have failed it."""
-    try:
-        result = handle.results()[0]
-    except Exception:  # submitit: the job ended without a result (failed, cancelled, timed out)
-        state = handle.get_info().get("State", handle.state)  # fresh from sacct, not the cached state
+def _error_line(log_file: Path) -> str:
+    """`` (error: ...)``: run.py's one line on a failure it expects, among the last lines of a job's log
+    (srun's own follows it), else ""."""
+    lines = log_file.read_text(errors="replace").splitlines()[-5:] if log_file.is_file() else []
+    said = next((line for line in reversed(lines) if line.startswith("error: ")), "")
+    return f" ({said})" if said else ""
+
+
+def _to_submit(job: Job) -> Job:
+    """A run whose earlier job ended, as it is to be submitted now: resumed from its checkpoint, or new."""
+    return job._replace(state="resumed" if (job.run_dir / runs.CHECKPOINT).exists() else "new")
+
+
+def _state(handle: submitit.Job) -> str:
+    return handle.get_info().get("State", handle.state)  # fresh from sacct, not the cached state
+
+
+def _outcome(job: Job, handle: submitit.Job) -> JobReturn:
+    """The run's outcome once SLURM is done with its job. A run whose job ended without a result
+    (failed, cancelled, out of time) but whose folder says it finished is completed: another run of its
+    task may have failed it."""
+    result = None
+    if handle.paths.result_pickle.exists():  # else submitit's results() would wait for it
+        with contextlib.suppress(Exception):  # the job's own error, which its log holds
+            result = handle.results()[0]
+    if result is None:  # the job ended without a result (failed, cancelled, timed out)
+        state = _state(handle)
         if finished(job):
             log.info("#%d completed (its SLURM job then ended %s): %s", job.idx, state, job.shown)
             return job_return(job)
         log.error("#%d failed: SLURM state %s", job.idx, state)
-        return job_return(job, f"SLURM job {handle.job_id} ended {state}; see {handle.paths.stderr}")
+        said = _error_line(handle.paths.stderr)
+        return job_return(job, f"SLURM job {handle.job_id} ended {state}{said}; see {handle.paths.stderr}")
     if not isinstance(result, JobReturn):  # a packed task's outcomes: the one of this run
         [result] = [r for r in result if Path(r.working_dir).resolve() == job.run_dir.resolve()]
     log.info("#%d %s: %s", job.idx, result.status.name.lower(), job.shown)

@@ -76,18 +76,19 @@ timeout 10 sacctmgr -i -Q add cluster sdexp >/dev/null 2>&1 || true
 pgrep -x slurmctld >/dev/null || slurmctld
 pgrep -x slurmd >/dev/null || slurmd
 for _ in $(seq 150); do
-  if timeout 5 sinfo -h -o %T 2>/dev/null | grep -qx idle; then
+  # up: idle, or running jobs (started again while jobs of an earlier start are in it)
+  if timeout 5 sinfo -h -o %T 2>/dev/null | grep -qxE 'idle|mixed|allocated'; then
     # submitit reads job states with sacct: without accounting a cancelled job would be waited on forever
     for _ in $(seq 20); do timeout 10 sacct -n -X >/dev/null 2>&1 && break; sleep 0.5; done
     if ! timeout 10 sacct -n -X >/dev/null; then
       echo "slurm: sacct does not answer (accounting is down); logs in $STATE/log" >&2
       exit 1
     fi
-    echo "slurm: node $HOST idle, accounting up"
+    echo "slurm: node $HOST up, accounting up"
     exit 0
   fi
   sleep 0.2
 done
-echo "slurm: the node did not become idle; logs in $STATE/log" >&2
+echo "slurm: the node did not come up; logs in $STATE/log" >&2
 timeout 5 sinfo >&2 || true
 exit 1
