@@ -75,9 +75,13 @@ class SweepFailed(SdexpError):
 
 
 class Terminated(BaseException):
-    """SIGTERM (or the signal named in its message) reached a command that has something to say or do
-    first: raised, like Python's KeyboardInterrupt for Ctrl-C, so that its cleanup runs and it says so;
-    exit status 128 + the signal."""
+    """SIGTERM (or ``signum``: SIGHUP) reached a command that has something to say or do first: raised,
+    like Python's KeyboardInterrupt for Ctrl-C, so that its cleanup runs and it says so; exit status
+    128 + the signal."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 # Exceptions whose message explains them; any other is unexpected (a bug) and gets its traceback logged.
@@ -129,7 +133,7 @@ def not_a_key(exc: ConfigKeyError | ConfigAttributeError) -> str:
     where = key.rpartition(".")[0] or "the config"
     if keys:
         return f"{key} is not a config key; {where} has {', '.join(keys)}"
-    if parent is not None:  # an empty mapping, e.g. hydra.launcher.additional_parameters
+    if parent is not None and len(parent) == 0:  # e.g. hydra.launcher.additional_parameters
         return f"{key} is not a config key; {where} has no keys yet: add one with a +, +{key}=..."
     return f"{key} is not a config key"
 
@@ -252,9 +256,8 @@ def message(exc: BaseException) -> tuple[str, int]:
         return f"error: {_config_message(exc)}{notes}", BAD_INPUT
     if isinstance(exc, KeyboardInterrupt):
         return f"stopped (Ctrl-C){notes}", INTERRUPTED
-    if isinstance(exc, Terminated):  # by SIGTERM, or the signal it names
-        name = str(exc) or "SIGTERM"
-        return f"stopped ({name}){notes}", 128 + signal.Signals[name]
+    if isinstance(exc, Terminated):
+        return f"stopped ({signal.Signals(exc.signum).name}){notes}", 128 + exc.signum
     if _a_file_in_the_way(exc):  # Hydra making a job's folder where a file is
         return f"error: cannot make the folder {os.fsdecode(exc.filename)}: it is a file{notes}", BAD_INPUT
     override = _override_being_applied(exc) if isinstance(exc, AssertionError) else None

@@ -45,6 +45,13 @@ def last_line(path: Path) -> str:
     return text.splitlines()[-1] if text else ""
 
 
+def error_line(path: Path, among: int = 5) -> str:
+    """run.py's one line on a failure it expects (``error: ...``), among the last ``among`` lines of a
+    console log (a launcher's own lines may follow it: srun's), else ""."""
+    lines = path.read_text(errors="replace").strip().splitlines()[-among:] if path.is_file() else []
+    return next((line for line in reversed(lines) if line.startswith("error: ")), "")
+
+
 _RECORD = re.compile(r"\[[^]]*\]\[[^]]*\]\[[A-Z]+\] - ")  # a train.log record's first line (Hydra's format)
 
 
@@ -74,14 +81,14 @@ def status_before_result(run_dir: Path) -> str:
     if ended:
         return f"failed: {ended.removeprefix('error: ')}" if ended.startswith("error: ") else "stopped"
     job = runs.read_slurm_job(run_dir)
-    if job and not (run_dir / runs.LOG).exists() and not _slurm_job_started(job):
+    if job and not _slurm_job_started(job):  # train.log may be an earlier job's
         return "queued"
     return "starting" if held(run_dir) else "stopped"
 
 
 def _slurm_job_started(job: dict[str, str]) -> bool:
     """Whether SLURM has started the job (its node opened the job's log), though the run's process may
-    not have written its own log yet (Python starting, the job's ``setup`` lines)."""
+    not have written to its own log yet (Python starting, the job's ``setup`` lines)."""
     from submitit.core.utils import JobPaths  # the names submitit gives a job's files
 
     return JobPaths(job["submitit_folder"], job["slurm_job_id"]).stdout.exists()

@@ -41,7 +41,7 @@ def stop_with_the_launcher() -> None:
 
 
 def _terminated(signum: int, _frame: FrameType | None) -> None:
-    raise Terminated(signal.Signals(signum).name)
+    raise Terminated(signum)
 
 
 @contextlib.contextmanager

@@ -455,9 +455,8 @@ def run(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig | None = None) -> 
     finished = _finished(run_dir, cfg)
     if finished is not None:
         return finished
-    with reported_if_default(
-        signal.SIGTERM
-    ):  # before the folder is claimed: a data error leaves it as it was
+    # Before the folder is claimed, so that a data error leaves it as it was; no checkpoint to write yet.
+    with reported_if_default(signal.SIGTERM):
         data = build_data(cfg.dataset)
     with runs.exclusive(run_dir):  # a second process on this folder is refused here
         finished = _finished(run_dir, cfg)  # another process may have finished it while data loaded

@@ -30,6 +30,7 @@ from hydra_plugins.sdexp_launcher.slurm_launcher import SlurmLauncher, check_set
 from sdexp import runs, train
 from sdexp.config import compose_config
 from sdexp.errors import SdexpError, Terminated
+from sdexp.signals import StopSignals
 from tests.conftest import ROOT, TINY, change_saved_epochs, ctrl_c_default
 
 
@@ -175,6 +176,20 @@ def test_packed_task_trains_each_run_in_a_process_of_its_own_and_skips_finished_
     again = task(jobs)  # as a requeued task: both finished, neither started again
     assert [o.status.name for o in again] == ["COMPLETED", "COMPLETED"]
     assert [(job.run_dir / runs.CONSOLE_LOG).read_text() for job in jobs] == consoles
+
+
+def test_a_packed_run_stopped_while_it_loads_its_data_is_interrupted_and_the_signal_passed_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run.py ends with 143 when SIGTERM comes while it loads its data (not killed, -15): the run is
+    interrupted, not failed, so the task passes the signal on (SLURM ends or requeues it)."""
+    script = tmp_path / "loading.py"  # as run.py: the task gets SIGTERM, the run stops while it loads
+    script.write_text("import os, signal, sys\nos.kill(os.getppid(), signal.SIGTERM)\nsys.exit(143)\n")
+    forwarded = []
+    monkeypatch.setattr(StopSignals, "forward", lambda self: forwarded.append(self.received))
+    [outcome] = PackedTask(str(script))([Job(0, ["seed=0"], tmp_path / "seed=0", "new")])
+    assert forwarded == [signal.SIGTERM]
+    assert "exited with status 143" in str(outcome._return_value)
 
 
 def fake_mps_control(folder: Path, start_status: int = 0) -> Path:

@@ -119,11 +119,13 @@ def test_a_rerun_while_the_jobs_are_in_slurm_waits_for_them_instead_of_submittin
     def recorded() -> list[Path]:
         return [p.parent for p in (tmp_path / "sweep").glob(f"*/{runs.SLURM_JOB}")]
 
+    output = ""
     try:
-        wait_for(lambda: len(recorded()) == 2, "the first launch's submission")
-        time.sleep(3)  # past the check of sacct, into the wait
-        first.send_signal(signal.SIGTERM)
-        output, _ = first.communicate(timeout=60)
+        for line in first.stdout:
+            output += line
+            if "waiting for 2 runs in SLURM" in line:
+                first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
     finally:
         first.kill()
     assert first.returncode == 128 + signal.SIGTERM, output[-3000:]
@@ -153,11 +155,23 @@ def test_a_gpu_run_submitted_from_a_host_without_one_is_checked_on_its_node(tmp_
 
 
 def test_a_failing_job_is_reported_as_it_fails_not_after_the_jobs_before_it(tmp_path: Path) -> None:
-    proc = sweep(tmp_path, "dataset=synthetic,imagefolder", "dataset.root=/nonexistent", "trainer.epochs=150")
-    assert proc.returncode == 1, proc.stdout[-3000:]
-    assert "2 runs: 2 new, 0 resumed, 0 skipped (finished before); 1 failed" in proc.stdout
-    assert proc.stdout.index("] #1 failed") < proc.stdout.index("] #0 completed")  # #0 trains for 40 s
-    assert "ended FAILED (error: dataset imagefolder: nothing found at /nonexistent" in proc.stdout
+    # Job #0 would train for minutes; #1 fails at once. #0 is cancelled once #1's failure is reported.
+    overrides = ("dataset=synthetic,imagefolder", "dataset.root=/nonexistent", "trainer.epochs=2000")
+    proc = popen(sweep_command(*overrides), tmp_path)
+    output = ""
+    try:
+        for line in proc.stdout:
+            output += line
+            if "] #1 failed" in line:
+                [long_run] = (tmp_path / "sweep").glob("*dataset=synthetic*")
+                assert (runs.previous_result(long_run) or {}).get("status") in (None, "running")
+                subprocess.run(["scancel", runs.read_slurm_job(long_run)["slurm_job_id"]], check=True)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, output[-3000:]
+    assert "2 runs: 2 new, 0 resumed, 0 skipped (finished before); 2 failed" in output
+    assert "ended FAILED (error: dataset imagefolder: nothing found at /nonexistent" in output
 
 
 def test_a_sweep_where_sacct_fails_warns_that_ended_jobs_may_go_unnoticed_and_still_completes(
@@ -210,9 +224,13 @@ def test_a_job_of_an_earlier_launch_cancelled_while_the_rerun_waits_is_submitted
         rerun.kill()
     assert rerun.returncode == 0, output[-3000:]
     assert "of an earlier launch ended CANCELLED" in output and "submitting it again" in output
-    assert "2 queued (in SLURM from an earlier launch); 0 failed" in output
+    assert (
+        "0 new, 1 resumed, 0 skipped (finished before), 1 queued (in SLURM from an earlier launch); 0 failed"
+        in output
+    )
     done = results(tmp_path / "sweep")
     assert all(r["status"] == "completed" for r in done.values())
+    assert len(runs.read_result(cancelled)["resumed_from"]) == 1
     assert [row["epoch"] for row in runs.read_metrics(cancelled)] == list(range(1, 151))
 
 

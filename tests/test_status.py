@@ -174,8 +174,9 @@ def test_a_run_without_result_whose_lock_holder_is_gone_is_stopped(tmp_path: Pat
 def test_a_slurm_job_that_has_started_is_starting_though_its_run_has_written_nothing(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    runs.write_slurm_job(run_dir, "78_4", str(tmp_path / ".submitit" / "%j"))
-    assert status.run_row(run_dir)["status"] == "queued"
+    (run_dir / runs.LOG).write_text("[2026-12-06 05:00:00,000][sdexp.train][INFO] - building\n")
+    runs.write_slurm_job(run_dir, "78_4", str(tmp_path / ".submitit" / "%j"))  # submitted again
+    assert status.run_row(run_dir)["status"] == "queued"  # its train.log is the earlier job's
     (tmp_path / ".submitit" / "78_4").mkdir(parents=True)
     (tmp_path / ".submitit" / "78_4" / "78_4_0_log.out").touch()  # the node opened the job's log
     assert status.run_row(run_dir)["status"] == "starting"  # Python imports, or the job's setup lines

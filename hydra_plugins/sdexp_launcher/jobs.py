@@ -33,6 +33,11 @@ from sdexp.wording import count
 log = logging.getLogger(__name__)
 
 
+# How a run's process stopped by a signal passed on to it ends: 128 + signal from run.py's own handler
+# (Ctrl-C; SIGTERM while it loads its data), or killed by it (the default handler, after a checkpoint).
+STOPPED_BY = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
+
+
 def check_count(key: str, value: object, least: int) -> None:
     """Refuse ``hydra.launcher.<key>`` unless it is an integer (a bool is not) of at least ``least``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -125,8 +130,8 @@ def process_outcome(job: Job, code: int) -> JobReturn:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
     except ValueError:
         how = f"killed by signal {-code}"
-    said = run_folders.last_line(job.run_dir / runs.CONSOLE_LOG) if code > 0 else ""  # killed: an older line
-    said = f" ({said})" if said.startswith("error: ") else ""  # run.py's one line on a failure it expects
+    said = run_folders.error_line(job.run_dir / runs.CONSOLE_LOG, among=1) if code > 0 else ""
+    said = f" ({said})" if said else ""  # none where it was killed: the log's line is an older run's
     log.error("#%d failed (%s): %s", job.idx, how, job.shown)
     return job_return(job, f"{how}{said}; see {job.run_dir / runs.CONSOLE_LOG}")
 

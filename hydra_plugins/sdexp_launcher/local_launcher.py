@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 
 from hydra_plugins.sdexp_launcher import mps as mps_daemon
 from hydra_plugins.sdexp_launcher.jobs import (
+    STOPPED_BY,
     Job,
     check_count,
     end_sweep,
@@ -47,9 +48,6 @@ from sdexp.files import describe
 from sdexp.wording import count
 
 log = logging.getLogger(__name__)
-
-# How a job stopped by a signal the launcher passed on ends: 128 + signal from its own handler, or killed.
-STOPPED_BY = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
 
 
 def visible_gpus() -> list[str]:
@@ -199,7 +197,7 @@ class LocalLauncher(Launcher):
         def stop(signum: int, _frame: FrameType | None) -> None:
             for sig in previous:
                 signal.signal(sig, pass_on)  # from now on every signal goes to the jobs
-            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
         pool = ThreadPoolExecutor(max_workers=slots.qsize())
         previous = {

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from hydra.core.utils import JobReturn
 
-from hydra_plugins.sdexp_launcher.jobs import Job, finished, process_outcome, start_process
+from hydra_plugins.sdexp_launcher.jobs import STOPPED_BY, Job, finished, process_outcome, start_process
 from sdexp.signals import StopSignals
 
 if TYPE_CHECKING:
@@ -66,7 +66,11 @@ class PackedTask:
                 raise
         codes = {idx: process.returncode for idx, process in started.items()}
         # Interrupted: stopped by the (passed-on) signal, or never started. Failed runs stay failed.
-        interrupted = [job for job in jobs if codes.get(job.idx, -1) < 0 and not finished(job)]
+        interrupted = [
+            job
+            for job in jobs
+            if (codes.get(job.idx, -1) < 0 or codes[job.idx] in STOPPED_BY) and not finished(job)
+        ]
         if stop.received is not None and interrupted:
             stop.forward()  # SIGUSR2: submitit requeues the task; SIGTERM: the task ends
         return [process_outcome(job, codes.get(job.idx, 0)) for job in jobs]

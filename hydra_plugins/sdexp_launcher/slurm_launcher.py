@@ -51,7 +51,7 @@ from hydra_plugins.sdexp_launcher.jobs import (
 )
 from hydra_plugins.sdexp_launcher.packed import PackedTask
 from hydra_plugins.sdexp_launcher.slurm_config import SlurmConf
-from sdexp import runs
+from sdexp import run_folders, runs
 from sdexp.errors import SdexpError, Terminated, first_line
 from sdexp.signals import reported_if_default
 from sdexp.wording import count
@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 # mem_gb where mem_per_gpu is set; mem_gb=0 is all of a node's memory): sbatch would refuse the array.
 AT_LEAST = {"runs_per_task": 1, "cpus_per_task": 1, "gpus_per_node": 0, "mem_gb": 0, "timeout_min": 1,
             "array_parallelism": 1, "max_num_timeout": 0, "signal_delay_s": 0}  # fmt: skip
+# SLURM states of a job that SLURM ended, not its run: a rerun resumes such a run where it stopped.
+ENDED_BY_SLURM = ("CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
 REFUSED = "Batch job submission failed"  # sbatch's line for the controller's refusal
 POLL_S = 5  # between looks at the jobs' states (submitit asks sacct less often, more so for long jobs)
 RESULT_GRACE_S = 15  # submitit's own wait for the result file of a job that ended
@@ -103,7 +105,7 @@ def check_settings(params: dict[str, Any]) -> None:
         if params.get(key) is not None:  # None: left to SLURM
             check_count(key, params[key], least)
     for key in ONE_PROCESS:
-        if params.get(key) not in (None, 1):
+        if params.get(key) is not None and (type(params[key]) is not int or params[key] != 1):
             raise SdexpError(f"hydra.launcher.{key}={params[key]} is not allowed: 1 (a run trains in one "
                              f"process; {PACK_RUNS})")  # fmt: skip
     for key in params.get("additional_parameters") or {}:
@@ -148,56 +150,73 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         earlier = set(handles)
         if todo:
             handles.update(self._submit(todo))
-        if handles:
-            _warn_without_accounting(next(iter(handles.values())).job_id)
         try:
             with reported_if_default(signal.SIGTERM, signal.SIGHUP):
-                results.update(self._wait([job for job in jobs if job.idx in handles], handles, earlier))
+                if handles:
+                    _warn_without_accounting(next(iter(handles.values())).job_id)
+                    log.info(
+                        "waiting for %s in SLURM (Ctrl-C stops the wait, not the jobs)",
+                        count(len(handles), "run"),
+                    )
+                outcomes, again = self._wait([job for job in jobs if job.idx in handles], handles, earlier)
         except (KeyboardInterrupt, Terminated) as stopped:
             stopped.add_note(
                 "the submitted jobs go on in SLURM: run the same command again to wait for them (it submits "
                 "none of them twice), or scancel them"
             )
             raise
+        results.update(outcomes)
+        jobs = [again.get(job.idx, job) for job in jobs]  # counted as they were submitted again
         return end_sweep("slurm launcher", jobs, [results[job.idx] for job in jobs])
 
     def _wait(
         self, jobs: Sequence[Job], handles: dict[int, submitit.Job], earlier: set[int]
-    ) -> dict[int, JobReturn]:
+    ) -> tuple[dict[int, JobReturn], dict[int, Job]]:
         """Each run's outcome, by run number, logged as its SLURM job ends (requeues included), in the
         order they end: a failure in the first minute is not kept back behind a long run. A job that ended
         without a result file gets :data:`RESULT_GRACE_S` for it to appear (a slow shared file system),
-        all such jobs at once. A job of an earlier launch that ended before its run finished (cancelled
-        as this launch began) is submitted again, once, as a rerun of the command would."""
+        all such jobs at once. A job of an ``earlier`` launch that SLURM ended (:data:`ENDED_BY_SLURM`,
+        e.g. cancelled as this launch began) before its run finished is submitted again, once, as a rerun
+        of the command would: those runs are returned too, as submitted."""
+        handles, earlier = dict(handles), set(earlier)
         pending = {job.idx: job for job in jobs}
         ended: dict[int, float] = {}  # when a job was first seen ended without a result file
         outcomes: dict[int, JobReturn] = {}
+        again: dict[int, Job] = {}
         while pending:
-            again = []
+            redo = []
             for idx, job in list(pending.items()):
                 handle = handles[idx]
                 if not handle.done():
                     continue
                 if not handle.paths.result_pickle.exists():
-                    if time.monotonic() - ended.setdefault(idx, time.monotonic()) < RESULT_GRACE_S:
+                    seen = ended.setdefault(idx, time.monotonic())
+                    if time.monotonic() - seen < RESULT_GRACE_S:
                         continue
-                    if idx in earlier and not finished(job):
-                        again.append(job)
+                    state = _state(handle)
+                    if idx in earlier and state.startswith(ENDED_BY_SLURM) and not finished(job):
+                        log.info(
+                            "#%d SLURM job %s of an earlier launch ended %s before its run finished: "
+                            "submitting it again", idx, handle.job_id, state,
+                        )  # fmt: skip
+                        redo.append(_to_submit(job))
+                        earlier.discard(idx)
+                        del ended[idx]
                         continue
                 outcomes[idx] = _outcome(job, handle)
                 del pending[idx]
-            if again:
-                for job in again:
-                    log.info(
-                        "#%d SLURM job %s of an earlier launch ended %s before its run finished: submitting "
-                        "it again", job.idx, handles[job.idx].job_id, _state(handles[job.idx]),
-                    )  # fmt: skip
-                    earlier.discard(job.idx)
-                    ended.pop(job.idx)
-                handles.update(self._submit([_to_submit(job) for job in again]))
+            if redo:
+                try:
+                    handles.update(self._submit(redo))
+                    again.update((job.idx, job) for job in redo)
+                except SdexpError as exc:  # the other jobs go on: wait for them all the same
+                    log.error("#%s not submitted again: %s", ", #".join(str(job.idx) for job in redo), exc)
+                    for job in redo:
+                        outcomes[job.idx] = job_return(job, f"not submitted again: {exc}")
+                        del pending[job.idx]
             if pending:
                 time.sleep(POLL_S)
-        return outcomes
+        return outcomes, again
 
     def _submit(self, todo: Sequence[Job]) -> dict[int, submitit.Job]:
         """Submit ``todo`` as one job array, ``runs_per_task`` runs per task; handles by run number."""
@@ -297,14 +316,6 @@ def _still_in_slurm(jobs: Sequence[Job]) -> dict[int, submitit.Job]:
     }
 
 
-def _error_line(log_file: Path) -> str:
-    """`` (error: ...)``: run.py's one line on a failure it expects, among the last lines of a job's log
-    (srun's own follows it), else ""."""
-    lines = log_file.read_text(errors="replace").splitlines()[-5:] if log_file.is_file() else []
-    said = next((line for line in reversed(lines) if line.startswith("error: ")), "")
-    return f" ({said})" if said else ""
-
-
 def _to_submit(job: Job) -> Job:
     """A run whose earlier job ended, as it is to be submitted now: resumed from its checkpoint, or new."""
     return job._replace(state="resumed" if (job.run_dir / runs.CHECKPOINT).exists() else "new")
@@ -328,7 +339,8 @@ def _outcome(job: Job, handle: submitit.Job) -> JobReturn:
             log.info("#%d completed (its SLURM job then ended %s): %s", job.idx, state, job.shown)
             return job_return(job)
         log.error("#%d failed: SLURM state %s", job.idx, state)
-        said = _error_line(handle.paths.stderr)
+        said = run_folders.error_line(handle.paths.stderr)
+        said = f" ({said})" if said else ""
         return job_return(job, f"SLURM job {handle.job_id} ended {state}{said}; see {handle.paths.stderr}")
     if not isinstance(result, JobReturn):  # a packed task's outcomes: the one of this run
         [result] = [r for r in result if Path(r.working_dir).resolve() == job.run_dir.resolve()]
