@@ -91,7 +91,10 @@ def _slurm_job_started(job: dict[str, str]) -> bool:
     not have written to its own log yet (Python starting, the job's ``setup`` lines)."""
     from submitit.core.utils import JobPaths  # the names submitit gives a job's files
 
-    return JobPaths(job["submitit_folder"], job["slurm_job_id"]).stdout.exists()
+    folder, job_id = job.get("submitit_folder"), job.get("slurm_job_id")
+    if not isinstance(folder, str) or not isinstance(job_id, str):  # a damaged record: nothing to tell
+        return False
+    return JobPaths(folder, job_id).stdout.exists()
 
 
 # What a run folder holds from its start: result.json comes later, once the data set is read.

@@ -180,6 +180,8 @@ def test_a_slurm_job_that_has_started_is_starting_though_its_run_has_written_not
     (tmp_path / ".submitit" / "78_4").mkdir(parents=True)
     (tmp_path / ".submitit" / "78_4" / "78_4_0_log.out").touch()  # the node opened the job's log
     assert status.run_row(run_dir)["status"] == "starting"  # Python imports, or the job's setup lines
+    (run_dir / runs.SLURM_JOB).write_text('{"slurm_job_id": 7}')  # damaged by hand: no traceback
+    assert status.run_row(run_dir)["status"] == "queued"
 
 
 def test_aggregate_sees_each_state_as_status_does(sweep: Path) -> None:
