@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from hydra_plugins.sdexp_launcher import slurm_config
+from sdexp import runs
 from sdexp.config import CONF_DIR, ConfigError, group_options, register_configs, validate
 from sdexp.errors import SdexpError, first_line, reported
 from sdexp.files import describe, file_in_the_way, why_unwritable
@@ -350,3 +351,4 @@ class Preflight(Callback):
             check_sweep_jobs(config, kwargs.get("config_name"))
             claim_timed_sweep_folder(config)
             _check_writable(config, "hydra.sweep.dir")
+            runs.check_not_launched(Path(str(config.hydra.sweep.dir)))

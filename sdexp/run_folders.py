@@ -45,11 +45,13 @@ def last_line(path: Path) -> str:
     return text.splitlines()[-1] if text else ""
 
 
-def error_line(path: Path, among: int = 5) -> str:
-    """run.py's one line on a failure it expects (``error: ...``), among the last ``among`` lines of a
-    console log (a launcher's own lines may follow it: srun's), else ""."""
+def error_aside(path: Path, among: int = 5) -> str:
+    """run.py's one line on a failure it expects, among the last ``among`` lines of a console log (a
+    launcher's own lines may follow it: srun's), framed to follow a launcher's summary of the job:
+    `` (error: ...)``, else ""."""
     lines = path.read_text(errors="replace").strip().splitlines()[-among:] if path.is_file() else []
-    return next((line for line in reversed(lines) if line.startswith("error: ")), "")
+    said = next((line for line in reversed(lines) if line.startswith("error: ")), "")
+    return f" ({said})" if said else ""
 
 
 _RECORD = re.compile(r"\[[^]]*\]\[[^]]*\]\[[A-Z]+\] - ")  # a train.log record's first line (Hydra's format)

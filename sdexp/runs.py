@@ -44,6 +44,7 @@ LOG = "train.log"
 CHECKPOINT = "checkpoint.pt"
 SLURM_JOB = "slurm_job.json"
 LOCK = ".lock"
+LAUNCH_LOCK = ".launch.lock"  # in a sweep folder: held by the sdexp launcher that launches the sweep
 CONSOLE_LOG = "console.log"
 HYDRA_DIR = ".hydra"
 CONFIG = Path(HYDRA_DIR) / "config.yaml"
@@ -95,21 +96,50 @@ class FolderInUse(RunFolderError):
 
     in_run_log = False
 
+    def __init__(self, folder: Path, holder: str) -> None:
+        super().__init__(
+            f"{folder} is in use by another process ({holder}): let it finish or stop it, then run this again"
+        )
+        self.holder = holder
+
+
+class SweepInUse(RunFolderError):
+    """Another command launches the sweep: a second launch would start (or submit) each run it has not
+    finished a second time, only for the run's lock to refuse one of the two."""
+
+    def __init__(self, sweep_dir: Path, holder: str) -> None:
+        super().__init__(
+            f"the sweep in {sweep_dir} is being launched by another command ({holder}): let it finish, or "
+            "stop it and run this again (it resumes the runs, and waits for SLURM jobs already submitted); "
+            "runs to train beside it need another hydra.sweep.dir"
+        )
+
 
 @contextlib.contextmanager
 def exclusive(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir`` for this process: a second process that would train in it (the same command run
-    twice, a duplicate job) gets :class:`RunFolderError` instead of writing the same files.
-
-    The lock is ``flock`` on ``.lock``, which also names the holder; the kernel releases it however
-    the process ends, so a crash leaves no stale lock.
-    """
+    twice, a duplicate job) gets :class:`FolderInUse` instead of writing the same files."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    with holding(run_dir / LOCK):
+        for leftover in temp_files(run_dir, CHECKPOINT):  # its writer was killed: only a holder writes
+            with contextlib.suppress(OSError):  # only disk space at stake
+                leftover.unlink()
+                log.info("removed %s, left by a process stopped while writing it", leftover)
+        yield
+
+
+@contextlib.contextmanager
+def holding(lock_path: Path) -> Iterator[None]:
+    """Hold the lock file ``lock_path`` for this process, or raise :class:`FolderInUse` naming its holder.
+
+    The lock is ``flock``, and the file names the holder; the kernel releases it however the process
+    ends, so a crash leaves no stale lock.
+    """
     try:
-        lock = open(run_dir / LOCK, "a+", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed below)
+        lock = open(lock_path, "a+", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed below)
     except OSError as exc:
         raise RunFolderError(
-            f"cannot open {run_dir / LOCK} ({exc.strerror}): remove it and run this again"
+            f"cannot open {lock_path} ({exc.strerror}): remove it and run this again"
         ) from None
     with lock:
         if fcntl is not None:
@@ -117,16 +147,14 @@ def exclusive(run_dir: Path) -> Iterator[None]:
                 _lock(lock)
             except BlockingIOError:
                 lock.seek(0)
-                raise FolderInUse(_in_use(run_dir, lock.read().strip())) from None
+                raise FolderInUse(lock_path.parent, lock.read().strip()) from None
             except OSError as exc:  # a file system without flock (ENOLCK, EOPNOTSUPP)
-                log.warning("cannot lock %s (%s): a second process could train in it too", run_dir, exc)
+                log.warning(
+                    "cannot lock %s (%s): a second process could use it at the same time", lock_path, exc
+                )
         lock.truncate(0)
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         lock.flush()
-        for leftover in temp_files(run_dir, CHECKPOINT):  # its writer was killed: only a holder writes
-            with contextlib.suppress(OSError):  # only disk space at stake
-                leftover.unlink()
-                log.info("removed %s, left by a process stopped while writing it", leftover)
         yield
 
 
@@ -141,22 +169,32 @@ def _lock(lock: IO[str], tries: int = 10) -> None:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def _in_use(run_dir: Path, holder: str) -> str:
-    return f"{run_dir} is in use by another process ({holder}): let it finish or stop it, then run this again"
-
-
 def in_use(run_dir: Path) -> str | None:
     """Why ``run_dir`` cannot be trained in now, if a process holds its lock (as :func:`exclusive` would
-    find it), else None: for a launcher, before it starts a job that would only be refused. The probe
-    takes a shared lock for an instant."""
+    find it), else None: for a launcher, before it starts a job that would only be refused."""
+    holder = current_holder(run_dir / LOCK)
+    return None if holder is None else str(FolderInUse(run_dir, holder))
+
+
+def check_not_launched(sweep_dir: Path) -> None:
+    """Raise :class:`SweepInUse` if a launcher holds the sweep folder now: checked before Hydra rewrites
+    the sweep's ``multirun.yaml``, which the launcher's own lock comes too late to keep."""
+    holder = current_holder(sweep_dir / LAUNCH_LOCK)
+    if holder is not None:
+        raise SweepInUse(sweep_dir, holder)
+
+
+def current_holder(lock_path: Path) -> str | None:
+    """The holder a lock file names (``pid ... on <host>``) while a process holds it, else None. The
+    probe takes a shared lock for an instant."""
     if fcntl is None:
         return None
     try:
-        with open(run_dir / LOCK, encoding="utf-8", errors="replace") as lock:
+        with open(lock_path, encoding="utf-8", errors="replace") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released as the file closes
             except BlockingIOError:
-                return _in_use(run_dir, lock.read().strip())
+                return lock.read().strip()
     except OSError:  # no lock file, or a file system without flock: nothing to tell
         return None
     return None

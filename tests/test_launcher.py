@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from hydra_plugins.sdexp_launcher import mps
-from hydra_plugins.sdexp_launcher.jobs import Job, process_outcome, refuse_busy, run_state
+from hydra_plugins.sdexp_launcher.jobs import Job, process_outcome, refuse_busy, run_state, sole_launch
 from hydra_plugins.sdexp_launcher.local_launcher import LocalLauncher, slot_environments, visible_gpus
 from hydra_plugins.sdexp_launcher.packed import PackedTask, run_environments
 from hydra_plugins.sdexp_launcher.slurm_launcher import SlurmLauncher, check_settings
@@ -47,6 +47,8 @@ def test_jobs_run_two_at_a_time_and_a_rerun_skips_them(tmp_path: Path) -> None:
     log = proc.stderr + proc.stdout
     assert log.index("#1 start") < log.index("#0 done")  # the second slot started before the first ended
     assert "4 runs: 4 new, 0 resumed, 0 skipped (finished before); 0 failed" in log
+    assert "; every run: model=resnet20 dataset=synthetic model.widths=[4,8,16]" in log  # not on job lines
+    assert "#0 done: seed=0 stochastic_depth=off\n" in log
     results = sorted((tmp_path / "sweep").glob("*/result.json"))
     assert len(results) == 4
     for path in results:
@@ -435,6 +437,41 @@ def test_a_folder_another_process_trains_in_is_refused_without_starting_a_job(tm
         "let it finish or stop it, then run this again"
     )
     assert refuse_busy(jobs) == jobs  # released
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["local", "slurm"])
+def test_a_second_launch_of_a_sweep_being_launched_is_refused_before_it_writes_anything(
+    tmp_path: Path, launcher: str
+) -> None:
+    """Two launches of one sweep at once would start (or submit) each unfinished run twice, and the
+    second would rewrite the first's multirun.yaml, by which status.py lists the sweep's jobs."""
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "multirun.yaml").write_text("the first launch's\n")
+    command = [sys.executable, str(ROOT / "run.py"), "-m", f"hydra/launcher={launcher}", *TINY, "seed=0,1",
+               f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    with runs.holding(sweep_dir / runs.LAUNCH_LOCK):  # as the first launch holds it
+        proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    said = f"error: the sweep in {sweep_dir} is being launched by another command (pid {os.getpid()} on "
+    assert proc.stderr.strip().splitlines()[-1].startswith(said), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in sweep_dir.iterdir()) == [runs.LAUNCH_LOCK, "multirun.yaml"]  # no run folder
+    assert (sweep_dir / "multirun.yaml").read_text() == "the first launch's\n"
+
+
+def test_the_launch_lock_refuses_a_second_launch_and_preflights_probe_sees_it(tmp_path: Path) -> None:
+    """Two launches started at the same instant both pass preflight's probe: the lock refuses one."""
+    in_use = "being launched by another command"
+    with sole_launch(tmp_path):
+        with pytest.raises(runs.SweepInUse, match=in_use):
+            runs.check_not_launched(tmp_path)
+        with pytest.raises(runs.SweepInUse, match=in_use), sole_launch(tmp_path):
+            pass
+    runs.check_not_launched(tmp_path)  # released
+    with sole_launch(tmp_path):
+        pass
 
 
 @pytest.mark.parametrize(

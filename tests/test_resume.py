@@ -243,7 +243,7 @@ def test_a_file_system_without_locks_trains_unlocked_with_a_warning(
     monkeypatch.setattr(runs.fcntl, "flock", no_locks)
     with caplog.at_level(logging.WARNING), runs.exclusive(tmp_path):
         assert (tmp_path / runs.LOCK).exists()
-    assert f"cannot lock {tmp_path} ([Errno {errno.ENOLCK}] No locks available)" in caplog.text
+    assert f"cannot lock {tmp_path / runs.LOCK} ([Errno {errno.ENOLCK}] No locks available)" in caplog.text
 
 
 @pytest.mark.slow

@@ -70,6 +70,28 @@ def results(sweep_dir: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/result.json")}
 
 
+def recorded(sweep_dir: Path) -> list[Path]:
+    """The sweep's run folders that record a SLURM job."""
+    return [p.parent for p in sweep_dir.glob(f"*/{runs.SLURM_JOB}")]
+
+
+def output_acting_on(
+    proc: subprocess.Popen, when: Callable[[str], bool], action: Callable[[], object]
+) -> str:
+    """All of ``proc``'s output, read as it comes; ``action`` runs on each line ``when`` picks. ``proc``
+    is killed if it has not ended two minutes after its output did."""
+    output = ""
+    try:
+        for line in proc.stdout:
+            output += line
+            if when(line):
+                action()
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    return output
+
+
 def test_two_by_two_sweep_completes_records_job_ids_and_a_rerun_submits_nothing(tmp_path: Path) -> None:
     proc = sweep(tmp_path, "seed=0,1", "stochastic_depth=off,linear")
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -115,23 +137,13 @@ def test_a_rerun_while_the_jobs_are_in_slurm_waits_for_them_instead_of_submittin
     # epochs, about 15 s each); the jobs go on, and the rerun must not submit them a second time.
     overrides = ("seed=0,1", "trainer.epochs=60")
     first = popen(sweep_command(*overrides), tmp_path)
-
-    def recorded() -> list[Path]:
-        return [p.parent for p in (tmp_path / "sweep").glob(f"*/{runs.SLURM_JOB}")]
-
-    output = ""
-    try:
-        for line in first.stdout:
-            output += line
-            if "waiting for 2 runs in SLURM" in line:
-                first.send_signal(signal.SIGTERM)
-        first.wait(timeout=60)
-    finally:
-        first.kill()
+    output = output_acting_on(
+        first, lambda line: "waiting for 2 runs in SLURM" in line, lambda: first.send_signal(signal.SIGTERM)
+    )
     assert first.returncode == 128 + signal.SIGTERM, output[-3000:]
     said = "stopped (SIGTERM); the submitted jobs go on in SLURM: run the same command again to wait for them"
     assert output.strip().splitlines()[-1].startswith(said)
-    submitted = {run_dir.name: runs.read_slurm_job(run_dir)["slurm_job_id"] for run_dir in recorded()}
+    submitted = {p.name: runs.read_slurm_job(p)["slurm_job_id"] for p in recorded(tmp_path / "sweep")}
     again = sweep(tmp_path, *overrides)
     assert again.returncode == 0, again.stdout[-3000:]
     assert "2 runs, 0 to submit" in again.stdout
@@ -158,17 +170,13 @@ def test_a_failing_job_is_reported_as_it_fails_not_after_the_jobs_before_it(tmp_
     # Job #0 would train for minutes; #1 fails at once. #0 is cancelled once #1's failure is reported.
     overrides = ("dataset=synthetic,imagefolder", "dataset.root=/nonexistent", "trainer.epochs=2000")
     proc = popen(sweep_command(*overrides), tmp_path)
-    output = ""
-    try:
-        for line in proc.stdout:
-            output += line
-            if "] #1 failed" in line:
-                [long_run] = (tmp_path / "sweep").glob("*dataset=synthetic*")
-                assert (runs.previous_result(long_run) or {}).get("status") in (None, "running")
-                subprocess.run(["scancel", runs.read_slurm_job(long_run)["slurm_job_id"]], check=True)
-        proc.wait(timeout=120)
-    finally:
-        proc.kill()
+
+    def cancel_the_long_run() -> None:
+        [long_run] = (tmp_path / "sweep").glob("*dataset=synthetic*")
+        assert (runs.previous_result(long_run) or {}).get("status") in (None, "running")
+        subprocess.run(["scancel", runs.read_slurm_job(long_run)["slurm_job_id"]], check=True)
+
+    output = output_acting_on(proc, lambda line: "] #1 failed" in line, cancel_the_long_run)
     assert proc.returncode == 1, output[-3000:]
     assert "2 runs: 2 new, 0 resumed, 0 skipped (finished before); 2 failed" in output
     assert "ended FAILED (error: dataset imagefolder: nothing found at /nonexistent" in output
@@ -200,28 +208,18 @@ def test_a_job_of_an_earlier_launch_cancelled_while_the_rerun_waits_is_submitted
     # the cancelled job (completing) when the rerun asks, so the rerun waits for it, then submits it.
     overrides = ("seed=0,1", "trainer.epochs=150")  # about 40 s: the rerun finds both in SLURM
     first = popen(sweep_command(*overrides), tmp_path)
-
-    def recorded() -> list[Path]:
-        return [p.parent for p in (tmp_path / "sweep").glob(f"*/{runs.SLURM_JOB}")]
-
     try:
-        wait_for(lambda: len(recorded()) == 2, "the first launch's submission")
+        wait_for(lambda: len(recorded(tmp_path / "sweep")) == 2, "the first launch's submission")
     finally:
         first.kill()
         first.communicate()
-    rerun = subprocess.Popen(
-        sweep_command(*overrides), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    rerun = popen(sweep_command(*overrides), tmp_path)
+    cancelled = next(p for p in recorded(tmp_path / "sweep") if "seed=1" in p.name)
+    output = output_acting_on(  # cancelled once the rerun waits for both
+        rerun,
+        lambda line: "waiting for it" in line and "seed=1" in line,
+        lambda: subprocess.run(["scancel", runs.read_slurm_job(cancelled)["slurm_job_id"]], check=True),
     )
-    cancelled = next(p for p in recorded() if "seed=1" in p.name)
-    output = ""
-    try:
-        for line in rerun.stdout:  # cancelled once the rerun waits for both
-            output += line
-            if "waiting for it" in line and "seed=1" in line:
-                subprocess.run(["scancel", runs.read_slurm_job(cancelled)["slurm_job_id"]], check=True)
-        rerun.wait(timeout=300)
-    finally:
-        rerun.kill()
     assert rerun.returncode == 0, output[-3000:]
     assert "of an earlier launch ended CANCELLED" in output and "submitting it again" in output
     assert (

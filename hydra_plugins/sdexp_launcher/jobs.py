@@ -8,12 +8,13 @@ job from an earlier launch is still in the queue ``queued`` and waits for that j
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,6 +39,18 @@ log = logging.getLogger(__name__)
 STOPPED_BY = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
 
 
+@contextlib.contextmanager
+def sole_launch(sweep_dir: Path) -> Iterator[None]:
+    """Hold the sweep folder for this launch (:class:`~sdexp.runs.SweepInUse` for a second one)."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(runs.holding(sweep_dir / runs.LAUNCH_LOCK))
+        except runs.FolderInUse as exc:
+            raise runs.SweepInUse(sweep_dir, exc.holder) from None
+        yield
+
+
 def check_count(key: str, value: object, least: int) -> None:
     """Refuse ``hydra.launcher.<key>`` unless it is an integer (a bool is not) of at least ``least``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -52,10 +65,18 @@ class Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs modules outs
     run_dir: Path
     state: str  # "new", "resumed", "skipped", "refused" (see run_state) or "queued"
     reason: str = ""  # why it is refused
+    shared: frozenset[str] = frozenset()  # overrides every job of the sweep has: said once, by every_run
 
     @property
     def shown(self) -> str:
-        return " ".join(filter_overrides(self.overrides))
+        """The job's own overrides, for its lines: those that set it apart from the sweep's other jobs."""
+        return " ".join(filter_overrides([o for o in self.overrides if o not in self.shared]))
+
+
+def every_run(jobs: Sequence[Job]) -> str:
+    """The overrides that every job has, for a launcher's first line (``; every run: ...``), else ""."""
+    shared = filter_overrides([o for o in jobs[0].overrides if o in jobs[0].shared]) if jobs else []
+    return f"; every run: {' '.join(shared)}" if shared else ""
 
 
 def run_state(run_dir: Path, cfg: DictConfig) -> tuple[str, str]:
@@ -93,12 +114,13 @@ def plan_jobs(
 ) -> list[Job]:
     """Each job's run folder (``hydra.sweep.dir``/``hydra.sweep.subdir``) and state."""
     jobs: list[Job] = []
+    shared = frozenset.intersection(*map(frozenset, job_overrides)) if len(job_overrides) > 1 else frozenset()
     for idx, overrides in enumerate(job_overrides, start=initial_idx):
         sweep = hydra_context.config_loader.load_sweep_config(config, list(overrides))
         with hydra_config_of(sweep, idx):  # its number, as Hydra's launchers set it: the subdir may read it
             run_dir = Path(str(sweep.hydra.sweep.dir)) / str(sweep.hydra.sweep.subdir)
             task = OmegaConf.masked_copy(sweep, [key for key in sweep if key != "hydra"])
-            jobs.append(Job(idx, list(overrides), run_dir, *run_state(run_dir, task)))
+            jobs.append(Job(idx, list(overrides), run_dir, *run_state(run_dir, task), shared=shared))
     return jobs  # no two share a folder where Hydra names them (preflight.check_sweep_jobs)
 
 
@@ -130,8 +152,8 @@ def process_outcome(job: Job, code: int) -> JobReturn:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
     except ValueError:
         how = f"killed by signal {-code}"
-    said = run_folders.error_line(job.run_dir / runs.CONSOLE_LOG, among=1) if code > 0 else ""
-    said = f" ({said})" if said else ""  # none where it was killed: the log's line is an older run's
+    # none where it was killed: the log's error line is an older run's
+    said = run_folders.error_aside(job.run_dir / runs.CONSOLE_LOG, among=1) if code > 0 else ""
     log.error("#%d failed (%s): %s", job.idx, how, job.shown)
     return job_return(job, f"{how}{said}; see {job.run_dir / runs.CONSOLE_LOG}")
 

@@ -44,10 +44,12 @@ from hydra_plugins.sdexp_launcher.jobs import (
     Job,
     check_count,
     end_sweep,
+    every_run,
     finished,
     job_return,
     plan_jobs,
     settled,
+    sole_launch,
 )
 from hydra_plugins.sdexp_launcher.packed import PackedTask
 from hydra_plugins.sdexp_launcher.slurm_config import SlurmConf
@@ -131,14 +133,20 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
+        with sole_launch(Path(str(self.config.hydra.sweep.dir))):
+            return self._launch(job_overrides, initial_job_idx)
+
+    def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """The launch, with the sweep folder held."""
+        assert self.config is not None and self.hydra_context is not None
         jobs = plan_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx)
         handles = _still_in_slurm(jobs)
         jobs = [job._replace(state="queued") if job.idx in handles else job for job in jobs]
         todo = [job for job in jobs if job.state in ("new", "resumed")]
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(
-            "slurm launcher: %s, %d to submit (%d per array task), sweep folder %s",
+            "slurm launcher: %s, %d to submit (%d per array task), sweep folder %s%s",
             count(len(jobs), "run"), len(todo), self.runs_per_task, self.config.hydra.sweep.dir,
+            every_run(jobs),
         )  # fmt: skip
         results = {job.idx: outcome for job in jobs if (outcome := settled(job)) is not None}
         for job in jobs:
@@ -186,7 +194,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         while pending:
             redo = []
             for idx, job in list(pending.items()):
-                handle = handles[idx]
+                handle, state = handles[idx], None
                 if not handle.done():
                     continue
                 if not handle.paths.result_pickle.exists():
@@ -203,7 +211,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                         earlier.discard(idx)
                         del ended[idx]
                         continue
-                outcomes[idx] = _outcome(job, handle)
+                outcomes[idx] = _outcome(job, handle, state)
                 del pending[idx]
             if redo:
                 try:
@@ -325,22 +333,21 @@ def _state(handle: submitit.Job) -> str:
     return handle.get_info().get("State", handle.state)  # fresh from sacct, not the cached state
 
 
-def _outcome(job: Job, handle: submitit.Job) -> JobReturn:
-    """The run's outcome once SLURM is done with its job. A run whose job ended without a result
-    (failed, cancelled, out of time) but whose folder says it finished is completed: another run of its
-    task may have failed it."""
+def _outcome(job: Job, handle: submitit.Job, state: str | None = None) -> JobReturn:
+    """The run's outcome once SLURM is done with its job (its SLURM ``state``, if already read). A run
+    whose job ended without a result (failed, cancelled, out of time) but whose folder says it finished
+    is completed: another run of its task may have failed it."""
     result = None
     if handle.paths.result_pickle.exists():  # else submitit's results() would wait for it
         with contextlib.suppress(Exception):  # the job's own error, which its log holds
             result = handle.results()[0]
     if result is None:  # the job ended without a result (failed, cancelled, timed out)
-        state = _state(handle)
+        state = state or _state(handle)
         if finished(job):
             log.info("#%d completed (its SLURM job then ended %s): %s", job.idx, state, job.shown)
             return job_return(job)
         log.error("#%d failed: SLURM state %s", job.idx, state)
-        said = run_folders.error_line(handle.paths.stderr)
-        said = f" ({said})" if said else ""
+        said = run_folders.error_aside(handle.paths.stderr)
         return job_return(job, f"SLURM job {handle.job_id} ended {state}{said}; see {handle.paths.stderr}")
     if not isinstance(result, JobReturn):  # a packed task's outcomes: the one of this run
         [result] = [r for r in result if Path(r.working_dir).resolve() == job.run_dir.resolve()]
