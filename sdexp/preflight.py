@@ -296,6 +296,31 @@ def claim_timed_sweep_folder(config: DictConfig) -> None:
         config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quote_override(str(folder))}")
 
 
+def hold_sweep_folder(config: DictConfig) -> None:
+    """Hold the sweep folder (its ``.launch.lock``) until this command ends, whatever the launcher: a
+    second launch of the sweep meanwhile would rewrite its ``multirun.yaml`` (by which status.py lists
+    the jobs) and start, or submit, every run it has not finished a second time; it is refused here
+    (:class:`~sdexp.runs.SweepInUse`), before it writes anything. Where nothing was launched (a launcher
+    setting refused), the lock file goes at the end, with the folder if this made it."""
+    folder = Path(str(config.hydra.sweep.dir)).absolute()
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
+    folder.mkdir(parents=True, exist_ok=True)  # writable: _check_writable
+    lock = contextlib.ExitStack()
+    try:
+        lock.enter_context(runs.holding(folder / runs.LAUNCH_LOCK))
+    except runs.FolderInUse as exc:
+        raise runs.SweepInUse(folder, exc.holder) from None
+    atexit.register(_let_go, lock, folder, made)
+
+
+def _let_go(lock: contextlib.ExitStack, folder: Path, made: list[Path]) -> None:
+    with contextlib.suppress(OSError):
+        if [path.name for path in folder.iterdir()] == [runs.LAUNCH_LOCK]:  # nothing was launched
+            (folder / runs.LAUNCH_LOCK).unlink()  # while still held
+    lock.close()
+    _remove_if_empty(made)
+
+
 def check_not_a_lone_sweep(config: DictConfig) -> None:
     """Refuse a single run whose config sets ``hydra.sweeper.params`` (a ``+sweep=`` preset) without
     giving its swept keys: it would train one run with default values instead of the grid. (A sweep's
@@ -351,4 +376,4 @@ class Preflight(Callback):
             check_sweep_jobs(config, kwargs.get("config_name"))
             claim_timed_sweep_folder(config)
             _check_writable(config, "hydra.sweep.dir")
-            runs.check_not_launched(Path(str(config.hydra.sweep.dir)))
+            hold_sweep_folder(config)

@@ -44,7 +44,7 @@ LOG = "train.log"
 CHECKPOINT = "checkpoint.pt"
 SLURM_JOB = "slurm_job.json"
 LOCK = ".lock"
-LAUNCH_LOCK = ".launch.lock"  # in a sweep folder: held by the sdexp launcher that launches the sweep
+LAUNCH_LOCK = ".launch.lock"  # in a sweep folder: held by the command that launches the sweep
 CONSOLE_LOG = "console.log"
 HYDRA_DIR = ".hydra"
 CONFIG = Path(HYDRA_DIR) / "config.yaml"
@@ -171,30 +171,16 @@ def _lock(lock: IO[str], tries: int = 10) -> None:
 
 def in_use(run_dir: Path) -> str | None:
     """Why ``run_dir`` cannot be trained in now, if a process holds its lock (as :func:`exclusive` would
-    find it), else None: for a launcher, before it starts a job that would only be refused."""
-    holder = current_holder(run_dir / LOCK)
-    return None if holder is None else str(FolderInUse(run_dir, holder))
-
-
-def check_not_launched(sweep_dir: Path) -> None:
-    """Raise :class:`SweepInUse` if a launcher holds the sweep folder now: checked before Hydra rewrites
-    the sweep's ``multirun.yaml``, which the launcher's own lock comes too late to keep."""
-    holder = current_holder(sweep_dir / LAUNCH_LOCK)
-    if holder is not None:
-        raise SweepInUse(sweep_dir, holder)
-
-
-def current_holder(lock_path: Path) -> str | None:
-    """The holder a lock file names (``pid ... on <host>``) while a process holds it, else None. The
-    probe takes a shared lock for an instant."""
+    find it), else None: for a launcher, before it starts a job that would only be refused. The probe
+    takes a shared lock for an instant."""
     if fcntl is None:
         return None
     try:
-        with open(lock_path, encoding="utf-8", errors="replace") as lock:
+        with open(run_dir / LOCK, encoding="utf-8", errors="replace") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released as the file closes
             except BlockingIOError:
-                return lock.read().strip()
+                return str(FolderInUse(run_dir, lock.read().strip()))
     except OSError:  # no lock file, or a file system without flock: nothing to tell
         return None
     return None

@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from hydra_plugins.sdexp_launcher import mps
-from hydra_plugins.sdexp_launcher.jobs import Job, process_outcome, refuse_busy, run_state, sole_launch
+from hydra_plugins.sdexp_launcher.jobs import Job, process_outcome, refuse_busy, run_state
 from hydra_plugins.sdexp_launcher.local_launcher import LocalLauncher, slot_environments, visible_gpus
 from hydra_plugins.sdexp_launcher.packed import PackedTask, run_environments
 from hydra_plugins.sdexp_launcher.slurm_launcher import SlurmLauncher, check_settings
@@ -63,6 +63,16 @@ def test_jobs_run_two_at_a_time_and_a_rerun_skips_them(tmp_path: Path) -> None:
     again = sweep(tmp_path, "seed=0,1", "stochastic_depth=off,linear")
     assert again.returncode == 0, again.stderr
     assert "4 runs: 0 new, 0 resumed, 4 skipped" in again.stderr + again.stdout
+
+
+@pytest.mark.slow
+def test_a_sweep_launched_in_batches_names_every_override_on_each_jobs_lines(tmp_path: Path) -> None:
+    """Each batch alone would call its own values shared: the seed would go missing from job lines."""
+    proc = sweep(tmp_path, "seed=0,1", "trainer.epochs=1", "hydra.sweeper.max_batch_size=1")
+    assert proc.returncode == 0, proc.stderr
+    log = proc.stderr + proc.stdout
+    assert "every run" not in log
+    assert "#0 done: model=resnet20" in log and "seed=0" in log.split("#0 done: ")[1].splitlines()[0]
 
 
 @pytest.mark.slow
@@ -440,16 +450,16 @@ def test_a_folder_another_process_trains_in_is_refused_without_starting_a_job(tm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["local", "slurm"])
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=local"], ["hydra/launcher=slurm"]])
 def test_a_second_launch_of_a_sweep_being_launched_is_refused_before_it_writes_anything(
-    tmp_path: Path, launcher: str
+    tmp_path: Path, launcher: list[str]
 ) -> None:
     """Two launches of one sweep at once would start (or submit) each unfinished run twice, and the
     second would rewrite the first's multirun.yaml, by which status.py lists the sweep's jobs."""
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
     (sweep_dir / "multirun.yaml").write_text("the first launch's\n")
-    command = [sys.executable, str(ROOT / "run.py"), "-m", f"hydra/launcher={launcher}", *TINY, "seed=0,1",
+    command = [sys.executable, str(ROOT / "run.py"), "-m", *launcher, *TINY, "seed=0,1",
                f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
     with runs.holding(sweep_dir / runs.LAUNCH_LOCK):  # as the first launch holds it
         proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -461,17 +471,30 @@ def test_a_second_launch_of_a_sweep_being_launched_is_refused_before_it_writes_a
     assert (sweep_dir / "multirun.yaml").read_text() == "the first launch's\n"
 
 
-def test_the_launch_lock_refuses_a_second_launch_and_preflights_probe_sees_it(tmp_path: Path) -> None:
-    """Two launches started at the same instant both pass preflight's probe: the lock refuses one."""
-    in_use = "being launched by another command"
-    with sole_launch(tmp_path):
-        with pytest.raises(runs.SweepInUse, match=in_use):
-            runs.check_not_launched(tmp_path)
-        with pytest.raises(runs.SweepInUse, match=in_use), sole_launch(tmp_path):
+@pytest.mark.slow
+def test_a_sweep_holds_its_folder_until_it_ends_and_a_refused_one_leaves_no_lock_file(tmp_path: Path) -> None:
+    """Held by the command (Hydra's basic launcher here), not by one batch of its jobs; a launcher that
+    refuses its settings once the folder is held leaves the folder as it was."""
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, str(ROOT / "run.py"), "-m", *TINY, "trainer.epochs=100", "seed=0,1",
+               "hydra.sweeper.max_batch_size=1", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(sweep_dir.glob(f"*seed=1*/{runs.RESULT}")) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the second batch has started
+        lock = sweep_dir / runs.LAUNCH_LOCK
+        with pytest.raises(runs.FolderInUse, match=f"pid {proc.pid} on "), runs.holding(lock):
             pass
-    runs.check_not_launched(tmp_path)  # released
-    with sole_launch(tmp_path):
-        pass
+    finally:
+        proc.kill()
+        proc.wait()
+    new = tmp_path / "new" / "sweep"
+    refused = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=local",
+               "hydra.launcher.cpu_workers=0", *TINY, "seed=0,1", f"hydra.sweep.dir={new}"]  # fmt: skip
+    proc = subprocess.run(refused, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "cpu_workers=0 is not allowed" in proc.stderr, proc.stderr
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize(

@@ -8,13 +8,12 @@ job from an earlier launch is still in the queue ``queued`` and waits for that j
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,18 +36,6 @@ log = logging.getLogger(__name__)
 # How a run's process stopped by a signal passed on to it ends: 128 + signal from run.py's own handler
 # (Ctrl-C; SIGTERM while it loads its data), or killed by it (the default handler, after a checkpoint).
 STOPPED_BY = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
-
-
-@contextlib.contextmanager
-def sole_launch(sweep_dir: Path) -> Iterator[None]:
-    """Hold the sweep folder for this launch (:class:`~sdexp.runs.SweepInUse` for a second one)."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(runs.holding(sweep_dir / runs.LAUNCH_LOCK))
-        except runs.FolderInUse as exc:
-            raise runs.SweepInUse(sweep_dir, exc.holder) from None
-        yield
 
 
 def check_count(key: str, value: object, least: int) -> None:
@@ -114,7 +101,8 @@ def plan_jobs(
 ) -> list[Job]:
     """Each job's run folder (``hydra.sweep.dir``/``hydra.sweep.subdir``) and state."""
     jobs: list[Job] = []
-    shared = frozenset.intersection(*map(frozenset, job_overrides)) if len(job_overrides) > 1 else frozenset()
+    whole = len(job_overrides) > 1 and not config.hydra.sweeper.get("max_batch_size")  # else one batch of it
+    shared = frozenset.intersection(*map(frozenset, job_overrides)) if whole else frozenset()
     for idx, overrides in enumerate(job_overrides, start=initial_idx):
         sweep = hydra_context.config_loader.load_sweep_config(config, list(overrides))
         with hydra_config_of(sweep, idx):  # its number, as Hydra's launchers set it: the subdir may read it

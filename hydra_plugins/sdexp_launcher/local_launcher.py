@@ -22,7 +22,6 @@ import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from types import FrameType
 
 from hydra.core.utils import JobReturn, configure_log, setup_globals
@@ -43,7 +42,6 @@ from hydra_plugins.sdexp_launcher.jobs import (
     process_outcome,
     refuse_busy,
     settled,
-    sole_launch,
     start_process,
 )
 from sdexp.errors import SdexpError, Terminated
@@ -136,13 +134,6 @@ class LocalLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        with sole_launch(Path(str(self.config.hydra.sweep.dir))):
-            return self._launch(job_overrides, initial_job_idx)
-
-    def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """The launch, with the sweep folder held."""
-        assert self.config is not None and self.hydra_context is not None
-        sweep_dir = self.config.hydra.sweep.dir
         gpus = visible_gpus() if self.gpus is None else self.gpus
         jobs = refuse_busy(plan_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx))
         to_start = sum(job.state in ("new", "resumed") for job in jobs)  # not those finished or refused
@@ -152,7 +143,7 @@ class LocalLauncher(Launcher):
             if gpus
             else f"{count(len(envs), 'CPU worker')}, {count(int(envs[0]['OMP_NUM_THREADS']), 'thread')} each"
         )
-        how_many = count(len(jobs), "run")
+        sweep_dir, how_many = self.config.hydra.sweep.dir, count(len(jobs), "run")
         log.info("local launcher: %s on %s, sweep folder %s%s", how_many, kind, sweep_dir, every_run(jobs))
         start_mps = mps_daemon.wanted(self.mps, self.runs_per_gpu, gpus)
         with mps_daemon.daemon(sweep_dir, start_mps) as mps_env:

@@ -49,7 +49,6 @@ from hydra_plugins.sdexp_launcher.jobs import (
     job_return,
     plan_jobs,
     settled,
-    sole_launch,
 )
 from hydra_plugins.sdexp_launcher.packed import PackedTask
 from hydra_plugins.sdexp_launcher.slurm_config import SlurmConf
@@ -133,16 +132,11 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
-        with sole_launch(Path(str(self.config.hydra.sweep.dir))):
-            return self._launch(job_overrides, initial_job_idx)
-
-    def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """The launch, with the sweep folder held."""
-        assert self.config is not None and self.hydra_context is not None
         jobs = plan_jobs(self.config, self.hydra_context, job_overrides, initial_job_idx)
         handles = _still_in_slurm(jobs)
         jobs = [job._replace(state="queued") if job.idx in handles else job for job in jobs]
         todo = [job for job in jobs if job.state in ("new", "resumed")]
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(
             "slurm launcher: %s, %d to submit (%d per array task), sweep folder %s%s",
             count(len(jobs), "run"), len(todo), self.runs_per_task, self.config.hydra.sweep.dir,
