@@ -1,4 +1,5 @@
-"""Hydra command-line overrides: a run folder's name from a job's overrides, and a value quoted for one.
+"""Hydra command-line overrides: a run folder's name from a job's overrides, a value quoted for one, and
+the overrides all of a sweep's jobs share.
 
 Both are about the command line, not the config schema, so the launchers need not import the schema.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 
 
 def run_name(override_dirname: str) -> str:
@@ -25,3 +27,9 @@ def quote_override(value: str) -> str:
     ``$\\{``, which must stay as it is)."""
     escaped = re.sub(r"(\\*)'", lambda m: m[1] * 2 + "\\'", value)
     return "'" + re.sub(r"(\\+)$", lambda m: m[1] * 2, escaped) + "'"
+
+
+def shared_by_all(jobs: Sequence[Sequence[str]]) -> frozenset[str]:
+    """The overrides that every one of a sweep's ``jobs`` has: said once, so that each job is named by
+    those that set it apart; none for a single job, which all of its overrides name."""
+    return frozenset.intersection(*map(frozenset, jobs)) if len(jobs) > 1 else frozenset()

@@ -4,7 +4,8 @@ A bad value or an unwritable output folder then ends the command with one line a
 before anything is created. A sweep's jobs are each composed and checked before the first one starts,
 whatever the launcher, so a bad swept value cannot stop a sweep half-way.
 A sweep folder named by the time (the default, ``multirun/<date>/<time>``) is made new for each
-command, so two sweeps started in the same second do not share it.
+command, so two sweeps started in the same second do not share it. Once every check has passed, a
+sweep's command holds its folder (:func:`hold_sweep_folder`): a second launch of it is refused.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import get_overrides_dirname  # Hydra's own folder naming
@@ -300,24 +301,28 @@ def hold_sweep_folder(config: DictConfig) -> None:
     """Hold the sweep folder (its ``.launch.lock``) until this command ends, whatever the launcher: a
     second launch of the sweep meanwhile would rewrite its ``multirun.yaml`` (by which status.py lists
     the jobs) and start, or submit, every run it has not finished a second time; it is refused here
-    (:class:`~sdexp.runs.SweepInUse`), before it writes anything. Where nothing was launched (a launcher
-    setting refused), the lock file goes at the end, with the folder if this made it."""
+    (:class:`~sdexp.runs.SweepInUse`), before it writes anything."""
     folder = Path(str(config.hydra.sweep.dir)).absolute()
     made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
-    folder.mkdir(parents=True, exist_ok=True)  # writable: _check_writable
     lock = contextlib.ExitStack()
-    try:
-        lock.enter_context(runs.holding(folder / runs.LAUNCH_LOCK))
-    except runs.FolderInUse as exc:
-        raise runs.SweepInUse(folder, exc.holder) from None
-    atexit.register(_let_go, lock, folder, made)
+    held = lock.enter_context(
+        runs.holding(
+            folder / runs.LAUNCH_LOCK, runs.SweepInUse, "a second launch of the sweep could run beside it"
+        )
+    )
+    atexit.register(_let_go, lock, held, made)  # after claim_timed_sweep_folder's: it runs before that
 
 
-def _let_go(lock: contextlib.ExitStack, folder: Path, made: list[Path]) -> None:
+def _let_go(lock: contextlib.ExitStack, held: IO[str], made: list[Path]) -> None:
+    """At the command's end, where nothing was launched (a launcher refused its settings after
+    preflight: the folder holds only the lock file, as Hydra writes ``multirun.yaml`` before any job),
+    remove the lock file while still holding it, if it is this command's, then the folders it made."""
+    path = Path(held.name)
     with contextlib.suppress(OSError):
-        if [path.name for path in folder.iterdir()] == [runs.LAUNCH_LOCK]:  # nothing was launched
-            (folder / runs.LAUNCH_LOCK).unlink()  # while still held
-    lock.close()
+        if [entry.name for entry in path.parent.iterdir()] == [path.name] and runs.is_at(held, path):
+            path.unlink()
+    with contextlib.suppress(OSError):  # a file system's late error: the command's own line stands
+        lock.close()
     _remove_if_empty(made)
 
 

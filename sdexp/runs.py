@@ -92,7 +92,8 @@ class RunFolderError(SdexpError):
 
 
 class FolderInUse(RunFolderError):
-    """Another process trains in the run folder: its train.log is that run's, and says nothing of this."""
+    """Another process holds the folder's lock (trains in the run folder): the folder's train.log is that
+    process's run, and says nothing of this."""
 
     in_run_log = False
 
@@ -100,27 +101,31 @@ class FolderInUse(RunFolderError):
         super().__init__(
             f"{folder} is in use by another process ({holder}): let it finish or stop it, then run this again"
         )
-        self.holder = holder
+        self.folder, self.holder = folder, holder
+
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:  # pickled with a SLURM job's outcome
+        return type(self), (self.folder, self.holder)
 
 
-class SweepInUse(RunFolderError):
+class SweepInUse(FolderInUse):
     """Another command launches the sweep: a second launch would start (or submit) each run it has not
     finished a second time, only for the run's lock to refuse one of the two."""
 
-    def __init__(self, sweep_dir: Path, holder: str) -> None:
-        super().__init__(
-            f"the sweep in {sweep_dir} is being launched by another command ({holder}): let it finish, or "
+    def __init__(self, folder: Path, holder: str) -> None:
+        RunFolderError.__init__(
+            self,
+            f"the sweep in {folder} is being launched by another command ({holder}): let it finish, or "
             "stop it and run this again (it resumes the runs, and waits for SLURM jobs already submitted); "
-            "runs to train beside it need another hydra.sweep.dir"
+            "runs to train beside it need another hydra.sweep.dir",
         )
+        self.folder, self.holder = folder, holder
 
 
 @contextlib.contextmanager
 def exclusive(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir`` for this process: a second process that would train in it (the same command run
     twice, a duplicate job) gets :class:`FolderInUse` instead of writing the same files."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with holding(run_dir / LOCK):
+    with holding(run_dir / LOCK, unlocked="a second process could train in it too"):
         for leftover in temp_files(run_dir, CHECKPOINT):  # its writer was killed: only a holder writes
             with contextlib.suppress(OSError):  # only disk space at stake
                 leftover.unlink()
@@ -129,38 +134,61 @@ def exclusive(run_dir: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def holding(lock_path: Path) -> Iterator[None]:
-    """Hold the lock file ``lock_path`` for this process, or raise :class:`FolderInUse` naming its holder.
+def holding(
+    lock_path: Path,
+    refusal: type[FolderInUse] = FolderInUse,
+    unlocked: str = "another process could hold it too",
+) -> Iterator[IO[str]]:
+    """Hold the lock file ``lock_path`` (made, with its folder, if need be) for this process, and name
+    this process in it; ``refusal`` (naming the holder) where another process holds it, and a warning
+    that says what is ``unlocked`` where the file system has no locks.
 
-    The lock is ``flock``, and the file names the holder; the kernel releases it however the process
-    ends, so a crash leaves no stale lock.
+    The lock is ``flock``; the kernel releases it however the process ends, so a crash leaves no stale
+    lock. A lock file removed while this waited for it (its holder cleaned up) is let go for the one at
+    the path now, so that two processes never each hold one.
     """
-    try:
-        lock = open(lock_path, "a+", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed below)
-    except OSError as exc:
-        raise RunFolderError(
-            f"cannot open {lock_path} ({exc.strerror}): remove it and run this again"
-        ) from None
+    while True:
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(lock_path, "a+", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            raise RunFolderError(
+                f"cannot open {lock_path} ({exc.strerror}): remove it and run this again"
+            ) from None
+        if fcntl is None:
+            break
+        try:
+            _lock(lock)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip()
+            lock.close()
+            raise refusal(lock_path.parent, holder) from None
+        except OSError as exc:  # a file system without flock (ENOLCK, EOPNOTSUPP)
+            log.warning("cannot lock %s (%s): %s", lock_path, exc, unlocked)
+            break
+        if is_at(lock, lock_path):
+            break
+        lock.close()
     with lock:
-        if fcntl is not None:
-            try:
-                _lock(lock)
-            except BlockingIOError:
-                lock.seek(0)
-                raise FolderInUse(lock_path.parent, lock.read().strip()) from None
-            except OSError as exc:  # a file system without flock (ENOLCK, EOPNOTSUPP)
-                log.warning(
-                    "cannot lock %s (%s): a second process could use it at the same time", lock_path, exc
-                )
         lock.truncate(0)
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         lock.flush()
-        yield
+        yield lock
+
+
+def is_at(file: IO[str], path: Path) -> bool:
+    """Whether the open ``file`` is the one at ``path`` still (not removed, nor replaced by another)."""
+    try:
+        here, there = os.fstat(file.fileno()), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _lock(lock: IO[str], tries: int = 10) -> None:
     """``flock`` ``lock`` for this process, trying for about a second before BlockingIOError: a
-    launcher's probe (:func:`in_use`) holds it for an instant."""
+    launcher's probe of a run's lock (:func:`in_use`) holds it for an instant."""
     for _ in range(tries - 1):
         with contextlib.suppress(BlockingIOError):
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

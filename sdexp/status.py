@@ -19,6 +19,7 @@ from omegaconf import ListConfig, OmegaConf
 
 from sdexp import run_folders, runs
 from sdexp.files import read_file
+from sdexp.overrides import shared_by_all
 from sdexp.preflight import job_folders, sweep_jobs
 from sdexp.wording import count
 
@@ -42,12 +43,12 @@ def planned_runs(sweep_dir: Path) -> tuple[dict[str, str], set[str] | None]:
     jobs, names = read_file(path, parse, runs.RunFolderError, "restore it, or start the sweep again")
     if len(set(names)) < len(names):  # a subdir read from the jobs' own values (seed${seed}): unknown here
         return {}, None  # so only the folders found are listed, each under its own name
-    common = set.intersection(*(set(job) for job in jobs))
-    shared = common if len(jobs) > 1 else set()  # one job: named by all its overrides
+    shared = shared_by_all(jobs)
+    common = set(shared) if len(jobs) > 1 else set(jobs[0])
     return {name: _but(job, shared) for name, job in zip(names, jobs, strict=True)}, common
 
 
-def _but(overrides: list[str], common: set[str]) -> str:
+def _but(overrides: list[str], common: set[str] | frozenset[str]) -> str:
     """The overrides that tell a job apart: those not all the sweep's jobs share."""
     return " ".join(o for o in overrides if o not in common)
 

@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import os
+import pickle
 import queue
 import shutil
 import signal
@@ -68,11 +69,26 @@ def test_jobs_run_two_at_a_time_and_a_rerun_skips_them(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_sweep_launched_in_batches_names_every_override_on_each_jobs_lines(tmp_path: Path) -> None:
     """Each batch alone would call its own values shared: the seed would go missing from job lines."""
-    proc = sweep(tmp_path, "seed=0,1", "trainer.epochs=1", "hydra.sweeper.max_batch_size=1")
+    overrides = (
+        "seed=0,1",
+        "stochastic_depth=off,linear",
+        "trainer.epochs=1",
+        "hydra.sweeper.max_batch_size=2",
+    )
+    proc = sweep(tmp_path, *overrides)  # a batch per seed
     assert proc.returncode == 0, proc.stderr
     log = proc.stderr + proc.stdout
     assert "every run" not in log
-    assert "#0 done: model=resnet20" in log and "seed=0" in log.split("#0 done: ")[1].splitlines()[0]
+    line = log.split("#0 done: ")[1].splitlines()[0]
+    assert line.startswith("model=resnet20") and "seed=0" in line and "stochastic_depth=off" in line
+
+
+def test_a_jobs_lines_name_what_sets_it_apart_or_else_all_its_overrides() -> None:
+    shared = frozenset({"model=resnet20", "hydra.sweep.dir=x"})
+    job = Job(0, ["model=resnet20", "seed=1", "hydra.sweep.dir=x"], Path("run"), "new", shared=shared)
+    assert job.shown == "seed=1"
+    like = Job(1, ["model=resnet20", "hydra.sweep.dir=x"], Path("run1"), "new", shared=shared)
+    assert like.shown == "model=resnet20"  # like jobs in folders named by their number: not a blank line
 
 
 @pytest.mark.slow
@@ -483,6 +499,7 @@ def test_a_sweep_holds_its_folder_until_it_ends_and_a_refused_one_leaves_no_lock
         deadline = time.monotonic() + 120
         while not list(sweep_dir.glob(f"*seed=1*/{runs.RESULT}")) and time.monotonic() < deadline:
             time.sleep(0.2)  # the second batch has started
+        assert list(sweep_dir.glob(f"*seed=1*/{runs.RESULT}")) and proc.poll() is None
         lock = sweep_dir / runs.LAUNCH_LOCK
         with pytest.raises(runs.FolderInUse, match=f"pid {proc.pid} on "), runs.holding(lock):
             pass
@@ -495,6 +512,34 @@ def test_a_sweep_holds_its_folder_until_it_ends_and_a_refused_one_leaves_no_lock
     proc = subprocess.run(refused, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "cpu_workers=0 is not allowed" in proc.stderr, proc.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_a_lock_file_removed_while_another_process_waits_for_it_is_not_held_twice(tmp_path: Path) -> None:
+    """As when a command refused after preflight removes its sweep's lock file on its way out: one that
+    waited for the removed file must hold the one at the path, or a third command would hold that too."""
+    path = tmp_path / runs.LAUNCH_LOCK
+    held: queue.Queue[bool] = queue.Queue()
+    release = threading.Event()
+
+    def second() -> None:
+        with runs.holding(path) as lock:
+            held.put(runs.is_at(lock, path))
+            release.wait(10)
+
+    waiter = threading.Thread(target=second)
+    with runs.holding(path):
+        waiter.start()
+        time.sleep(0.3)  # it has opened the file, and tries to lock it for about a second
+        path.unlink()
+    try:
+        assert held.get(timeout=10)
+        with pytest.raises(runs.FolderInUse, match=f"pid {os.getpid()} on "), runs.holding(path):
+            pass
+    finally:
+        release.set()
+        waiter.join()
+    error = runs.SweepInUse(tmp_path, "pid 1 on host")  # pickled with a SLURM job's outcome
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
 
 
 @pytest.mark.parametrize(

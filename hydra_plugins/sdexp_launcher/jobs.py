@@ -25,7 +25,7 @@ from sdexp import run_folders, runs
 from sdexp.checkpoint import restore_metrics
 from sdexp.errors import SdexpError, SweepFailed
 from sdexp.files import file_in_the_way
-from sdexp.overrides import quote_override
+from sdexp.overrides import quote_override, shared_by_all
 from sdexp.preflight import hydra_config_of
 from sdexp.signals import LAUNCHER_PID
 from sdexp.wording import count
@@ -56,8 +56,10 @@ class Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs modules outs
 
     @property
     def shown(self) -> str:
-        """The job's own overrides, for its lines: those that set it apart from the sweep's other jobs."""
-        return " ".join(filter_overrides([o for o in self.overrides if o not in self.shared]))
+        """The job's overrides for its lines: those that set it apart from the sweep's other jobs (all of
+        them where none does: a sweep of like jobs in folders named by their number)."""
+        apart = [o for o in self.overrides if o not in self.shared]
+        return " ".join(filter_overrides(apart or self.overrides))
 
 
 def every_run(jobs: Sequence[Job]) -> str:
@@ -99,10 +101,11 @@ def refuse_busy(jobs: Sequence[Job]) -> list[Job]:
 def plan_jobs(
     config: DictConfig, hydra_context: HydraContext, job_overrides: Sequence[Sequence[str]], initial_idx: int
 ) -> list[Job]:
-    """Each job's run folder (``hydra.sweep.dir``/``hydra.sweep.subdir``) and state."""
+    """Each job's run folder (``hydra.sweep.dir``/``hydra.sweep.subdir``) and state, and the overrides
+    every job of the sweep has (:attr:`Job.shared`)."""
     jobs: list[Job] = []
-    whole = len(job_overrides) > 1 and not config.hydra.sweeper.get("max_batch_size")  # else one batch of it
-    shared = frozenset.intersection(*map(frozenset, job_overrides)) if whole else frozenset()
+    batched = config.hydra.sweeper.get("max_batch_size")  # job_overrides: one batch, not the sweep
+    shared = frozenset() if batched else shared_by_all(job_overrides)
     for idx, overrides in enumerate(job_overrides, start=initial_idx):
         sweep = hydra_context.config_loader.load_sweep_config(config, list(overrides))
         with hydra_config_of(sweep, idx):  # its number, as Hydra's launchers set it: the subdir may read it

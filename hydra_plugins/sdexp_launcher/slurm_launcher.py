@@ -245,7 +245,10 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         else:
             k = self.runs_per_task
             tasks = [list(todo[i : i + k]) for i in range(0, len(todo), k)]
-            submitted = executor.map_array(PackedTask(os.path.abspath(sys.argv[0])), tasks)
+            sent = [
+                [job._replace(shared=frozenset()) for job in task] for task in tasks
+            ]  # the task's log alone
+            submitted = executor.map_array(PackedTask(os.path.abspath(sys.argv[0])), sent)
         handles = {}
         for task, handle in zip(tasks, submitted, strict=True):
             for job in task:
